@@ -1,0 +1,40 @@
+# Two commands for a newcomer (see README):  `make book`  and  `make test`.
+# Each builds the local virtual environment .venv from requirements.lock first (once).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.atoms-installed
+PROFILE ?= default
+# Offline by construction: no hub, no telemetry, no wandb (see atomslib/models.py for the hub path).
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY = 1
+export HF_UPDATE_DOWNLOAD_COUNTS = 0
+export WANDB_MODE = disabled
+export PYTHONUNBUFFERED = 1
+
+.PHONY: install book test bench site-check clean-book demo
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml scripts/install-venv.sh
+	scripts/install-venv.sh "$(PYTHON)" $(VENV)
+	touch $(STAMP)
+
+# The main job: run every notebook on the profile (default: SmolLM2-135M, CPU, offline), then build the site.
+book: $(STAMP)
+	$(BIN)/atoms run --all --profile $(PROFILE)
+	$(BIN)/jupyter-book build . --path-output _build/book-$(PROFILE) 2>&1 | tail -n 20
+	@echo ">> the book is at _build/book-$(PROFILE)/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+demo: $(STAMP)
+	$(BIN)/atoms demo
+
+clean-book:
+	rm -rf _build book/generated

@@ -1,0 +1,133 @@
+"""Small shared helpers: input checks, batching, atomic writes, seeding.
+
+Every module validates user input through `check_acts` so errors read the same everywhere,
+and every file the library writes goes through an atomic helper (temp file in the same
+folder, fsync, rename) so an interrupted job never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+
+def check_acts(x: Any, name: str = "acts", H: int | None = None, *, allow_empty: bool = False) -> Tensor:
+    """Return `x` as a 2-D floating tensor, or raise a clear error naming `name`.
+
+    Checks: tensor-like, 2-D `(n, H)`, floating dtype, `H` matches when given, n > 0 unless
+    `allow_empty`, and every entry finite.
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (n, H), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (n, H) (one row per token), got shape {tuple(x.shape)}; "
+                         f"flatten batch and position first, e.g. {name}.reshape(-1, {name}.shape[-1])")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}; convert with {name}.float()")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has H = 0 columns; the model width must be positive")
+    if H is not None and x.shape[1] != H:
+        raise ValueError(f"{name} has width {x.shape[1]} but {H} was expected (does it come from another layer, site or model?)")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} has no rows (n = 0); pass at least one activation vector")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise ValueError(f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows; drop or repair those rows "
+                         f"(e.g. {name}[torch.isfinite({name}).all(1)]) before passing them")
+    return x
+
+
+def iter_batches(acts: Tensor | Iterable[Tensor], batch_size: int | None = None, name: str = "acts") -> Iterator[Tensor]:
+    """Yield `(b, H)` batches from a tensor or an iterable of tensors (each checked)."""
+    if isinstance(acts, (torch.Tensor, np.ndarray)):
+        x = check_acts(acts, name)
+        bs = batch_size or x.shape[0]
+        for i in range(0, x.shape[0], bs):
+            yield x[i:i + bs]
+        return
+    if not isinstance(acts, Iterable):
+        raise TypeError(f"{name} must be an (n, H) tensor or an iterable of (b, H) tensors, got {type(acts).__name__}")
+    H = None
+    for batch in acts:
+        b = check_acts(batch, name, H, allow_empty=True)
+        H = b.shape[1]
+        if b.shape[0]:
+            yield b
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def device_of(device: str | torch.device | None) -> torch.device:
+    """Resolve a user device string; 'cuda' without a GPU is a clear error."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no GPU here; use device='cpu' "
+                         "or install a CUDA build of torch (see environment.yml)")
+    return dev

