@@ -11,11 +11,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # geometry
-    "AIP": "aip", "MomentAccumulator": "aip",
+    "AIP": "aip", "MomentAccumulator": "aip", "centered_cosine_matrix": "aip",
     # criteria
     "faithfulness_r2": "criteria", "coherence": "criteria", "stability_q_star": "criteria",
     "StabilityResult": "criteria", "l0": "criteria", "dead_units": "criteria",
     "pairwise_abs_cosine_quantiles": "criteria", "unit_metrics": "criteria",
+    "R2Accumulator": "criteria", "StabilityCurve": "criteria",
     # units
     "TSAE": "tsae", "TSAEConfig": "tsae", "SAEOutput": "tsae",
     "train_tsae": "train", "TrainLog": "train",

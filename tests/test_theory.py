@@ -1,0 +1,269 @@
+"""The theorems of spec §4 as executable checks: inside the hypotheses the conclusion holds on
+random instances; just outside them an explicit counterexample breaks it."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from atomslib import theory as T
+from atomslib.aip import AIP
+
+f64 = torch.float64
+
+
+@st.composite
+def atom_sets(draw, max_K=3, n_samples=12, nonneg=True):
+    """Synthetic atom sets with N > H whose coherence satisfies μ < 1/(2K − 1)."""
+    K = draw(st.integers(1, max_K))
+    H = draw(st.integers(10, 18))
+    N = draw(st.integers(H + 1, H + H // 2))
+    eps = draw(st.floats(0.6, 0.95)) / (2 * K - 1)
+    assume(T.welch_bound(N, H) < 0.75 * eps)
+    seed = draw(st.integers(0, 10_000))
+    return T.synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_samples, seed=seed, nonneg=nonneg)
+
+
+def _random_map(H, seed, cond=20.0):
+    g = torch.Generator().manual_seed(seed)
+    Q1, _ = torch.linalg.qr(torch.randn(H, H, generator=g, dtype=f64))
+    Q2, _ = torch.linalg.qr(torch.randn(H, H, generator=g, dtype=f64))
+    return Q1 @ torch.diag(torch.logspace(0, math.log10(cond), H, dtype=f64)) @ Q2
+
+
+def _in_aip_geometry(sa, seed):
+    """Map an instance through d ↦ A d: with S̃ = (A Aᵀ)⁻¹ every AIP cosine equals the old Euclidean one."""
+    A = _random_map(sa.D.shape[1], seed)
+    return sa.D @ A.T, sa.acts @ A.T, AIP.from_moment(A @ A.T)
+
+
+def _parallelogram():
+    """d_3 = (d_1 + d_2)/√2 in R²: m = d_1 + d_2 = √2 d_3 has two sparse codes (μ = 1/√2 > 1/3)."""
+    D = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2 ** -0.5, 2 ** -0.5]], dtype=f64)
+    return D, torch.tensor([[1.0, 1.0, 0.0]], dtype=f64)
+
+
+# ---- construction ------------------------------------------------------------------------------
+def test_synthetic_atoms_contract():
+    sa = T.synthetic_atoms(12, 20, eps=0.3, K=3, n_samples=50, delta_range=(0.5, 1.5), seed=7)
+    D, codes = sa.D, sa.codes
+    assert D.shape == (20, 12) and codes.shape == (50, 20) and sa.acts.shape == (50, 12)
+    torch.testing.assert_close(D.norm(dim=1), torch.ones(20, dtype=f64))
+    assert bool(((codes != 0).sum(1) == 3).all())
+    nz = codes[codes != 0]
+    assert bool((nz >= 0.5).all() and (nz <= 1.5).all())
+    torch.testing.assert_close(sa.acts, codes @ D)
+    G = (D @ D.T).abs().fill_diagonal_(0)
+    assert float(G.max()) == pytest.approx(sa.coherence) and sa.coherence <= 0.3
+    again = T.synthetic_atoms(12, 20, eps=0.3, K=3, n_samples=50, delta_range=(0.5, 1.5), seed=7)
+    assert torch.equal(again.D, D) and torch.equal(again.codes, codes)
+    assert not torch.equal(T.synthetic_atoms(12, 20, eps=0.3, K=3, n_samples=50, seed=8).D, D)
+    signed = T.synthetic_atoms(12, 20, K=2, n_samples=200, nonneg=False, seed=1).codes
+    assert bool((signed < 0).any() and (signed > 0).any())
+
+
+def test_equiangular_and_truth_aip_for_small_dictionaries():
+    sa = T.synthetic_atoms(10, 6, eps=0.4, K=2, n_samples=5, seed=0)
+    G = sa.D @ sa.D.T
+    off = ~torch.eye(6, dtype=torch.bool)
+    torch.testing.assert_close(G[off], torch.full((30,), 0.4, dtype=f64))
+    assert sa.coherence <= 0.4
+    assert sa.coherence_aip < 1e-9      # the AIP of the truth makes N <= H atoms orthogonal
+    assert T.synthetic_atoms(10, 10, K=1, n_samples=3).coherence < 1e-12
+    big = T.synthetic_atoms(6, 12, K=1, n_samples=3)
+    M = big.D.T @ big.D
+    torch.testing.assert_close(big.aip.S @ M, torch.eye(6, dtype=f64), rtol=0, atol=1e-9)
+
+
+def test_infeasible_requests_are_refused():
+    with pytest.raises(ValueError, match="Welch bound"):
+        T.synthetic_atoms(8, 16, eps=0.2, K=1, n_samples=3)
+    with pytest.raises(ValueError, match="Welch bound"):
+        T.synthetic_atoms(8, 9, eps=0.0, K=1, n_samples=3)
+    with pytest.raises(ValueError, match="K = 5 exceeds"):
+        T.synthetic_atoms(8, 4, K=5, n_samples=3)
+    with pytest.raises(ValueError, match="delta_range"):
+        T.synthetic_atoms(8, 4, K=1, n_samples=3, delta_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        T.synthetic_atoms(8, 4, K=1, n_samples=0)
+
+
+# ---- RIP -------------------------------------------------------------------------------------
+@given(N=st.integers(3, 9), H=st.integers(2, 6), K=st.integers(1, 3), seed=st.integers(0, 1000), use_aip=st.booleans())
+def test_rip_constant_lies_between_bounds(N, H, K, seed, use_aip):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(N, H, generator=g, dtype=f64)
+    aip = AIP.from_moment(_random_map(H, seed) @ _random_map(H, seed).T) if use_aip else None
+    b = T.rip_constant_bounds(D, K, aip=aip)
+    upper, lower = b
+    assert (upper, lower) == (b.upper, b.sampled_lower)
+    assert b.exhaustive                                      # C(9, 3) = 84 subsets: δ_K exactly
+    assert 0 <= b.sampled_lower <= b.upper + 1e-12           # δ_K ≤ (K − 1) μ
+    sampled = T.rip_constant_bounds(D, K, aip=aip, n_trials=5, seed=seed)
+    assert sampled.sampled_lower <= b.sampled_lower + 1e-12 and sampled.upper == b.upper
+    if K == 2:                                               # order 2: δ_2 = μ exactly
+        assert b.sampled_lower == pytest.approx(b.mu, abs=1e-12)
+
+
+def test_rip_fails_with_a_repeated_atom():
+    D = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], dtype=f64)
+    b = T.rip_constant_bounds(D, 2)
+    assert b.mu == 1.0 and b.sampled_lower == pytest.approx(1.0)    # singular 2-subset: no RIP of order 2
+
+
+# ---- uniqueness --------------------------------------------------------------------------------
+def _representing_supports(D, m, K, tol=1e-9):
+    """All supports of size ≤ K from which m is exactly representable (brute force)."""
+    out = []
+    for k in range(1, K + 1):
+        for S in itertools.combinations(range(D.shape[0]), k):
+            A = D[list(S)].T
+            x = torch.linalg.lstsq(A, m[:, None]).solution
+            if float((A @ x)[:, 0].sub(m).norm()) <= tol * float(m.norm()):
+                out.append(set(S))
+    return out
+
+
+@given(K=st.integers(1, 2), H=st.integers(4, 6), extra=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_sparse_code_is_unique_below_the_coherence_bound(K, H, extra, seed):
+    eps = 0.9 / (2 * K - 1)
+    assume(T.welch_bound(H + extra, H) < 0.7 * eps)
+    sa = T.synthetic_atoms(H, H + extra, eps=eps, K=K, n_samples=4, seed=seed)
+    assert sa.coherence < 1 / (2 * K - 1) and K < T.uniqueness_bound(sa.coherence)
+    assert T.spark(sa.D) >= 1 + 1 / sa.coherence - 1e-9        # spark ≥ 1 + 1/μ
+    for code, m in zip(sa.codes, sa.acts):
+        minimal = [S for S in _representing_supports(sa.D, m, K) if not any(o < S for o in _representing_supports(sa.D, m, K))]
+        assert minimal == [set(torch.nonzero(code).flatten().tolist())]
+
+
+def test_uniqueness_breaks_above_the_bound():
+    D, code = _parallelogram()
+    m = (code @ D)[0]
+    mu = float((D @ D.T).abs().fill_diagonal_(0).max())
+    assert mu >= 1 / (2 * 2 - 1)                                   # hypothesis violated for K = 2
+    sups = _representing_supports(D, m, 2)
+    assert {0, 1} in sups and {2} in sups                          # two distinct 2-sparse codes
+    assert T.spark(D) == 3 < 1 + 1 / mu + 1
+
+
+# ---- exact recovery: basis pursuit and OMP -------------------------------------------------------
+@given(sa=atom_sets(nonneg=False), seed=st.integers(0, 1000))
+def test_basis_pursuit_and_omp_recover_codes(sa, seed):
+    assert sa.coherence < 1 / (2 * sa.K - 1)
+    torch.testing.assert_close(T.basis_pursuit(sa.D, sa.acts), sa.codes, rtol=0, atol=1e-6)
+    torch.testing.assert_close(T.omp(sa.D, sa.acts, sa.K), sa.codes, rtol=0, atol=1e-9)
+    # the same theorem stated under a non-trivial AIP: coordinates mixed by A, S̃ = (A Aᵀ)⁻¹
+    D2, m2, aip = _in_aip_geometry(sa, seed)
+    torch.testing.assert_close(T.omp(D2, m2, sa.K, aip=aip), sa.codes, rtol=0, atol=1e-8)
+    torch.testing.assert_close(T.basis_pursuit(D2, m2), sa.codes, rtol=0, atol=1e-6)
+
+
+def test_recovery_fails_above_the_bound():
+    D, code = _parallelogram()
+    m = code @ D
+    bp = T.basis_pursuit(D, m)
+    torch.testing.assert_close(bp, torch.tensor([[0.0, 0.0, 2 ** 0.5]], dtype=f64), rtol=0, atol=1e-7)
+    assert T.support_recovery(code, bp) == 0.0 and T.support_recovery(code, T.omp(D, m, 2)) == 0.0
+
+
+def test_omp_stops_early_and_handles_zero_rows():
+    D = torch.eye(4, dtype=f64)
+    m = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=f64)
+    torch.testing.assert_close(T.omp(D, m, 3), m)
+    assert T.basis_pursuit(D, m[0]).shape == (1, 4)
+    torch.testing.assert_close(T.basis_pursuit(D, m, nonneg=True), m, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="K must be an int in"):
+        T.omp(D, m, 5)
+    with pytest.raises(ValueError, match="basis pursuit failed for row 0"):
+        T.basis_pursuit(torch.tensor([[1.0, 0.0]], dtype=f64), torch.tensor([[0.0, 1.0]], dtype=f64))
+
+
+# ---- TSAE identifiability ------------------------------------------------------------------------
+def test_threshold_interval_values():
+    assert T.tsae_threshold_interval(0.1, 2, 1.0, 2.0) == pytest.approx((0.4, 0.8))
+    assert T.tsae_threshold_interval(0.0, 5, 1.0, 3.0) == (0.0, 1.0)
+    assert T.tsae_threshold_interval(0.1, 3, 1.0, 2.0) is None            # δmin = ε(2K−1)δmax: empty
+    assert T.tsae_threshold_interval(0.2, 3, 1.0, 1.0) is None
+    with pytest.raises(ValueError, match="delta_min"):
+        T.tsae_threshold_interval(0.1, 2, 0.0, 1.0)
+    with pytest.raises(ValueError, match="K must be"):
+        T.tsae_threshold_interval(0.1, 0, 1.0, 1.0)
+
+
+@given(sa_K=st.integers(1, 3), frac=st.floats(0.02, 0.98), seed=st.integers(0, 1000), big=st.booleans())
+def test_threshold_encoder_recovers_support_inside_interval(sa_K, frac, seed, big):
+    K = sa_K
+    H, N = (16, 20) if big else (14, 9)
+    eps = 0.8 / (2 * K - 1)
+    dmax = 0.9 / (eps * (2 * K - 1))                                   # δmin = 1 > ε(2K−1)δmax
+    sa = T.synthetic_atoms(H, N, eps=eps, K=K, n_samples=40, delta_range=(1.0, dmax), seed=seed)
+    low, high = T.tsae_threshold_interval(sa.coherence, K, 1.0, dmax)
+    enc = T.theorem_tsae(sa.D, tau=low + frac * (high - low))
+    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    mid = T.theorem_tsae(sa.D, K=K, delta_range=(1.0, dmax))
+    assert T.support_recovery(sa.codes, mid.encode(sa.acts)) == 1.0
+    D2, m2, aip = _in_aip_geometry(sa, seed)                           # stated under an AIP
+    assert T.support_recovery(sa.codes, T.theorem_tsae(D2, aip, K=K, delta_range=(1.0, dmax))(m2)) == 1.0
+    with pytest.raises(ValueError, match="unit norm under the AIP"):
+        T.theorem_tsae(D2, None, tau=0.5)
+
+
+def test_threshold_below_interval_gives_false_positives():
+    eps, K = 0.1, 3
+    sa = T.synthetic_atoms(12, 8, eps=eps, K=K, n_samples=30, delta_range=(1.0, 1.0), seed=2)
+    low, high = T.tsae_threshold_interval(sa.coherence, K, 1.0, 1.0)  # off-support pre-acts are exactly εK
+    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=low * 1.001)(sa.acts)) == 1.0
+    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=low * 0.999)(sa.acts)) == 0.0
+
+
+def test_threshold_above_interval_misses_atoms():
+    eps = 0.1                                                          # two atoms at cos −ε, both active
+    D = torch.tensor([[1.0, 0.0], [-eps, math.sqrt(1 - eps ** 2)]], dtype=f64)
+    code = torch.tensor([[1.0, 2.0]], dtype=f64)                       # δmin = 1, δmax = 2: pre_1 = 1 − 2ε
+    low, high = T.tsae_threshold_interval(eps, 2, 1.0, 2.0)
+    assert high == pytest.approx(0.8)
+    assert T.support_recovery(code, T.theorem_tsae(D, tau=high * 0.999)(code @ D)) == 1.0
+    assert T.support_recovery(code, T.theorem_tsae(D, tau=high * 1.001)(code @ D)) == 0.0
+    with pytest.raises(ValueError, match="threshold interval is empty"):
+        T.theorem_tsae(D, K=2, delta_range=(1.0, 4.0))
+
+
+def test_truth_aip_rescues_a_coherent_dictionary():
+    sa = T.synthetic_atoms(12, 8, eps=0.4, K=3, n_samples=50, delta_range=(1.0, 2.0), seed=3)
+    assert T.tsae_threshold_interval(sa.coherence, 3, 1.0, 2.0) is None   # Euclidean: no valid τ
+    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=0.5)(sa.acts)) < 0.5
+    enc = T.theorem_tsae(sa.D, sa.aip, K=3, delta_range=(1.0, 2.0))       # AIP of the truth: μ_S = 0
+    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    torch.testing.assert_close(enc.decode(enc(sa.acts)), sa.acts)
+
+
+def test_signed_codes_and_tsae_export():
+    sa = T.synthetic_atoms(16, 20, eps=0.15, K=2, n_samples=30, delta_range=(1.0, 1.5), seed=4, nonneg=False)
+    enc = T.theorem_tsae(sa.D, K=2, delta_range=(1.0, 1.5), signed=True)
+    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    with pytest.raises(ValueError, match="signed"):
+        enc.to_tsae()
+    pos = T.synthetic_atoms(16, 20, eps=0.15, K=2, n_samples=30, delta_range=(1.0, 1.5), seed=4)
+    enc = T.theorem_tsae(pos.D, K=2, delta_range=(1.0, 1.5))
+    pytest.importorskip("atomslib.tsae")
+    model = enc.to_tsae()
+    torch.testing.assert_close(model.encode(pos.acts), enc(pos.acts))
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def test_uniqueness_bound_and_support_recovery():
+    assert T.uniqueness_bound(0.2) == pytest.approx(3.0)
+    assert T.uniqueness_bound(0.0) == math.inf
+    with pytest.raises(ValueError, match="mu must be"):
+        T.uniqueness_bound(1.5)
+    t = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert T.support_recovery(t, torch.tensor([[0.5, 0.0], [1e-12, 2.0]])) == 1.0
+    assert T.support_recovery(t, torch.tensor([[0.5, 0.1], [0.0, 2.0]])) == 0.5
+    with pytest.raises(ValueError, match="same shape"):
+        T.support_recovery(t, t[:1])
+    with pytest.raises(ValueError, match="D has all-zero rows"):
+        T.rip_constant_bounds(torch.zeros(3, 2), 2)
