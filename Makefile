@@ -24,7 +24,10 @@ $(STAMP): requirements.lock requirements-ray.lock pyproject.toml scripts/install
 # The main job: run every notebook on the profile (default: SmolLM2-135M, CPU, offline), then build the site.
 book: $(STAMP)
 	$(BIN)/atoms run --all --profile $(PROFILE)
-	$(BIN)/jupyter-book build . --path-output _build/book-$(PROFILE) 2>&1 | tail -n 20
+	@mkdir -p _build
+	$(BIN)/jupyter-book build . --path-output _build/book-$(PROFILE) > _build/book-$(PROFILE).log 2>&1 \
+	  || { tail -n 40 _build/book-$(PROFILE).log; exit 1; }
+	@grep -E "build succeeded|WARNING" _build/book-$(PROFILE).log | tail -n 10
 	@echo ">> the book is at _build/book-$(PROFILE)/_build/html/index.html"
 
 test: $(STAMP)
@@ -35,6 +38,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/atoms demo
+
+# Serve the built site on 127.0.0.1, check math/figures/links in headless Chromium, screenshot every page.
+site-check: $(STAMP)
+	$(BIN)/python scripts/check_site.py _build/book-$(PROFILE)/_build/html --screenshots _build/shots-$(PROFILE)
 
 clean-book:
 	rm -rf _build book/generated

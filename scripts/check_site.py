@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Check a built Jupyter Book in headless Chromium: math typeset, images load, nothing fetched off-site.
+
+    python scripts/check_site.py _build/book-default/_build/html --screenshots /tmp/shots
+
+Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every page:
+  * dumps the DOM after scripts ran (`chromium --headless --dump-dom`); a page whose HTML holds
+    math must contain `<mjx-container` (MathJax rendered it, from the site's own files);
+  * requests every <img> of the DOM and expects HTTP 200 (data: URIs count as loaded);
+  * checks that relative links point to files that exist;
+  * reads Chromium's network log: a request the *page* made to anything but the local server is an
+    off-site fetch (the browser's own background traffic is not counted);
+  * takes a screenshot into --screenshots, if given.
+Exit status 0 when every page passes; 1 with one line per problem otherwise; 2 when Chromium is
+missing. `--report FILE` writes the per-page details as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import html.parser
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+SKIP_PAGES = {"genindex.html", "search.html", "py-modindex.html", "index.html"}  # index.html: a redirect
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+                  # anything but the local server fails fast instead of waiting on DNS
+                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+
+
+def find_chromium(explicit: str | None = None) -> str | None:
+    for name in ([explicit] if explicit else []) + ["chromium", "chromium-browser", "google-chrome", "chrome"]:
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return None
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    log = None  # list of (path, status), set per server
+
+    def log_message(self, *args):  # no stderr noise
+        pass
+
+    def log_request(self, code="-", size="-"):
+        if self.log is not None:
+            self.log.append((self.path, int(code) if str(code).isdigit() else code))
+
+
+def serve(root: Path):
+    """Start a threaded static server on 127.0.0.1:<free port>; returns (server, base_url, request log)."""
+    log: list = []
+    handler = type("Handler", (_Quiet,), {"log": log})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", log
+
+
+class _Refs(html.parser.HTMLParser):
+    """Collect <img src>, <a href> and tags that load resources."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.links, self.resources = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.imgs.append(a["src"])
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        elif tag == "script" and a.get("src"):
+            self.resources.append(a["src"])
+        elif tag == "link" and a.get("href") and {"stylesheet", "preload", "icon"} & set((a.get("rel") or "").split()):
+            self.resources.append(a["href"])
+
+
+def _chromium(chrome: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([chrome, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _page_requests(netlog: Path, origin: str) -> list[str]:
+    """URLs the page itself requested (initiator = the page's origin), from a Chromium net log."""
+    try:
+        d = json.loads(netlog.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    start = d["constants"]["logEventTypes"].get("URL_REQUEST_START_JOB")
+    return [e["params"]["url"] for e in d.get("events", [])
+            if e.get("type") == start and e.get("params", {}).get("initiator") == origin]
+
+
+def check_page(chrome: str, base: str, root: Path, rel: str, shots: Path | None, budget_ms: int, timeout: float) -> dict:
+    url = f"{base}/{rel}"
+    raw = (root / rel).read_text(errors="replace")
+    out = {"page": rel, "problems": []}
+    with tempfile.TemporaryDirectory() as d:
+        netlog = Path(d) / "net.json"
+        r = _chromium(chrome, [f"--virtual-time-budget={budget_ms}", f"--log-net-log={netlog}", "--dump-dom", url], timeout)
+        dom = r.stdout
+        requests = _page_requests(netlog, base)
+    if not dom.strip():
+        out["problems"].append(f"{rel}: Chromium returned no DOM (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+        return out
+    math_expected = 'class="math' in raw
+    out.update(math_expected=math_expected, mjx=dom.count("<mjx-container"))
+    if math_expected and not out["mjx"]:
+        out["problems"].append(f"{rel}: has math but the DOM holds no <mjx-container> (MathJax did not render)")
+    refs = _Refs()
+    refs.feed(dom)
+    out["images"] = len(refs.imgs)
+    for src in refs.imgs:
+        if src.startswith("data:"):
+            continue
+        full = urllib.parse.urljoin(url, src)
+        if not full.startswith(base):
+            out["problems"].append(f"{rel}: image {src} is off-site")
+            continue
+        try:
+            status = urllib.request.urlopen(full, timeout=10).status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        if status != 200:
+            out["problems"].append(f"{rel}: image {src} answered HTTP {status}")
+    for href in refs.links:
+        parsed = urllib.parse.urlparse(href)
+        if parsed.scheme or parsed.netloc or not parsed.path:
+            continue  # external links are fine to *link*; anchors need no file
+        target = (root / rel).parent / urllib.parse.unquote(parsed.path)
+        if not target.exists():
+            out["problems"].append(f"{rel}: broken link {href}")
+    for src in refs.resources:
+        if urllib.parse.urljoin(url, src).split(":", 1)[0] in ("http", "https") and not urllib.parse.urljoin(url, src).startswith(base):
+            out["problems"].append(f"{rel}: loads an off-site resource {src}")
+    off_site = sorted({u for u in requests if not u.startswith(base)})
+    out["off_site_requests"] = off_site
+    out["problems"] += [f"{rel}: the page requested {u}" for u in off_site]
+    if shots is not None:
+        shot = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
+        r = _chromium(chrome, [f"--virtual-time-budget={budget_ms}", "--window-size=1280,1400",
+                               f"--screenshot={shot}", url], timeout)
+        if shot.exists():
+            out["screenshot"] = str(shot)
+        else:
+            out["problems"].append(f"{rel}: no screenshot (exit {r.returncode}): {r.stderr.strip()[-200:]}")
+    return out
+
+
+def check_site(html_dir: str | os.PathLike, *, screenshots: str | os.PathLike | None = None, chromium: str | None = None,
+               pages: list[str] | None = None, budget_ms: int = 8000, timeout: float = 90.0) -> dict:
+    """Check every page (or `pages`, paths relative to html_dir); returns {"pages": [...], "problems": [...]}."""
+    root = Path(html_dir).resolve()
+    if not (root / "index.html").exists() and not pages:
+        raise FileNotFoundError(f"{root} holds no index.html: pass the built site's html folder (…/_build/html)")
+    chrome = find_chromium(chromium)
+    if chrome is None:
+        raise FileNotFoundError("no Chromium found (apt-get install chromium); the site check needs a headless browser")
+    rels = pages or sorted(p.relative_to(root).as_posix() for p in root.rglob("*.html")
+                           if not p.relative_to(root).parts[0].startswith("_") and p.name not in SKIP_PAGES)
+    shots = Path(screenshots) if screenshots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+    server, base, log = serve(root)
+    try:
+        results = [check_page(chrome, base, root, rel, shots, budget_ms, timeout) for rel in rels]
+    finally:
+        server.shutdown()
+    problems = [p for r in results for p in r["problems"]]
+    # any local asset that answered an error (a missing stylesheet, script, font...), favicon aside
+    problems += sorted({f"the site answered HTTP {code} for {path}" for path, code in log
+                        if isinstance(code, int) and code >= 400 and not path.startswith("/favicon.ico")})
+    return {"pages": results, "problems": problems, "chromium": chrome}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("html_dir", help="the built site: …/_build/html")
+    ap.add_argument("--screenshots", help="folder for one PNG per page")
+    ap.add_argument("--report", help="write the per-page details as JSON here")
+    ap.add_argument("--chromium", help="Chromium executable (default: found on PATH)")
+    ap.add_argument("--page", action="append", help="check only this page (relative path; repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        rep = check_site(args.html_dir, screenshots=args.screenshots, chromium=args.chromium, pages=args.page)
+    except FileNotFoundError as e:
+        print(f"check_site: {e}", file=sys.stderr)
+        return 2
+    if args.report:
+        Path(args.report).write_text(json.dumps(rep, indent=2))
+    for r in rep["pages"]:
+        mark = "FAIL" if r["problems"] else "ok  "
+        print(f"{mark} {r['page']}: math {r.get('mjx', 0)} rendered, {r.get('images', 0)} images")
+    for p in rep["problems"]:
+        print(f"problem: {p}", file=sys.stderr)
+    print(f"{len(rep['pages'])} pages, {len(rep['problems'])} problems")
+    return 1 if rep["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""atomslib.run: profiles, parameters, run keys, papermill runs, failures, executors, results files.
+
+Uses tiny throwaway notebooks in tmp_path (a kernel start is the slow part: about six in all).
+"""
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from atomslib import cli, run
+
+FRONT = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+TINY = FRONT + """
+# Tiny
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+x = 1
+fail = False
+profile = "default"
+results_dir = "results"
+figures_dir = "figures"
+```
+
+```{code-cell} ipython3
+from atomslib import run
+PARAMS = run.notebook_params(globals())
+```
+
+```{code-cell} ipython3
+run.save_results("01_tiny", PARAMS, {"double": 2 * x}, [run.claim("atoms.r2", 0.25 * x, "R2=euclid", "heldout")])
+```
+
+```{code-cell} ipython3
+y = 1 / (0 if fail else 1)  # fails on demand, after the results were written
+```
+"""
+
+BROKEN = FRONT + """
+```{code-cell} ipython3
+:tags: [parameters]
+
+results_dir = "results"
+```
+
+```{code-cell} ipython3
+z = {}["missing key"]
+```
+"""
+
+
+def make_project(root: Path, toc: bool = False) -> Path:
+    (root / "notebooks").mkdir(parents=True)
+    (root / "data" / "profiles").mkdir(parents=True)
+    (root / "notebooks" / "01_tiny.md").write_text(TINY)
+    (root / "data" / "profiles" / "default.yaml").write_text(textwrap.dedent("""\
+        description: base
+        common: {x: 1, seed: 0, results_dir: results, figures_dir: figures, cache_dir: null, model: m}
+        notebooks:
+          01_tiny: {x: 2}
+        """))
+    (root / "data" / "profiles" / "quick.yaml").write_text(textwrap.dedent("""\
+        extends: default
+        common: {seed: 5}
+        notebooks:
+          01_tiny: {fail: false}
+        """))
+    if toc:
+        (root / "notebooks" / "02_broken.md").write_text(BROKEN)
+        (root / "_toc.yml").write_text(textwrap.dedent("""\
+            format: jb-book
+            root: book/intro
+            chapters:
+              - file: book/generated/01_tiny
+              - file: book/generated/02_broken
+              - file: book/generated/03_planned
+                title: A planned chapter
+            """))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return make_project(tmp_path / "proj")
+
+
+# ---- profiles and parameters (no kernel) ----------------------------------------------------
+
+def test_profile_extends_merges_common_and_notebooks(project):
+    p = run.load_profile("quick", root=project)
+    assert p.name == "quick" and p.description == "base"
+    assert p.common["seed"] == 5 and p.common["x"] == 1 and p.common["profile"] == "quick"
+    assert p.notebooks["01_tiny"] == {"x": 2, "fail": False}
+
+
+def test_profile_errors_are_clear(project):
+    with pytest.raises(FileNotFoundError, match="available: default, quick"):
+        run.load_profile("nope", root=project)
+    (project / "data" / "profiles" / "bad.yaml").write_text("common: {}\ncommn: {}\n")
+    with pytest.raises(ValueError, match="unknown top-level keys"):
+        run.load_profile("bad", root=project)
+    (project / "data" / "profiles" / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ValueError, match="cycle"):
+        run.load_profile("loop", root=project)
+
+
+def test_shipped_profiles_load():
+    for name in ("default", "quick", "paper"):
+        p = run.load_profile(name)
+        for key in ("model", "layers", "site", "tokens", "heldout_tokens", "capacity", "device", "seed",
+                    "cache_dir", "results_dir", "figures_dir"):
+            assert key in p.common, f"profile {name} lacks {key}"
+    assert run.load_profile("paper").common["device"] == "cuda"
+
+
+def test_parse_assignments_yaml_values():
+    got = run.parse_assignments(["layers=[3, 15]", "tokens=2000", "site=mlp_in", "eps=1e-3", "flag=true", "none="])
+    assert got == {"layers": [3, 15], "tokens": 2000, "site": "mlp_in", "eps": 1e-3, "flag": True, "none": None}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        run.parse_assignments(["tokens"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        run.parse_assignments(["2x=1"])
+
+
+def test_resolve_params_precedence_paths_and_unknown_names(project):
+    src = run.read_notebook(project / "notebooks" / "01_tiny.md")
+    assert set(src.declared) == {"x", "fail", "profile", "results_dir", "figures_dir"}
+    prof = run.load_profile("default", root=project)
+    out = project / "book" / "generated"
+    p = run.resolve_params(src, prof, {"fail": True}, project=project, out_dir=out)
+    # common names the notebook does not declare (seed, model, cache_dir) are not passed
+    assert p == {"x": 2, "fail": True, "profile": "default", "results_dir": "results", "figures_dir": "figures"}
+    with pytest.raises(ValueError, match=r"does not declare.*x=1, fail=False"):
+        run.resolve_params(src, prof, {"tokens": 5}, project=project, out_dir=out)
+    prof.notebooks["01_tiny"]["typo"] = 1
+    with pytest.raises(ValueError, match="profile 'default'.*typo"):
+        run.resolve_params(src, prof, {}, project=project, out_dir=out)
+
+
+def test_parameters_cell_must_be_single_and_parseable(tmp_path):
+    two = tmp_path / "two.md"
+    two.write_text(TINY.replace("```{code-cell} ipython3\nfrom atomslib", "```{code-cell} ipython3\n:tags: [parameters]\n\nfrom atomslib"))
+    with pytest.raises(ValueError, match="exactly one cell tagged 'parameters' \\(found 2\\)"):
+        run.read_notebook(two)
+    eq = tmp_path / "eq.md"
+    eq.write_text(TINY.replace("x = 1\n", "x = 1  # e.g. x=2\n"))
+    with pytest.raises(ValueError, match="more than one '='"):
+        run.read_notebook(eq)
+
+
+def test_run_key_covers_source_params_inputs_not_cache_dir():
+    k = run.run_key("src", {"a": 1, "cache_dir": "/x"})
+    assert k == run.run_key("src", {"a": 1, "cache_dir": "/elsewhere"})
+    assert len({k, run.run_key("src2", {"a": 1}), run.run_key("src", {"a": 2}),
+                run.run_key("src", {"a": 1}, inputs={"f.json": "00"}), run.run_key("src", {"a": 1}, version="9")}) == 5
+
+
+# ---- results convention and claims (no kernel) ----------------------------------------------
+
+def test_claims_validation_and_verdicts():
+    with pytest.raises(ValueError, match="unknown claim_id 'atom.r2'"):
+        run.claim("atom.r2", 1.0, "R2=euclid", "heldout")
+    with pytest.raises(TypeError, match="number or None"):
+        run.claim("atoms.r2", "high", "R2=euclid", "heldout")
+    results = {"03_neurons_features_atoms": {"claims": [
+        run.claim("atoms.r2", 0.995, "R2=euclid", "heldout", model="m", layer=3),
+        run.claim("atoms.r2", 0.90, "R2=uncentred", "heldout"),
+        run.claim("atoms.q_star", None, "q*=A", "heldout")]}}
+    rows = {(r["claim_id"], r["variant"]): r for r in run.evaluate_claims(results)}
+    assert rows[("atoms.r2", "R2=euclid")]["verdict"] == "supported"
+    assert rows[("atoms.r2", "R2=euclid")]["where"] == "m, layer 3"
+    assert rows[("atoms.r2", "R2=uncentred")]["verdict"] == "not supported"
+    assert rows[("atoms.q_star", "q*=A")]["verdict"] == "not measured"
+    assert rows[("shift.aip_at_90", "—")]["verdict"] == "not measured"
+    summary = run.conclusion_summary(run.evaluate_claims(results))
+    sup = {e["claim_id"]: e["measurements"] for e in summary["supported"]}
+    assert sup == {"atoms.r2": ["0.995 (R2=euclid, heldout, m, layer 3)"]}
+    assert [e["claim_id"] for e in summary["not supported"]] == ["atoms.r2"]  # another variant
+    assert "shift.aip_at_90" in [e["claim_id"] for e in summary["not measured"]]
+    assert run.fmt(0.99923) == "0.9992" and run.fmt(None) == "—" and run.fmt(3) == "3" and run.fmt(float("nan")) == "nan"
+    assert run.CLAIMS_BY_ID["neurons.q_star"].verdict(0.01) == "supported"
+    assert math.isinf(run.CLAIMS_BY_ID["neurons.q_star"].lo)
+
+
+def test_validate_results_names_problems():
+    assert run.validate_results([]) == ["top level must be an object, got list"]
+    probs = run.validate_results({"notebook": "a", "params": {}, "metrics": {}, "claims": [{"claim_id": "x"}]}, "b")
+    text = "; ".join(probs)
+    assert "missing key 'atomslib_version'" in text and "expected 'b'" in text and "claims[0]" in text
+
+
+# ---- papermill runs --------------------------------------------------------------------------
+
+def _files(d: Path) -> list[str]:
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+
+
+def test_run_writes_outputs_then_skips_then_force(project):
+    out = project / "book" / "generated"
+    r1 = run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
+    assert r1.status == "ok"
+    assert _files(out) == ["01_tiny.ipynb", "results/01_tiny.json"]  # no temp/partial files left
+    res = json.loads((out / "results" / "01_tiny.json").read_text())
+    nb = json.loads((out / "01_tiny.ipynb").read_text())
+    assert res["run_key"] == nb["metadata"]["atoms"]["run_key"] == r1.key
+    assert res["params"]["x"] == 2 and res["metrics"] == {"double": 4} and res["notebook"] == "01_tiny"
+    assert run.validate_results(res, "01_tiny") == []
+    assert run.run_notebook("01", {}, profile="default", root=project).status == "skipped"
+    assert run.run_notebook("tiny", {}, profile="default", root=project, force=True).status == "ok"
+    r4 = run.run_notebook("01_tiny", {"x": 3}, profile="default", root=project)
+    assert r4.status == "ok" and r4.key != r1.key
+    assert json.loads((out / "results" / "01_tiny.json").read_text())["metrics"] == {"double": 6}
+
+
+def test_failing_notebook_names_cell_and_keeps_previous_outputs(project):
+    out = project / "book" / "generated"
+    ok = run.run_notebook("01_tiny", {}, profile="default", root=project)
+    before = (out / "results" / "01_tiny.json").read_bytes(), (out / "01_tiny.ipynb").read_bytes()
+    with pytest.raises(run.NotebookFailed) as e:
+        run.run_notebook("01_tiny", {"fail": True}, profile="default", root=project)
+    msg = str(e.value)
+    assert "notebook 01_tiny failed in cell" in msg
+    assert "`y = 1 / (0 if fail else 1)" in msg and "ZeroDivisionError" in msg
+    partial = out / "01_tiny.partial.ipynb"
+    assert str(partial) in msg and partial.exists()
+    # the results the failed run wrote were rolled back; the executed notebook is untouched
+    assert ((out / "results" / "01_tiny.json").read_bytes(), (out / "01_tiny.ipynb").read_bytes()) == before
+    assert json.loads(before[0])["run_key"] == ok.key
+    assert not list(out.rglob("*.previous")) and not list(out.rglob("*.tmp"))
+
+
+def test_cli_unknown_parameter_lists_the_notebooks_parameters(project, capsys):
+    rc = cli.main(["run", "01_tiny", "--root", str(project), "-p", "tokens=5"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "-p sets tokens, which 01_tiny does not declare" in err and "x=1, fail=False" in err
+
+
+def test_run_all_parallel_missing_and_failed(tmp_path, capsys):
+    project = make_project(tmp_path / "proj", toc=True)
+    rc = cli.main(["run", "--all", "--profile", "quick", "--root", str(project), "--jobs", "2"])
+    captured = capsys.readouterr()
+    assert rc == 1  # one notebook failed, the others still ran
+    assert "02_broken" in captured.err and "KeyError" in captured.err and "`z = {}[\"missing key\"]`" in captured.err
+    assert "03_planned" in captured.err  # the missing-source warning lists it
+    table = {ln.split()[0]: ln.split()[1] for ln in captured.out.splitlines()[2:]}
+    assert table == {"01_tiny": "ok", "02_broken": "failed", "03_planned": "missing"}
+    out = project / "book" / "generated"
+    placeholder = json.loads((out / "03_planned.ipynb").read_text())
+    assert placeholder["metadata"]["atoms"]["placeholder"] is True
+    assert "A planned chapter" in "".join(placeholder["cells"][0]["source"])
+    assert json.loads((out / "results" / "01_tiny.json").read_text())["params"]["profile"] == "quick"
+
+
+class _Recorder(run.Executor):
+    seen: list = []
+
+    def run(self, tasks, on_result=None):
+        res = []
+        for t in tasks:
+            _Recorder.seen.append((t.name, t.params, Path(t.results_path).name))
+            r = run.TaskResult(t.name, "ok", 0.0, t.key)
+            res.append(r)
+            if on_result:
+                on_result(r)
+        return res
+
+
+def test_executor_registry(project):
+    with pytest.raises(ValueError, match="unknown executor 'nosuch'; available: local"):
+        run.get_executor("nosuch")
+    with pytest.raises(ValueError, match="no --address"):
+        run.get_executor("local", address="ray://x")
+    run.register_executor("recorder", _Recorder)
+    try:
+        results = run.run_all("default", executor="recorder", root=project, progress=False)
+    finally:
+        run._EXECUTORS.pop("recorder")
+    assert [r.status for r in results] == ["ok"]
+    assert _Recorder.seen == [("01_tiny", {"x": 2, "profile": "default", "results_dir": "results",
+                                           "figures_dir": "figures"}, "01_tiny.json")]
