@@ -38,3 +38,7 @@ def correlated_acts(n: int, H: int, *, seed: int = 0, offset: float = 1.0, dtype
     scales = torch.logspace(0, 1.5, H, dtype=torch.float64)
     x = torch.randn(n, H, generator=g, dtype=torch.float64) * scales @ A + offset * scales.mean()
     return x.to(dtype)
+
+
+# Session-scoped fixtures over the embedded model (one load per test session).
+from conftest_activations import *  # noqa: E402,F401,F403

@@ -1,0 +1,511 @@
+"""Harvest activations: one truncated forward pass per batch feeds every requested layer.
+
+`harvest()` packs a corpus split into contexts, runs the model with forward hooks on the raw
+Hugging Face modules (`ActivationRecorder`), stops the forward right after the last hooked
+layer (no later blocks, no LM head), drops excluded tokens, and writes shards + a manifest that
+`atomslib.cache.ActivationCache` reads back (layout documented there).
+
+Token exclusion (decided per batch, per layer, recorded per layer in the manifest):
+- position 0 of every context (the attention sink, norm ~150x the median) when `exclude_first`;
+- outliers: tokens whose norm exceeds `outlier_ratio` x the median token norm of the batch at
+  that layer (positions 0 left out of the median). Per layer, because massive activations
+  appear only in some layers (SmolLM2 layer ~15): a token is dropped where it is extreme and
+  kept elsewhere. Dropped tokens are never stored nor fed to the AIP moments; their positions
+  are kept (`outliers.L`) so they can be inspected.
+
+Reliability: batching depends only on the request, so the output is a pure function of it
+(on one machine and torch build). Each shard, the moment checkpoint and the manifest are
+written atomically in that order; an interrupted harvest resumes after the last shard listed in
+the manifest and ends byte-identical to an uninterrupted one. A complete cache of the same
+request is returned at once without loading the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from ._util import atomic_write_bytes, atomic_write_json
+from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError
+from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
+from .models import DEFAULT_MODEL, HOOK_SITES, ActivationRecorder, check_layer, check_site, model_spec
+
+__all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SHARD_TARGET_BYTES = 64 << 20   # default shard size: large enough for fast I/O, small enough to buffer
+_LOG = "harvest_log.json"
+
+
+@dataclass
+class HarvestConfig:
+    """Everything that determines a harvest's output (its identity is `request()`)."""
+
+    layers: tuple[int, ...] = (3, 15)
+    """Block indices to record (sorted, deduplicated)."""
+    site: str = "resid_post"
+    """Hook site, one of HOOK_SITES: resid_post, mlp_in, mlp_out."""
+    tokens: int = 20_000
+    """Token positions to run (rounded up to whole contexts of ctx_len)."""
+    corpus: str = WIKI_OFFLINE
+    """Corpus name or path (see `atomslib.corpus.load_corpus`)."""
+    split: str = "train"
+    """Corpus split: train, heldout (unseen by units trained on train) or all."""
+    heldout_fraction: float = 0.1
+    """Fraction of documents in the held-out split."""
+    ctx_len: int = 128
+    """Tokens per context."""
+    batch_size: int = 8
+    """Contexts per forward pass (part of the identity: the outlier median is per batch)."""
+    dtype: str = "float32"
+    """Storage dtype: float32, float16 or bfloat16 (moments always accumulate in float64)."""
+    exclude_first: bool = True
+    """Drop position 0 (the attention sink) of every context."""
+    outlier_ratio: float | None = 50.0
+    """Drop tokens with norm > ratio x the batch median at that layer; None keeps all."""
+    seed: int = 0
+    """Seed of the document order used to pack contexts."""
+    shard_tokens: int | None = None
+    """Tokens per shard (rounded to whole batches); None targets ~64 MiB of activations per shard."""
+    model_dtype: str = "float32"
+    """Parameter dtype of the model (float32 default; bfloat16 for big models): changes the activations."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int):
+            self.layers = (self.layers,)
+        try:
+            layers = tuple(sorted({int(layer) for layer in self.layers}))
+        except (TypeError, ValueError):
+            raise TypeError(f"layers must be an int or a sequence of ints, got {self.layers!r}") from None
+        if not layers:
+            raise ValueError("layers is empty; pass at least one block index, e.g. layers=(3, 15)")
+        self.layers = layers
+        check_site(self.site)
+        for name in ("tokens", "ctx_len", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {v!r}")
+        if self.ctx_len < 2:
+            raise ValueError(f"ctx_len must be >= 2, got {self.ctx_len}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not a storage dtype; use one of {', '.join(_DTYPES)}")
+        if self.model_dtype is None:
+            self.model_dtype = "float32"
+        if self.model_dtype not in _DTYPES:
+            raise ValueError(f"model_dtype={self.model_dtype!r} is not understood; use one of {', '.join(_DTYPES)}")
+        if self.outlier_ratio is not None and not (isinstance(self.outlier_ratio, (int, float)) and self.outlier_ratio > 1):
+            raise ValueError(f"outlier_ratio must be a number > 1 (e.g. 50) or None to keep every token, got {self.outlier_ratio!r}")
+        if self.shard_tokens is not None and (not isinstance(self.shard_tokens, int) or self.shard_tokens <= 0):
+            raise ValueError(f"shard_tokens must be a positive int or None, got {self.shard_tokens!r}")
+        if self.split not in ("train", "heldout", "all"):
+            raise ValueError(f"split={self.split!r} is not one of train, heldout, all")
+
+    @property
+    def n_contexts(self) -> int:
+        return -(-self.tokens // self.ctx_len)
+
+    def shard_contexts(self, H: int) -> int:
+        """Contexts per shard: a whole number of batches."""
+        if self.shard_tokens is not None:
+            n = -(-self.shard_tokens // self.ctx_len)
+        else:
+            per_ctx = self.ctx_len * len(self.layers) * H * _DTYPES[self.dtype].itemsize
+            n = max(1, _SHARD_TARGET_BYTES // per_ctx)
+        return max(1, n // self.batch_size) * self.batch_size
+
+    def request(self, model: str) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["model"] = model
+        return d
+
+
+def _default_out(request: dict[str, Any]) -> Path:
+    from .models import cache_root
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "harvests" / key
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    p = out / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+        return m if isinstance(m, dict) and m.get("format") == FORMAT else None
+    except (OSError, ValueError):
+        return None
+
+
+def _clear(out: Path) -> None:
+    """Remove only the files a harvest writes (never anything else in `out`)."""
+    for p in list(out.glob("shard-*.safetensors")) + [out / MOMENTS, out / MANIFEST]:
+        p.unlink(missing_ok=True)
+
+
+def _check_disk(out: Path, need: int) -> None:
+    free = shutil.disk_usage(out).free
+    if need * 1.05 + (64 << 20) > free:
+        raise CacheError(f"the harvest needs about {need / 2**30:.2f} GiB in {out} but only {free / 2**30:.2f} GiB "
+                         f"are free; lower tokens=, use dtype='float16', fewer layers, or another out=")
+
+
+def _select(x: torch.Tensor, T: int, exclude_first: bool, ratio: float | None):
+    """Masks of kept / outlier rows of a flattened (B*T, H) batch, and the median norm."""
+    first = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if exclude_first:
+        first[::T] = True
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
+    cand = norms[~first]
+    med = cand.median() if cand.numel() else torch.zeros((), device=x.device)
+    outlier = (norms > ratio * med) & ~first if ratio is not None and float(med) > 0 else torch.zeros_like(first)
+    return ~(first | outlier), outlier, med
+
+
+def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence[int] = (3, 15),
+            site: str = "resid_post", tokens: int = 20_000, out: str | Path | None = None, *,
+            tokenizer=None, corpus: str = WIKI_OFFLINE, split: str = "train", heldout_fraction: float = 0.1,
+            ctx_len: int = 128, batch_size: int = 8, dtype: str = "float32", device: str = "cpu",
+            model_dtype: str | None = None, exclude_first: bool = True, outlier_ratio: float | None = 50.0,
+            seed: int = 0, resume: bool = True, progress: bool = True, shard_tokens: int | None = None,
+            on_shard: Callable[[int, int], None] | None = None, backend: str = "hooks") -> ActivationCache:
+    """Run `model` over a corpus split once and store the activations of `site` at `layers` in `out`.
+
+    model: a name for `load_model` (default the embedded SmolLM2-135M) or an already loaded HF
+        model (then pass `tokenizer=`; its device and dtype are used). out: the cache folder (default
+        `$ATOMS_CACHE/harvests/<hash of the request>`). resume: reuse a complete cache of the same
+        request, continue an interrupted one; False recomputes from scratch. on_shard(i, n) is
+        called after shard i is durably written. backend: "hooks" (plain torch hooks on the HF
+        modules) or "transformer_lens" (a TransformerLens TransformerBridge, `model` may be one; see
+        `atomslib.interop_tlens`). Other arguments: see `HarvestConfig`.
+    Returns the `ActivationCache` (the AIP moments of each layer are in it: `cache.aip(layer)`).
+    """
+    if isinstance(model, tuple) and len(model) == 2:
+        model, tokenizer = model
+    if backend not in ("hooks", "transformer_lens"):
+        raise ValueError(f"backend={backend!r} is not known; use 'hooks' or 'transformer_lens'")
+    recorder = ActivationRecorder
+    if backend != "hooks" and isinstance(model, torch.nn.Module):
+        from .interop_tlens import bridge_backend
+        model, recorder = bridge_backend(model, tokenizer)
+    if isinstance(model, torch.nn.Module):   # a loaded model brings its own parameter dtype
+        model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    cfg = HarvestConfig(layers=layers, site=site, tokens=tokens, corpus=str(corpus), split=split,
+                        heldout_fraction=heldout_fraction, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype,
+                        exclude_first=exclude_first, outlier_ratio=outlier_ratio, seed=seed, shard_tokens=shard_tokens,
+                        model_dtype=model_dtype)
+    if isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: harvest(model, ..., tokenizer=tok) or harvest((model, tok), ...)")
+        name = model_spec(model).name
+    elif isinstance(model, (str, Path)):
+        name = str(model)
+    else:
+        raise TypeError(f"model must be a model name/folder or a loaded HF model, got {type(model).__name__}")
+    request = cfg.request(name)
+    if backend != "hooks":   # hooks requests (and their default folders) stay as they were
+        request["backend"] = backend
+    out = Path(out).expanduser() if out is not None else _default_out(request)
+    old = _read_manifest(out)
+    if old is not None and resume:
+        if old.get("request") != request:
+            diff = sorted(k for k in set(request) | set(old.get("request", {}))
+                          if request.get(k) != old.get("request", {}).get(k))
+            raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
+                             f"pass another out=, or resume=False to overwrite it")
+        if old.get("complete"):
+            return ActivationCache(out)
+    elif (out / MANIFEST).exists() and resume:
+        raise CacheError(f"{out / MANIFEST} is unreadable or of another format; pass resume=False to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _clear(out)
+        old = None
+
+    t_start = time.time()
+    if not isinstance(model, torch.nn.Module):
+        from .models import load_model
+        model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
+        if backend != "hooks":
+            from .interop_tlens import bridge_backend
+            model, recorder = bridge_backend(model, tokenizer)
+    return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+
+
+class _Run:
+    """One harvest execution (fresh or resumed); split from `harvest` to keep each piece readable."""
+
+    def __init__(self, cfg, request, model, tokenizer, out, old, progress, on_shard, t_start,
+                 recorder=ActivationRecorder):
+        self.cfg, self.request, self.model, self.tok, self.out = cfg, request, model, tokenizer, out
+        self.recorder = recorder
+        self.progress, self.on_shard, self.t_start = progress, on_shard, t_start
+        self.layers = sorted({check_layer(model, layer) for layer in cfg.layers})
+        if len(self.layers) != len(cfg.layers):
+            raise ValueError(f"layers {list(cfg.layers)} name the same block twice; pass distinct layers")
+        from .models import d_site
+        self.H = d_site(model, cfg.site)
+        self.device = next(model.parameters()).device
+        self.store = _DTYPES[cfg.dtype]
+        docs = load_corpus(cfg.corpus, split=cfg.split, heldout_fraction=cfg.heldout_fraction)
+        self.packed = pack_contexts(docs, tokenizer, cfg.ctx_len, cfg.tokens, cfg.seed)
+        self.n_ctx = self.packed.input_ids.shape[0]
+        self.shard_ctx = cfg.shard_contexts(self.H)
+        self.n_shards = -(-self.n_ctx // self.shard_ctx)
+        spec = model_spec(model).to_dict()
+        spec.pop("path", None)   # machine-specific; the revision identifies the weights
+        self.base = {
+            "format": FORMAT, "version": VERSION, "complete": False, "request": request, "model": spec,
+            "corpus": {"name": cfg.corpus, "split": cfg.split, "heldout_fraction": cfg.heldout_fraction,
+                       "fingerprint": docs.fingerprint, "n_docs_split": len(docs), "n_docs_used": self.packed.n_docs},
+            "tokens_sha256": hashlib.sha256(self.packed.input_ids.numpy().tobytes()).hexdigest(),
+            "layers": self.layers, "site": cfg.site, "site_doc": HOOK_SITES[cfg.site], "d_site": self.H,
+            "ctx_len": cfg.ctx_len, "n_contexts": self.n_ctx, "n_tokens": self.n_ctx * cfg.ctx_len,
+            "dtype": cfg.dtype, "shard_contexts": self.shard_ctx, "n_shards": self.n_shards,
+            "exclusion": {"first_position": cfg.exclude_first, "outlier_ratio": cfg.outlier_ratio,
+                          "rule": "per layer: norm > outlier_ratio x median token norm of the batch (position 0 "
+                                  "left out of the median); excluded tokens are neither stored nor in the moments"},
+            "library": _versions(),
+        }
+        self.old = old
+        if old is not None:
+            for k in ("model", "corpus", "tokens_sha256", "layers", "d_site", "shard_contexts", "library"):
+                if old.get(k) != self.base[k]:
+                    raise CacheError(f"cannot resume {out}: its {k} differs from this run's ({old.get(k)!r} vs "
+                                     f"{self.base[k]!r}); pass resume=False to start over")
+
+    def _bytes_needed(self, n_ctx: int) -> int:
+        per_tok = len(self.layers) * (self.H * self.store.itemsize + 4) + 8
+        return n_ctx * self.cfg.ctx_len * per_tok + len(self.layers) * self.H * (self.H + 1) * 8 * 2
+
+    def _resume_state(self):
+        """Shards already done (verified) and the moment accumulators brought up to them."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        from .aip import MomentAccumulator
+        from .cache import _digest
+
+        done: list[dict[str, Any]] = []
+        for e in (self.old or {}).get("shards", []):
+            p = self.out / e["file"]
+            if not p.is_file() or p.stat().st_size != e["bytes"] or _digest(p.read_bytes()) != e["sha256"]:
+                break
+            done.append(e)
+        accs = {layer: MomentAccumulator(self.H, device=self.device) for layer in self.layers}
+        mp = self.out / MOMENTS
+        replay_from = 0
+        if done and mp.is_file():
+            try:
+                with safe_open(str(mp), framework="pt") as f:
+                    n_done = int((f.metadata() or {}).get("n_shards", -1))
+                if n_done == len(done):   # the checkpoint matches: no replay
+                    t = load_file(str(mp))
+                    for layer, acc in accs.items():
+                        acc.load_state_dict({k: t[f"{layer}.{k}"] for k in ("sum_HH", "sum_H", "n", "n_excluded")})
+                    replay_from = len(done)
+            except Exception:
+                replay_from = 0
+                accs = {layer: MomentAccumulator(self.H, device=self.device) for layer in self.layers}
+        # A crash between a shard and its moment checkpoint: rebuild the moments from the shards,
+        # with the same update calls as the original run (one per shard), hence the same bits.
+        for e in done[replay_from:]:
+            t = load_file(str(self.out / e["file"]))
+            for layer in self.layers:
+                accs[layer].update(t[f"acts.{layer}"].to(self.device))
+                accs[layer].n_excluded += e["n_outlier"][str(layer)]
+        return done, accs
+
+    def run(self) -> ActivationCache:
+        from tqdm.auto import tqdm
+
+        cfg, T, L = self.cfg, self.cfg.ctx_len, self.layers
+        done, accs = self._resume_state()
+        start = len(done)
+        c_start = start * self.shard_ctx
+        _check_disk(self.out, self._bytes_needed(self.n_ctx - c_start))
+        bar = tqdm(total=self.n_ctx * T, initial=c_start * T, unit="tok", unit_scale=True, disable=not self.progress,
+                   desc=f"harvest {cfg.site} L{','.join(map(str, L))}", file=sys.stderr)
+        ids_all = self.packed.input_ids
+        t0, cpu0 = time.time(), time.process_time()
+        with bar, torch.inference_mode(), self.recorder(self.model, cfg.site, L) as rec:
+            for s in range(start, self.n_shards):
+                c0, c1 = s * self.shard_ctx, min(self.n_ctx, (s + 1) * self.shard_ctx)
+                parts: dict[int, dict[str, list]] = {layer: {"acts": [], "index": [], "outliers": [], "medians": []} for layer in L}
+                for b0 in range(c0, c1, cfg.batch_size):
+                    b1 = min(c1, b0 + cfg.batch_size)
+                    acts = rec(ids_all[b0:b1].to(self.device))
+                    base = (b0 - c0) * T
+                    for layer in L:
+                        x = acts[layer].reshape(-1, self.H)
+                        keep, outl, med = _select(x, T, cfg.exclude_first, cfg.outlier_ratio)
+                        p = parts[layer]
+                        p["acts"].append(x[keep].to(self.store).cpu())
+                        p["index"].append((keep.nonzero().squeeze(1) + base).to(torch.int32).cpu())
+                        p["outliers"].append((outl.nonzero().squeeze(1) + base).to(torch.int32).cpu())
+                        p["medians"].append(med.float().reshape(1).cpu())
+                    bar.update((b1 - b0) * T)
+                done.append(self._write_shard(s, c0, c1, parts, accs))
+                self._write_moments(accs, len(done))
+                atomic_write_json(self.out / MANIFEST, {**self.base, "shards": done})
+                if self.on_shard is not None:
+                    self.on_shard(s, self.n_shards)
+        return self._finish(done, accs, start, time.time() - t0, time.process_time() - cpu0)
+
+    def _write_shard(self, s, c0, c1, parts, accs) -> dict[str, Any]:
+        from safetensors.torch import save
+
+        n_ctx = c1 - c0
+        tensors: dict[str, torch.Tensor] = {
+            "token_ids": self.packed.input_ids[c0:c1].to(torch.int32),
+            "doc_ids": self.packed.doc_ids[c0:c1].to(torch.int32),
+            "context_index": torch.arange(c0, c1, dtype=torch.int64)}
+        entry: dict[str, Any] = {"file": f"shard-{s:05d}.safetensors", "context_start": c0, "n_contexts": n_ctx,
+                                 "n_kept": {}, "n_outlier": {}}
+        for layer, p in parts.items():
+            x = torch.cat(p["acts"])
+            if not bool(torch.isfinite(x).all()):
+                hint = (" in float16 (values beyond ±65504): use dtype='float32' or a lower outlier_ratio"
+                        if self.store == torch.float16 else "; the model produced NaN/inf (check model_dtype)")
+                raise CacheError(f"non-finite activations at layer {layer}, shard {s}{hint}")
+            tensors[f"acts.{layer}"] = x
+            tensors[f"index.{layer}"] = torch.cat(p["index"])
+            tensors[f"outliers.{layer}"] = torch.cat(p["outliers"])
+            tensors[f"medians.{layer}"] = torch.cat(p["medians"])
+            entry["n_kept"][str(layer)] = x.shape[0]
+            entry["n_outlier"][str(layer)] = tensors[f"outliers.{layer}"].numel()
+            # Moments from the stored rows (one update per shard), so a replay from disk is bit-identical.
+            accs[layer].update(x.to(self.device))
+            accs[layer].n_excluded += entry["n_outlier"][str(layer)]
+        data = save({k: v.contiguous() for k, v in tensors.items()},
+                    # One metadata key: safetensors writes a dict's keys in random order, which
+                    # would break byte-identical resumes.
+                    metadata={"atoms": json.dumps({"format": FORMAT + ".shard", "shard": s, "site": self.cfg.site})})
+        atomic_write_bytes(self.out / entry["file"], data)
+        entry["bytes"] = len(data)
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        return entry
+
+    def _write_moments(self, accs, n_shards: int) -> bytes:
+        from safetensors.torch import save
+
+        tensors = {f"{layer}.{k}": v for layer, acc in accs.items() for k, v in acc.state_dict().items()}
+        data = save(tensors, metadata={"n_shards": str(n_shards)})
+        atomic_write_bytes(self.out / MOMENTS, data)
+        return data
+
+    def _finish(self, done, accs, start, elapsed, cpu_s) -> ActivationCache:
+        cfg = self.cfg
+        n_first = self.n_ctx if cfg.exclude_first else 0
+        counts = {str(layer): {"n_kept": sum(e["n_kept"][str(layer)] for e in done), "n_first": n_first,
+                               "n_outlier": sum(e["n_outlier"][str(layer)] for e in done)} for layer in self.layers}
+        data = (self.out / MOMENTS).read_bytes()
+        manifest = {**self.base, "complete": True, "shards": done, "counts": counts,
+                    "moments": {"file": MOMENTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+        atomic_write_json(self.out / MANIFEST, manifest)
+        new_tok = (self.n_ctx - start * self.shard_ctx) * cfg.ctx_len
+        rate = new_tok / max(elapsed, 1e-9)
+        log = _read_log(self.out)
+        log.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "resumed_at_shard": start,
+                    "tokens_run": new_tok, "forward_s": round(elapsed, 3), "total_s": round(time.time() - self.t_start, 3),
+                    "tokens_per_s": round(rate, 1), "forward_cpu_s": round(cpu_s, 3), "device": str(self.device)})
+        atomic_write_json(self.out / _LOG, log)
+        size = sum(e["bytes"] for e in done) + len(data)
+        if self.progress:
+            outl = ", ".join(f"L{k}: {v['n_outlier']}" for k, v in counts.items())
+            print(f"atoms harvest: {new_tok} tokens ({cfg.site}, layers {self.layers}) in {elapsed:.1f} s = "
+                  f"{rate:,.0f} tok/s -> {self.out} ({len(done)} shards, {size / 2**20:.1f} MiB); excluded "
+                  f"{n_first} sink tokens, outliers {outl}", file=sys.stderr)
+        return ActivationCache(self.out)
+
+
+def _read_log(out: Path) -> list:
+    try:
+        log = json.loads((out / _LOG).read_text())
+        return log if isinstance(log, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _versions() -> dict[str, str]:
+    v = {"atomslib": __version__, "torch": torch.__version__.split("+")[0]}
+    try:
+        import transformers
+        v["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return v
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _parse_layers(s: str) -> list[int]:
+    out: list[int] = []
+    for part in (x.strip() for x in s.split(",")):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            out.extend(range(int(m[1]), int(m[2]) + 1))
+        elif part:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ValueError(f"--layers {s!r}: {part!r} is not a layer; pass e.g. 3,15 or 0-5") from None
+    if not out:
+        raise ValueError(f"--layers {s!r} names no layer; pass e.g. 3,15 or 0-5")
+    return out
+
+
+def configure_harvest_parser(p) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default, offline), a local folder or a HF id")
+    p.add_argument("--layers", default="3,15", help="comma-separated block indices or ranges, e.g. 3,15 or 0-5 (default 3,15)")
+    p.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site (default resid_post)")
+    p.add_argument("--tokens", type=int, default=20_000, help="token positions to harvest (default 20000)")
+    p.add_argument("--out", default=None, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
+    p.add_argument("--corpus", default=WIKI_OFFLINE, help="corpus name or .txt/.jsonl path/glob (default wiki-offline)")
+    p.add_argument("--split", default="train", choices=["train", "heldout", "all"])
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=list(_DTYPES), help="storage dtype")
+    p.add_argument("--model-dtype", default=None, choices=list(_DTYPES), help="parameter dtype (bfloat16 for big models)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--keep-first", action="store_true", help="keep position 0 (the attention sink)")
+    p.add_argument("--outlier-ratio", default="50", help="drop tokens with norm > R x median ('none' keeps all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-tokens", type=int, default=None)
+    p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cli_harvest(args) -> int:
+    ratio = None if str(args.outlier_ratio).lower() in ("none", "off", "0") else float(args.outlier_ratio)
+    cache = harvest(args.model, _parse_layers(args.layers), args.site, args.tokens, args.out, corpus=args.corpus,
+                    split=args.split, ctx_len=args.ctx_len, batch_size=args.batch_size, dtype=args.dtype,
+                    device=args.device, model_dtype=args.model_dtype, exclude_first=not args.keep_first,
+                    outlier_ratio=ratio, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
+                    shard_tokens=args.shard_tokens)
+    print(cache.path)
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`atomslib.harvest` names both this module and its main function: once the module is
+    imported, Python binds the package attribute to the module, so the module itself forwards
+    calls to `harvest()` and `atomslib.harvest(...)` works either way."""
+
+    def __call__(self, *args, **kwargs) -> ActivationCache:
+        return harvest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

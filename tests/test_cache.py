@@ -1,0 +1,125 @@
+"""atomslib.cache: streaming readers, contexts, and detection of damaged caches."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from atomslib.cache import ActivationCache, ActivationReader, CacheError
+from conftest_activations import small_cache, smol  # noqa: F401,F811  (fixtures)
+
+pytestmark = pytest.mark.model
+
+
+def test_reader_streams_in_order(small_cache):
+    full = small_cache.load(3)
+    assert full.shape == (small_cache.n_kept(3), 576) and full.dtype == torch.float32
+    r = small_cache.reader(3, batch_size=300)
+    assert isinstance(r, ActivationReader) and len(r) == -(-full.shape[0] // 300)
+    batches = list(r)
+    assert [b.shape[0] for b in batches[:-1]] == [300] * (len(batches) - 1)
+    assert torch.equal(torch.cat(batches), full)
+    assert torch.equal(torch.cat(list(r)), full)                       # re-iterable
+    assert torch.equal(torch.cat(list(small_cache.reader(3, max_tokens=700, batch_size=256))), full[:700])
+    half = torch.cat(list(small_cache.reader(3, dtype=torch.float16)))
+    assert half.dtype == torch.float16
+
+
+def test_reader_shuffle_is_deterministic_permutation(small_cache):
+    full = small_cache.load(15)
+    a = small_cache.reader(15, batch_size=512, shuffle=True, seed=1, buffer_shards=2)
+    b = small_cache.reader(15, batch_size=512, shuffle=True, seed=1, buffer_shards=2)
+    ea, eb = torch.cat(list(a)), torch.cat(list(b))
+    assert torch.equal(ea, eb) and not torch.equal(ea, full)
+    assert torch.allclose(ea.double().sum(0), full.double().sum(0))
+    assert torch.equal(torch.sort(ea[:, 0]).values, torch.sort(full[:, 0]).values)
+    assert not torch.equal(torch.cat(list(a)), ea)                     # the next epoch reshuffles
+    c = small_cache.reader(15, batch_size=512, shuffle=True, seed=2)
+    assert not torch.equal(torch.cat(list(c)), ea)
+    sub = torch.cat(list(small_cache.reader(15, shuffle=True, max_tokens=600)))
+    assert torch.equal(torch.sort(sub[:, 0]).values, torch.sort(full[:600, 0]).values)
+
+
+def test_locate_tokens_and_contexts(small_cache, smol):
+    _, tok = smol
+    rows = torch.tensor([0, 126, 127, 500, small_cache.n_kept(3) - 1])
+    ctx, pos = small_cache.locate(3, rows)
+    assert ctx.tolist()[:3] == [0, 0, 1] and pos.tolist()[:3] == [1, 127, 1]     # position 0 never stored
+    ids = small_cache.tokens(3, rows)
+    assert torch.equal(ids, small_cache.token_ids[ctx, pos].long())
+    cs = small_cache.contexts(3, rows, before=5, after=2, tokenizer=tok)
+    assert len(cs) == 5
+    for c, i in zip(cs, ids.tolist()):
+        assert c.tokens[c.focus] == tok.decode([i]) and len(c.tokens) <= 8
+        assert c.doc_id >= 0 and "[[" in c.text()
+    assert small_cache.token_ids.shape == (16, 128) and small_cache.doc_ids.shape == (16, 128)
+    with pytest.raises(ValueError, match="rows must lie in"):
+        small_cache.locate(3, [10**9])
+
+
+def test_validate_and_unknown_layer(small_cache):
+    assert small_cache.validate() is small_cache
+    with pytest.raises(CacheError, match=r"layer 7 is not in this cache; it holds layers \[3, 15\]"):
+        small_cache.reader(7)
+    with pytest.raises(CacheError, match="not an activation cache"):
+        ActivationCache(small_cache.path / "nowhere")
+
+
+@pytest.fixture
+def copy(small_cache, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(small_cache.path, dst)
+    return dst
+
+
+def test_corrupted_shard_is_refused(copy):
+    p = copy / "shard-00001.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-100] ^= 0xFF                                               # one flipped byte, same size
+    p.write_bytes(bytes(data))
+    cache = ActivationCache(copy)                                      # opening is cheap: sizes only
+    with pytest.raises(CacheError, match="shard-00001.safetensors is corrupt.*sha256"):
+        list(cache.reader(3))
+    with pytest.raises(CacheError, match="corrupt"):
+        ActivationCache(copy).validate()
+
+
+def test_truncated_or_missing_shard_is_refused(copy):
+    p = copy / "shard-00002.safetensors"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CacheError, match="truncated"):
+        ActivationCache(copy)
+    p.unlink()
+    with pytest.raises(CacheError, match="missing"):
+        ActivationCache(copy)
+
+
+def test_bad_manifest_is_refused(copy):
+    mf = copy / "manifest.json"
+    m = json.loads(mf.read_text())
+    mf.write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(CacheError, match="not a atoms.activations v1 manifest"):
+        ActivationCache(copy)
+    mf.write_text("{ not json")
+    with pytest.raises(CacheError, match="unreadable or corrupt"):
+        ActivationCache(copy)
+
+
+def test_non_finite_activations_are_refused(copy):
+    from safetensors.torch import load_file, save
+
+    mf = copy / "manifest.json"
+    m = json.loads(mf.read_text())
+    entry = m["shards"][0]
+    t = load_file(str(copy / entry["file"]))
+    t["acts.15"][5, 3] = float("nan")
+    data = save(t)
+    (copy / entry["file"]).write_bytes(data)
+    entry.update(bytes=len(data), sha256=__import__("hashlib").sha256(data).hexdigest())   # a "valid" file of NaNs
+    mf.write_text(json.dumps(m))
+    cache = ActivationCache(copy)
+    assert cache.load(3).shape[0] == cache.n_kept(3)                 # the other layer is fine
+    with pytest.raises(CacheError, match="NaN/inf activations at layer 15"):
+        cache.load(15)

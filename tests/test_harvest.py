@@ -1,0 +1,194 @@
+"""atomslib.harvest: content, determinism, kill-and-resume, refusals, exclusion, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from atomslib import harvest as H
+from atomslib.cache import ActivationCache, CacheError
+from atomslib.harvest import ActivationRecorder, HarvestConfig, harvest
+from conftest_activations import SMALL_HARVEST, small_cache, smol  # noqa: F401,F811  (fixtures)
+
+pytestmark = pytest.mark.model
+
+# A cheap request for the determinism / resume tests: 4 shards of 4 contexts x 64 tokens, and
+# only 4 blocks to run (layers 1 and 3).
+RESUME = dict(layers=(1, 3), site="resid_post", tokens=1024, ctx_len=64, batch_size=4, shard_tokens=256,
+              progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(smol, tmp_path_factory):
+    return harvest(smol, out=tmp_path_factory.mktemp("reference") / "cache", **RESUME)
+
+
+def shard_digests(path: Path) -> dict[str, str]:
+    return {p.name: H.hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.iterdir()) if p.suffix == ".safetensors"}
+
+
+def same_cache(a: Path, b: Path) -> None:
+    assert shard_digests(a) == shard_digests(b) and len(shard_digests(a)) == 5   # 4 shards + moments
+    assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+
+
+def test_manifest_and_contents(smol, small_cache):
+    model, tok = smol
+    m = small_cache.manifest
+    assert m["complete"] and m["site"] == "resid_post" and m["layers"] == [3, 15]
+    assert m["model"]["name"] == "smollm2-135m" and m["model"]["revision"].startswith("gguf-sha256:")
+    assert m["corpus"]["name"] == "wiki-offline" and m["corpus"]["split"] == "train"
+    assert (m["n_tokens"], m["n_contexts"], m["n_shards"], m["ctx_len"], m["dtype"]) == (2048, 16, 4, 128, "float32")
+    assert m["library"]["atomslib"] and len(m["shards"]) == 4 and all(len(e["sha256"]) == 64 for e in m["shards"])
+    for layer in (3, 15):
+        c = small_cache.counts(layer)
+        assert c["n_first"] == 16 and c["n_kept"] + c["n_first"] + c["n_outlier"] == 2048
+    assert small_cache.d_model == 576 and small_cache.n_tokens == 2048
+    # The stored rows are exactly the hooked activations of the packed contexts, position 0 dropped.
+    ids = small_cache.token_ids[:4].to(torch.int64)
+    with torch.inference_mode(), ActivationRecorder(model, "resid_post", [3, 15]) as rec:
+        acts = rec(ids)
+    for layer in (3, 15):
+        want = acts[layer][:, 1:].reshape(-1, 576)
+        got = small_cache.load(layer, max_tokens=want.shape[0])
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # The AIP moment saved during the harvest is the moment of the stored rows.
+    x = small_cache.load(15).double()
+    torch.testing.assert_close(small_cache.moments(15).moment(), x.T @ x / x.shape[0])
+    aip = small_cache.aip(15, ridge=1e-6)
+    assert aip.H == 576 and aip.n_tokens == small_cache.n_kept(15)
+
+
+def test_deterministic_and_complete_cache_is_reused(smol, small_cache, reference, tmp_path, monkeypatch):
+    again = harvest(smol, out=tmp_path / "again", **RESUME)
+    same_cache(reference.path, again.path)
+    # A complete cache of the same request comes back without loading the model or recomputing.
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(H, "_Run", lambda *a, **k: pytest.fail("recomputed"))
+    reused = harvest("smollm2-135m", out=small_cache.path, **SMALL_HARVEST)
+    assert reused.path == small_cache.path
+    import atomslib
+    import atomslib.harvest  # noqa: F401  (binds the package attribute to the module)
+    assert atomslib.harvest(out=small_cache.path, **SMALL_HARVEST).path == small_cache.path
+
+
+def test_interrupt_and_resume_gives_identical_bytes(smol, reference, tmp_path):
+    out = tmp_path / "resumed"
+
+    def stop_after_two(i, n):
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        harvest(smol, out=out, on_shard=stop_after_two, **RESUME)
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 2
+    with pytest.raises(CacheError, match="incomplete.*resume"):
+        ActivationCache(out)
+    ran = []
+    harvest(smol, out=out, on_shard=lambda i, n: ran.append(i), **RESUME)
+    assert ran == [2, 3]                      # only the missing shards were computed
+    same_cache(reference.path, out)
+
+    # A crash between a shard and its moment checkpoint: the moments are rebuilt from the shards.
+    out2 = tmp_path / "resumed2"
+    with pytest.raises(KeyboardInterrupt):
+        harvest(smol, out=out2, on_shard=stop_after_two, **RESUME)
+    (out2 / "moments.safetensors").write_bytes(b"garbage")
+    (out2 / "shard-00002.safetensors").write_bytes(b"half-written shard that no manifest lists")
+    harvest(smol, out=out2, **RESUME)
+    same_cache(reference.path, out2)
+
+
+def test_sigkill_and_resume_gives_identical_bytes(smol, reference, tmp_path):
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from atomslib.harvest import harvest
+        kw = {RESUME!r}
+        def die(i, n):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        harvest(out={str(out)!r}, on_shard=die, **kw)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert r.returncode == -9, r.stderr.decode()[-2000:]
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 3
+    harvest(smol, out=out, **RESUME)
+    same_cache(reference.path, out)
+
+
+def test_refusals(smol, small_cache, tmp_path, monkeypatch):
+    with pytest.raises(CacheError, match=r"another request \(differs in site\).*resume=False"):
+        harvest(smol, out=small_cache.path, **{**SMALL_HARVEST, "site": "mlp_in"})
+    with pytest.raises(CacheError, match="site is 'resid_post', expected 'mlp_out'"):
+        ActivationCache(small_cache.path, expect={"site": "mlp_out"})
+    with pytest.raises(ValueError, match=r"layer 40 is out of range.*n_layers=30"):
+        harvest(smol, layers=(3, 40), tokens=128, out=tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="site='resid'"):
+        harvest(smol, site="resid", tokens=128, out=tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        HarvestConfig(dtype="int8")
+    with pytest.raises(ValueError, match="outlier_ratio"):
+        HarvestConfig(outlier_ratio=0.5)
+    with pytest.raises(ValueError, match="tokens must be a positive int"):
+        HarvestConfig(tokens=0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        harvest(smol[0], tokens=128, out=tmp_path / "x")
+    monkeypatch.setattr(H.shutil, "disk_usage", lambda p: H.shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    with pytest.raises(CacheError, match=r"needs about .* GiB .* free; lower tokens="):
+        harvest(smol, layers=(1,), tokens=128, out=tmp_path / "full", progress=False)
+
+
+def test_outliers_float16_and_keep_first(smol, tmp_path):
+    cache = harvest(smol, layers=(0, 15), tokens=512, out=tmp_path / "o", batch_size=4, dtype="float16",
+                    exclude_first=False, outlier_ratio=3.0, progress=False)
+    m = cache.manifest
+    for layer in (0, 15):
+        c = cache.counts(layer)
+        assert c["n_first"] == 0 and c["n_kept"] + c["n_outlier"] == 512
+        x = cache.load(layer)
+        assert x.dtype == torch.float32 and x.shape == (c["n_kept"], 576)
+    # Position 0 (the sink, ~150x the median at layer 15) is caught as an outlier there.
+    from safetensors.torch import load_file
+    shard = load_file(str(cache.path / m["shards"][0]["file"]))
+    assert shard["acts.15"].dtype == torch.float16
+    out15 = shard["outliers.15"].to(torch.int64)
+    assert set(range(0, 4 * 128, 128)) <= set((out15).tolist())
+    assert cache.counts(15)["n_outlier"] >= 4
+    assert cache.moments(15).n_excluded == cache.counts(15)["n_outlier"]
+
+
+def test_select_rule():
+    T = 4
+    x = torch.ones(8, 3)
+    x[0] *= 1000        # position 0 of context 0 (sink)
+    x[6] *= 60          # an outlier at position 2 of context 1
+    keep, outl, med = H._select(x, T, exclude_first=True, ratio=50.0)
+    assert keep.tolist() == [False, True, True, True, False, True, False, True]
+    assert outl.nonzero().flatten().tolist() == [6] and float(med) == pytest.approx(3 ** 0.5)
+    keep, outl, _ = H._select(x, T, exclude_first=False, ratio=None)
+    assert keep.all() and not outl.any()
+
+
+def test_mlp_in_site_and_cli(smol, tmp_path, monkeypatch, capsys):
+    from atomslib.cli import main
+
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+    out = tmp_path / "cli"
+    rc = main(["harvest", "--layers", "2", "--site", "mlp_in", "--tokens", "256", "--batch-size", "2",
+               "--out", str(out), "--quiet", "--split", "heldout", "--outlier-ratio", "none"])
+    assert rc == 0 and capsys.readouterr().out.strip() == str(out)
+    cache = ActivationCache(out)
+    assert cache.d_model == 1536 and cache.site == "mlp_in" and cache.manifest["corpus"]["split"] == "heldout"
+    assert cache.n_kept(2) == 254 and cache.manifest["request"]["outlier_ratio"] is None
+    assert H._parse_layers("0-2,5") == [0, 1, 2, 5]
+    rc = main(["harvest", "--layers", "2,99", "--tokens", "128", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert rc == 2 and "n_layers=30" in capsys.readouterr().err
