@@ -196,10 +196,9 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
         model, tokenizer = model
     if backend not in ("hooks", "transformer_lens"):
         raise ValueError(f"backend={backend!r} is not known; use 'hooks' or 'transformer_lens'")
-    recorder = ActivationRecorder
-    if backend != "hooks" and isinstance(model, torch.nn.Module):
-        from .interop_tlens import bridge_backend
-        model, recorder = bridge_backend(model, tokenizer)
+    bridge, user_model = None, isinstance(model, torch.nn.Module)
+    if backend != "hooks" and hasattr(model, "original_model"):   # a TransformerBridge: harvest what it wraps
+        bridge, model = model, model.original_model
     if isinstance(model, torch.nn.Module):   # a loaded model brings its own parameter dtype
         model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     cfg = HarvestConfig(layers=layers, site=site, tokens=tokens, corpus=str(corpus), split=split,
@@ -238,9 +237,10 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
     if not isinstance(model, torch.nn.Module):
         from .models import load_model
         model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
-        if backend != "hooks":
-            from .interop_tlens import bridge_backend
-            model, recorder = bridge_backend(model, tokenizer)
+    recorder = ActivationRecorder
+    if backend != "hooks":   # the bridge wraps a model in place: a copy of the caller's, or our own
+        from .interop_tlens import bridge_backend
+        model, recorder = bridge_backend(bridge if bridge is not None else model, tokenizer, copy_model=user_model)
     return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
 
 
@@ -486,6 +486,8 @@ def configure_harvest_parser(p) -> None:
     p.add_argument("--shard-tokens", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default="hooks", choices=["hooks", "transformer_lens"],
+                   help="plain torch hooks (default) or a TransformerLens TransformerBridge (same activations)")
 
 
 def cli_harvest(args) -> int:
@@ -494,7 +496,7 @@ def cli_harvest(args) -> int:
                     split=args.split, ctx_len=args.ctx_len, batch_size=args.batch_size, dtype=args.dtype,
                     device=args.device, model_dtype=args.model_dtype, exclude_first=not args.keep_first,
                     outlier_ratio=ratio, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
-                    shard_tokens=args.shard_tokens)
+                    shard_tokens=args.shard_tokens, backend=getattr(args, "backend", "hooks"))
     print(cache.path)
     return 0
 

@@ -342,7 +342,8 @@ def _down_proj(block: torch.nn.Module) -> torch.nn.Module:
         except AttributeError:
             continue
         # A TransformerLens TransformerBridge wraps the Linear in place (interop_tlens): unwrap it.
-        return getattr(mod, "original_component", None) or mod
+        inner = getattr(mod, "original_component", None)
+        return mod if inner is None else inner
     raise TypeError(f"cannot find the MLP down projection in {type(block).__name__} (looked for {', '.join(_DOWN_PATHS)})")
 
 

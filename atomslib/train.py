@@ -1,0 +1,439 @@
+"""Train a threshold SAE (atoms) or a ReLU SAE (features): one trainer for both kinds of unit.
+
+``train_tsae(acts, cfg)`` runs an explicit forward and hand-written backward per step
+(:mod:`atomslib._sae_step`: sparse CSR products over the active codes), Adam (fused), a
+unit-norm decoder, learning-rate warm-up and final decay, and a warm-up of the sparsity
+coefficient. It logs L0, dead units and R² as it goes (:class:`TrainLog`), checkpoints every
+``cfg.checkpoint_every`` steps into ``checkpoint_dir`` (one atomic safetensors file with the
+model, the Adam moments, the step and the data position) and, given the same arguments again,
+resumes to a result bit-identical (on CPU) to an uninterrupted run.
+
+Randomness is counter-based (initialisation from ``cfg.seed``, each epoch's shuffle from
+``(seed, epoch)``), so the data position is the only RNG state a checkpoint needs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._sae_step import Params, Workspace, sae_step
+from ._train_data import IterStream, make_stream
+from ._util import atomic_save_safetensors, check_acts, device_of
+from .tsae import TSAE, TSAEConfig
+
+Tensor = torch.Tensor
+
+STATE_FILE = "trainer_state.safetensors"
+STATE_VERSION = 1
+# Fields that may change between an interrupted run and its resumption without changing the result.
+_RESUME_FREE = {"log_every", "checkpoint_every"}
+
+
+@dataclass
+class TrainLog:
+    """Training history: one record per ``cfg.log_every`` steps (and the last step).
+
+    Record keys: step, tokens, epoch, lr, lam (sparsity coefficient), loss, rec_loss,
+    sparsity_loss, l0 (mean active units per token), r2 (1 - SSE/SST pooled over the interval, in
+    the training space: the ``euclid`` R² when whiten=False, the ``aip`` one when whiten=True),
+    dead (units silent for cfg.dead_window_tokens tokens), sparse_frac (share of steps on the
+    sparse kernel), tok_per_s, and eval_r2 / eval_l0 (raw space, on eval_acts) when given.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The records, oldest first."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Run facts: total_steps, batch_size, input_scale, whitened, resumed_at, seconds."""
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    def series(self, key: str) -> list[Any]:
+        """One key across records, e.g. ``log.series("l0")``."""
+        return [r.get(key) for r in self.history]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "meta": self.meta}
+
+
+def _whitening(aip: Any, H: int) -> tuple[Tensor, Tensor]:
+    """(A_HH, A_inv_HH) with x = m @ A the AIP-whitened activations (A = W.T, W = S~^(1/2))."""
+    W = getattr(aip, "W", aip)
+    if callable(W) and not isinstance(W, Tensor):
+        W = W()
+    if not isinstance(W, Tensor):
+        raise TypeError(f"aip must be an atomslib.aip.AIP (with a whitening matrix .W) or an (H, H) tensor, "
+                        f"got {type(aip).__name__}")
+    if tuple(W.shape) != (H, H):
+        raise ValueError(f"aip's whitening matrix has shape {tuple(W.shape)} but TSAEConfig.d_model={H} needs "
+                         f"({H}, {H}); fit the AIP on the same layer and site as acts")
+    W = W.detach().to(torch.float64).cpu()
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError("aip's whitening matrix contains NaN or inf; refit it (a ridge helps rank-deficient layers)")
+    A = W.T.contiguous()
+    try:
+        A_inv = torch.linalg.inv(A)
+    except RuntimeError:
+        raise ValueError("aip's whitening matrix is singular; refit the AIP with a ridge > 0") from None
+    return A, A_inv
+
+
+def _schedule(cfg: TSAEConfig, step: int, total: int) -> tuple[float, float]:
+    """(learning-rate multiplier, sparsity-coefficient multiplier) at 0-based ``step``."""
+    warm = math.ceil(cfg.lr_warmup_frac * total)
+    decay = math.ceil(cfg.lr_decay_frac * total)
+    lr = min(1.0, (step + 1) / warm) if warm else 1.0
+    if decay and step >= total - decay:
+        lr *= (total - step) / decay
+    sw = math.ceil(cfg.sparsity_warmup_frac * total)
+    return lr, (min(1.0, (step + 1) / sw) if sw else 1.0)
+
+
+class _Run:
+    """The mutable state of one training run (what a checkpoint holds)."""
+
+    def __init__(self, cfg: TSAEConfig, dev: torch.device) -> None:
+        self.cfg, self.dev = cfg, dev
+        self.model = TSAE(cfg)                       # training-space parameters
+        self.step = 0
+        self.scale = 1.0
+        self.A: Tensor | None = None
+        self.A_inv: Tensor | None = None
+        self.since_fired = torch.zeros(cfg.n_units, dtype=torch.int64)
+        m = self.model
+        groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": cfg.lr, "base_lr": cfg.lr}]
+        if cfg.activation == "threshold":
+            tlr = cfg.threshold_lr if cfg.threshold_lr is not None else 10 * cfg.lr
+            groups.append({"params": [m.threshold], "lr": tlr, "base_lr": tlr})
+        fused = dev.type in ("cpu", "cuda")
+        self.opt = torch.optim.Adam(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, fused=fused)
+        self.names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if len(groups) > 1 else [])
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [getattr(self.model, k) for k in self.names]
+
+    def raw_model(self) -> TSAE:
+        return self.model.fold_input_transform(self.scale, self.A, self.A_inv)
+
+    def to_x(self, m: Tensor) -> Tensor:
+        """Raw rows -> training space (a new tensor)."""
+        m = m.to(self.dev, self.cfg.torch_dtype)
+        x = m @ self.A.to(m) if self.A is not None else m.clone()
+        return x.mul_(self.scale)
+
+    # ---- checkpoint ----------------------------------------------------------------------------
+    def save(self, directory: Path, stream_state: dict, fingerprint: dict, log: TrainLog, total: int) -> None:
+        tensors = {f"param.{k}": p.detach() for k, p in zip(self.names, self.params())}
+        for k, p in zip(self.names, self.params()):
+            st = self.opt.state.get(p, {})
+            for sk in ("step", "exp_avg", "exp_avg_sq"):
+                if sk in st:
+                    tensors[f"adam.{k}.{sk}"] = st[sk].detach().reshape(-1) if sk == "step" else st[sk].detach()
+        tensors["since_fired"] = self.since_fired
+        if self.A is not None:
+            tensors["transform.A"], tensors["transform.A_inv"] = self.A, self.A_inv
+        state = {"version": STATE_VERSION, "step": self.step, "total_steps": total, "scale": self.scale,
+                 "config": self.cfg.to_dict(), "stream": stream_state, "data": fingerprint, "log": log.to_dict()}
+        directory.mkdir(parents=True, exist_ok=True)
+        # One file, one atomic rename: a checkpoint is either wholly the old one or wholly the new.
+        atomic_save_safetensors(directory / STATE_FILE, tensors, metadata={"state": json.dumps(state)})
+        self.raw_model().save(directory)             # a loadable snapshot, for inspection
+
+    def load(self, path: Path, fingerprint: dict) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads(f.metadata()["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{path} was written by another trainer version; use a new checkpoint_dir or resume=False")
+        ours, theirs = self.cfg.to_dict(), state["config"]
+        diff = sorted(k for k in ours if k not in _RESUME_FREE and ours[k] != theirs.get(k))
+        if diff:
+            pairs = ", ".join(f"{k}: {theirs.get(k)!r} there vs {ours[k]!r} now" for k in diff)
+            raise ValueError(f"checkpoint_dir holds a run with another config ({pairs}); use another checkpoint_dir, "
+                             f"resume=False to start over, or the same config to resume")
+        if state["data"] != fingerprint:
+            raise ValueError(f"checkpoint_dir holds a run on other data ({state['data']} vs {fingerprint}); use "
+                             f"another checkpoint_dir or resume=False")
+        with torch.no_grad():
+            for k, p in zip(self.names, self.params()):
+                p.copy_(tensors[f"param.{k}"])
+                if f"adam.{k}.exp_avg" in tensors:
+                    self.opt.state[p] = {
+                        "step": tensors[f"adam.{k}.step"].reshape(()).to(self.dev, torch.float32),
+                        "exp_avg": tensors[f"adam.{k}.exp_avg"].to(self.dev),
+                        "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].to(self.dev)}
+        self.since_fired = tensors["since_fired"]
+        self.A, self.A_inv = tensors.get("transform.A"), tensors.get("transform.A_inv")
+        self.step, self.scale = int(state["step"]), float(state["scale"])
+        return state
+
+
+def _init_from_sample(run: _Run, sample: Tensor, unit_scale: float) -> None:
+    """Normalisation scale and initial b_dec (the mean) from a sample of raw rows."""
+    cfg, H = run.cfg, run.cfg.d_model
+    m = sample.to(run.dev, torch.float64)
+    if run.A is not None:
+        m = m @ run.A.to(m)
+    mean_norm = float(m.norm(dim=1).mean())
+    if cfg.normalize == "mean_norm":
+        if not mean_norm > 0:
+            raise ValueError("acts are all zero: cannot normalise them (normalize='mean_norm')")
+        run.scale = math.sqrt(H) / mean_norm
+    with torch.no_grad():
+        run.model.b_dec.copy_(m.mean(0) * run.scale)
+        run.model.threshold.mul_(unit_scale)
+
+
+def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: str | Path | None = None,
+               resume: bool = True, progress: bool = True, eval_acts: Tensor | None = None,
+               log: TrainLog | Callable[[dict], Any] | None = None) -> TSAE:
+    """Train a TSAE (``cfg.activation="threshold"``) or a ReLU SAE (``"relu"``) on ``acts``.
+
+    acts: an (n, H) tensor, or a re-iterable of (b, H) batches (a list, a cache reader; float16
+        is fine). Iterables are read in their own order and must yield the same rows each pass.
+    aip: an :class:`atomslib.aip.AIP` (or its (H, H) whitening matrix W) when ``cfg.whiten``.
+    checkpoint_dir: where to checkpoint (and, with ``resume``, to resume from); it also ends up
+        holding the final model (``TSAE.load(checkpoint_dir)``).
+    eval_acts: (n, H) held-out activations; their raw-space R² and L0 are logged.
+    log: a :class:`TrainLog` to fill, or a callable given each record (it may raise to stop).
+
+    Returns the trained model in the raw activation space, with ``model.train_log``.
+    """
+    if not isinstance(cfg, TSAEConfig):
+        raise TypeError(f"cfg must be a TSAEConfig, got {type(cfg).__name__}")
+    H, N, B = cfg.d_model, cfg.n_units, cfg.batch_size
+    dev = device_of(cfg.device)
+    stream = make_stream(acts, H, cfg.shuffle, cfg.seed)
+    if cfg.whiten and aip is None:
+        raise ValueError("TSAEConfig.whiten=True needs aip= (an atomslib.aip.AIP fitted on the same layer, e.g. "
+                         "ActivationCache(dir).aip(layer)); or set whiten=False")
+    if aip is not None and not cfg.whiten:
+        warnings.warn("aip= is ignored because TSAEConfig.whiten=False", stacklevel=2)
+    if eval_acts is not None:
+        eval_acts = check_acts(eval_acts, "eval_acts")
+        if eval_acts.shape[1] != H:
+            raise ValueError(f"eval_acts has width {eval_acts.shape[1]} but TSAEConfig.d_model={H}")
+    trainlog = log if isinstance(log, TrainLog) else TrainLog()
+    callback = log if callable(log) and not isinstance(log, TrainLog) else None
+    if log is not None and not isinstance(log, TrainLog) and callback is None:
+        raise TypeError("log must be a TrainLog or a callable taking a record dict")
+
+    # Budget. A tensor's length is known; an iterable is counted once when n_epochs asks for it.
+    if cfg.n_epochs is not None:
+        n_rows = stream.n if not isinstance(stream, IterStream) else stream.count_rows()
+        n_tokens = max(1, round(cfg.n_epochs * n_rows))
+    else:
+        n_tokens = int(cfg.n_tokens)
+    total = math.ceil(n_tokens / B)
+
+    run = _Run(cfg, dev)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckdir is not None and resume and (ckdir / STATE_FILE).is_file():
+        state = run.load(ckdir / STATE_FILE, stream.fingerprint())
+        stream.restore(state["stream"])
+        trainlog.history[:] = state["log"]["history"]
+        trainlog.meta.update(state["log"]["meta"])
+        trainlog.meta["resumed_at"] = run.step
+    else:
+        if cfg.whiten:
+            run.A, run.A_inv = _whitening(aip, H)
+        sample = stream.peek(cfg.norm_estimate_tokens)
+        # Scale-like hyperparameters are in normalised units; without normalisation they follow the
+        # data's RMS per coordinate instead.
+        xs = sample.double() @ run.A if run.A is not None else sample.double()
+        rms = float(xs.norm(dim=1).mean()) / math.sqrt(H)
+        unit = 1.0 if cfg.normalize == "mean_norm" else rms
+        _init_from_sample(run, sample, unit)
+        trainlog.meta.update({"total_steps": total, "batch_size": B, "n_tokens": n_tokens, "input_scale": run.scale,
+                              "whitened": run.A is not None, "unit": unit, "data": stream.fingerprint()})
+    unit = float(trainlog.meta.get("unit", 1.0))
+    eps = cfg.bandwidth * unit
+    fingerprint = stream.fingerprint()
+
+    ws = Workspace()
+    m = run.model
+    params = run.params()
+    interval = {"sse": 0.0, "sst": 0.0, "loss": 0.0, "rec": 0.0, "spl": 0.0, "l0": 0.0, "n": 0, "sparse": 0,
+                "t0": time.perf_counter(), "tok": 0}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=run.step, unit="step", desc=f"train {cfg.activation} SAE", leave=False)
+    t_start = time.perf_counter()
+    while run.step < total:
+        step = run.step
+        size = min(B, n_tokens - step * B)
+        x_BH = run.to_x(stream.take(size))
+        lr_mult, lam_mult = _schedule(cfg, step, total)
+        lam = cfg.sparsity_coeff * lam_mult
+        for g in run.opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_mult
+        p = Params(m.W_enc.data, m.b_enc.data, m.W_dec.data, m.b_dec.data, m.threshold.data)
+        grads, st = sae_step(p, x_BH, activation=cfg.activation, lam=lam, eps=eps, ste_to_pre=cfg.ste_to_pre,
+                             form=cfg.sparsity_form, target_l0=cfg.target_l0,
+                             unit_norm_decoder=cfg.unit_norm_decoder, kernel=cfg.kernel, ws=ws)
+        if not math.isfinite(st.loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss={st.loss}); lower lr (now {cfg.lr})")
+        gs = [grads.W_enc_NH, grads.b_enc_N, grads.W_dec_NH, grads.b_dec_H] + (
+            [grads.thr_N.to(m.threshold.dtype)] if len(params) > 4 else [])
+        if cfg.unit_norm_decoder:
+            # Only the tangential part of the decoder gradient: the radial part is undone by the
+            # renormalisation below and would only pollute Adam's moments.
+            gd = gs[2]
+            gd -= (gd * m.W_dec.data).sum(1, keepdim=True) * m.W_dec.data
+        for prm, g in zip(params, gs):
+            prm.grad = g
+        run.opt.step()
+        with torch.no_grad():
+            if cfg.unit_norm_decoder:
+                m.W_dec.div_(m.W_dec.norm(dim=1, keepdim=True).clamp_min_(1e-12))
+            if cfg.activation == "threshold":
+                m.threshold.clamp_(min=0.0)     # below 0 the gate would pass negative codes
+        for prm in params:
+            prm.grad = None
+        run.since_fired += size
+        run.since_fired[st.fired_N.cpu() > 0] = 0
+        run.step += 1
+        it = interval
+        it["sse"] += st.sse; it["sst"] += st.sst; it["loss"] += st.loss; it["rec"] += st.rec_loss
+        it["spl"] += st.sparsity_loss; it["l0"] += st.l0; it["n"] += 1; it["sparse"] += st.sparse; it["tok"] += size
+        if bar is not None:
+            bar.update(1)
+        last = run.step == total
+        if run.step % cfg.log_every == 0 or last:
+            rec = _record(run, stream, it, lr_mult, lam, eval_acts, dev)
+            for k in list(it):
+                it[k] = 0.0 if k != "t0" else time.perf_counter()
+            trainlog.history.append(rec)
+            if bar is not None:
+                bar.set_postfix(l0=f"{rec['l0']:.1f}", r2=f"{rec['r2']:.4f}", dead=rec["dead"])
+            if callback is not None:
+                callback(rec)
+        if ckdir is not None and (last or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0)):
+            run.save(ckdir, stream.state(), fingerprint, trainlog, total)
+    if bar is not None:
+        bar.close()
+    trainlog.meta["seconds_last_session"] = time.perf_counter() - t_start
+    model = run.raw_model()
+    last = trainlog.last
+    model.fit_info.update({"steps": run.step, "tokens": n_tokens, "l0": last.get("l0"), "r2_train": last.get("r2"),
+                           "dead": last.get("dead")})
+    model.train_log = trainlog
+    if ckdir is not None:
+        model.save(ckdir)
+    return model
+
+
+@torch.no_grad()
+def _record(run: _Run, stream, it: dict, lr_mult: float, lam: float, eval_acts: Tensor | None,
+            dev: torch.device) -> dict[str, Any]:
+    n = max(it["n"], 1)
+    dt = time.perf_counter() - it["t0"]
+    rec = {"step": run.step, "tokens": stream.pos, "epoch": stream.epoch,
+           "lr": run.cfg.lr * lr_mult, "lam": lam, "loss": it["loss"] / n, "rec_loss": it["rec"] / n,
+           "sparsity_loss": it["spl"] / n, "l0": it["l0"] / n,
+           "r2": 1.0 - it["sse"] / it["sst"] if it["sst"] > 0 else float("nan"),
+           "dead": int((run.since_fired >= run.cfg.dead_window_tokens).sum()),
+           "sparse_frac": it["sparse"] / n, "tok_per_s": it["tok"] / dt if dt > 0 else float("nan")}
+    if eval_acts is not None:
+        model = run.raw_model()
+        sse = l0 = 0.0
+        for i in range(0, eval_acts.shape[0], 8192):
+            m = eval_acts[i:i + 8192].to(dev, run.cfg.torch_dtype)
+            out = model(m)
+            sse += float((out.m_hat - m).pow(2).sum())
+            l0 += float(out.l0.sum())
+        e64 = eval_acts.to(torch.float64)
+        sst = float((e64 - e64.mean(0)).pow(2).sum())
+        rec["eval_r2"] = 1.0 - sse / sst if sst > 0 else float("nan")
+        rec["eval_l0"] = l0 / eval_acts.shape[0]
+    return rec
+
+
+# ---- `atoms train` ---------------------------------------------------------------------------------
+def configure_train_parser(p) -> None:
+    p.add_argument("cache", help="an activation cache folder written by `atoms harvest`")
+    p.add_argument("--layer", type=int, required=True, help="which harvested layer to train on")
+    p.add_argument("--out", required=True, help="output folder: the model (config.json + model.safetensors), "
+                   "the checkpoint it resumes from, and train_log.json")
+    p.add_argument("--units", type=int, default=None, help="dictionary size N (default 4 x the width, the paper's)")
+    p.add_argument("--activation", choices=["threshold", "relu"], default="threshold",
+                   help="threshold = atoms (TSAE, L0), relu = features (ReLU SAE, L1) (default threshold)")
+    p.add_argument("--tokens", type=int, default=None, help="token budget (default TSAEConfig's; the data are cycled)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the cache instead of --tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="use only the first N stored rows of the layer")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--l0-coeff", type=float, default=None, help="L0 coefficient (threshold)")
+    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient (relu)")
+    p.add_argument("--target-l0", type=float, default=None, help="steer L0 towards this (sparsity_form=target)")
+    p.add_argument("--whiten", action="store_true", help="train in the AIP-whitened space (the cache's AIP)")
+    p.add_argument("--ridge", type=float, default=0.0, help="ridge of the AIP used by --whiten")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other TSAEConfig field, e.g. --set bandwidth=0.05 (repeatable)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def cli_train(args) -> int:
+    from .cache import ActivationCache
+    from ._util import atomic_write_json
+
+    cache = ActivationCache(args.cache)
+    H = cache.d_model
+    kw: dict[str, Any] = {"d_model": H, "n_units": args.units or 4 * H, "activation": args.activation,
+                          "seed": args.seed, "device": args.device}
+    for name, field_ in (("batch_size", "batch_size"), ("lr", "lr"), ("l0_coeff", "l0_coeff"),
+                         ("l1_coeff", "l1_coeff"), ("checkpoint_every", "checkpoint_every")):
+        if getattr(args, name) is not None:
+            kw[field_] = getattr(args, name)
+    if args.tokens is not None:
+        kw["n_tokens"] = args.tokens
+    if args.epochs is not None:
+        kw["n_epochs"] = args.epochs
+    if args.target_l0 is not None:
+        kw.update(sparsity_form="target", target_l0=args.target_l0)
+    if args.whiten:
+        kw["whiten"] = True
+    kw.update(_parse_set(args.set))
+    cfg = TSAEConfig(**kw)
+    reader = cache.reader(args.layer, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                          max_tokens=args.max_tokens)
+    aip = cache.aip(args.layer, ridge=args.ridge) if cfg.whiten else None
+    print(f"atoms train: layer {args.layer} of {args.cache} ({reader.n_tokens} rows, H={H}), N={cfg.n_units} "
+          f"{cfg.activation} units -> {args.out}")
+    model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=args.out, resume=not args.no_resume,
+                       progress=not args.quiet)
+    log = model.train_log
+    atomic_write_json(Path(args.out) / "train_log.json", log.to_dict())
+    last = log.last
+    print(f"done: {model.fit_info['steps']} steps, {model.fit_info['tokens']} tokens; L0 {last.get('l0', float('nan')):.1f}, "
+          f"R² (train, last interval) {last.get('r2', float('nan')):.4f}, dead units {last.get('dead')}; saved to {args.out}")
+    return 0

@@ -1,0 +1,393 @@
+"""Threshold SAE (atoms) and ReLU SAE (features): one module, one code path.
+
+Layout (DESIGN.md): units are rows. ``W_enc`` (N, H), ``W_dec`` (N, H), ``b_enc`` (N,),
+``b_dec`` (H,), ``threshold`` (N,)::
+
+    pre  = (m - b_dec) @ W_enc.T + b_enc          # b_dec is subtracted first (SAELens convention)
+    z    = pre * 1[pre > threshold]               # sigma_tau; the ReLU SAE is the same with tau = 0
+    m_hat = z @ W_dec + b_dec
+
+Why subtract ``b_dec`` before encoding: it makes ``b_dec`` the centre the encoder measures from
+(initialised at the data mean), which helps optimisation; it is only a reparametrisation
+(``b_enc' = b_enc - W_enc b_dec``), so an exporter may fold it away.
+
+A :class:`TSAE` always lives in the **raw activation space**. The trainer works in a normalised
+(and optionally AIP-whitened) space and, when it hands a model back or writes a checkpoint
+snapshot, folds that input transform into the weights (:meth:`TSAE.fold_input_transform`). The
+fold is exact: the pre-activations, and so the thresholds and the codes, are unchanged, so
+``encode``/``decode`` take and return raw activations whatever ``normalize``/``whiten`` were. What
+was folded is recorded in ``model.fit_info`` (``input_scale``, ``whitened``) and saved with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ._util import atomic_save_safetensors, atomic_write_json, check_acts, device_of, sha256_file
+
+Tensor = torch.Tensor
+
+FORMAT = "atoms-tsae"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TSAEConfig:
+    """Architecture and training recipe of a threshold SAE (or ReLU SAE).
+
+    ``TSAEConfig(d_model=H, n_units=N)`` alone is a recipe that works on real LLM residual
+    activations on a CPU: on SmolLM2-135M's layer-15 residual stream (H=576, N=2304, 131k
+    cached tokens) two million tokens give held-out R² 0.90 at L0 about 110 (under a minute
+    on two cores at full speed); raise l0_coeff for sparser codes.
+    Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
+    random unit direction's projection of the data has RMS about 1, so the defaults carry over
+    between layers and models.
+    """
+
+    d_model: int
+    """H, the width of the activations (576 for SmolLM2-135M's residual stream)."""
+    n_units: int
+    """N, the dictionary size |D| (the paper's default capacity is 4H)."""
+    activation: str = "threshold"
+    """"threshold": JumpReLU sigma_tau with a learned per-unit threshold, trained with an L0
+    penalty (the paper's TSAE atoms). "relu": ReLU + L1, the ordinary SAE ("features")."""
+    l0_coeff: float = 3e-4
+    """lambda of the L0 term (activation="threshold"). The loss per token is ||m - m_hat||²/H +
+    lambda·L0 in the normalised space, so a unit is worth firing when it explains more than
+    lambda of a token's mean squared norm. Larger = sparser. (SmolLM2 layer 15, 1M tokens:
+    3e-4 -> L0 ~110, R² 0.90 at 2M tokens; 5e-4 -> L0 ~60-70, R² 0.85.)"""
+    l1_coeff: float = 2e-3
+    """lambda of the L1 term (activation="relu"): ||m - m_hat||²/H + lambda·sum_n z_n·||d_n||.
+    (SmolLM2 layer 15, N=2304, 0.5M tokens: 1e-3 -> L0 274, R² 0.86; 2e-3 -> L0 55, R² 0.70;
+    3e-3 -> L0 13, R² 0.49.)
+    With unit_norm_decoder=True the norms are 1 and this is the plain L1 of Bricken et al. 2023;
+    with a free decoder it is the norm-weighted L1 of Anthropic (April 2024 update)."""
+    sparsity_form: str = "penalty"
+    """"penalty": lambda·L0 per token. "target": lambda·(2/T)·(L0 - T)² per token with T =
+    target_l0 (Gemma Scope 2's quadratic form), which steers L0 towards T. Threshold only."""
+    target_l0: float | None = None
+    """T for sparsity_form="target" (ignored otherwise)."""
+    init_threshold: float = 0.5
+    """Initial threshold of every unit, in normalised units. Starting well above zero makes the
+    codes sparse from the first step (which the sparse kernel exploits) without killing units:
+    the initial encoder is the decoder transposed, so about a third of units fire per token."""
+    bandwidth: float = 0.1
+    """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
+    units (scaled by the data's RMS per coordinate when normalize="none")."""
+    ste_to_pre: bool = True
+    """Pass the straight-through gradient of the step to the pre-activation (and so to the
+    encoder) as well as to the threshold (Anthropic 2025). False = DeepMind's JumpReLU, where
+    only the threshold gets it."""
+    lr: float = 5e-3
+    """Adam learning rate of the weights and biases."""
+    threshold_lr: float | None = None
+    """Adam learning rate of the threshold; None = 10·lr. Adam moves a parameter by about lr per
+    step, and thresholds are O(1) while weight entries are O(1/sqrt(H)), so a shared lr would
+    leave the thresholds where they started in a CPU-sized budget."""
+    lr_warmup_frac: float = 0.02
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    lr_decay_frac: float = 0.2
+    """Fraction of the steps, at the end, over which the learning rate decays linearly to 0."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of the steps over which the sparsity coefficient rises linearly from 0."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    batch_size: int = 2048
+    """Tokens per step. On a CPU 1024-4096 run at about the same tokens/s (the sparse kernel's
+    cost is per active code); smaller batches give more steps per token, hence better models in a
+    fixed token budget (measured: R² 0.85 at B=1024/2048 vs 0.83 at B=4096 after 1M tokens)."""
+    n_tokens: int | None = 2_000_000
+    """Token budget (the data are cycled as often as needed). Ignored when n_epochs is set."""
+    n_epochs: float | None = None
+    """Passes over the data instead of n_tokens (an iterable is read once more to count it)."""
+    shuffle: bool = True
+    """Reshuffle tensor inputs every epoch (seeded). Iterables are read in their own order."""
+    seed: int = 0
+    """Seed of the initialisation and the shuffles; the same seed gives the same model."""
+    dtype: str = "float32"
+    """Parameter dtype: "float32" (default) or "float64". The threshold is never below float32."""
+    device: str = "cpu"
+    """Device of the parameters and of the training step ("cpu" or "cuda")."""
+    normalize: str = "mean_norm"
+    """"mean_norm": scale inputs by a constant s so that E||s·m|| = sqrt(H) (estimated on the
+    first norm_estimate_tokens tokens; folded back into the weights at the end). "none": raw."""
+    whiten: bool = False
+    """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
+    trainer then needs aip=. The returned model still takes and returns raw activations."""
+    unit_norm_decoder: bool = True
+    """Keep decoder rows at unit norm (in the training space) by projecting the gradient and
+    renormalising after every step."""
+    norm_estimate_tokens: int = 65_536
+    """Tokens used to estimate the normalisation scale and the initial b_dec (the data mean)."""
+    dead_window_tokens: int = 1_000_000
+    """A unit that has not fired for this many training tokens is counted as dead in the log."""
+    kernel: str = "auto"
+    """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
+    matrix products) or "auto" (sparse while few codes are active)."""
+    log_every: int = 50
+    """Steps between log records (L0, dead units, R², lr, throughput)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints when a checkpoint_dir is given (0 = only at the end)."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TSAEConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        for name in ("d_model", "n_units", "batch_size", "norm_estimate_tokens", "dead_window_tokens", "log_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
+             "must be an integer >= 0 (0 = checkpoint only at the end)")
+        need(self.activation in ("threshold", "relu"), "activation", 'use "threshold" (atoms) or "relu" (features)')
+        need(self.sparsity_form in ("penalty", "target"), "sparsity_form", 'use "penalty" or "target"')
+        if self.sparsity_form == "target":
+            need(self.activation == "threshold", "sparsity_form", '"target" applies to activation="threshold" only')
+            need(self.target_l0 is not None and self.target_l0 > 0, "target_l0",
+                 'sparsity_form="target" needs target_l0 > 0 (the L0 to steer towards)')
+        for name in ("l0_coeff", "l1_coeff", "init_threshold"):
+            v = getattr(self, name)
+            need(_finite(v) and v >= 0, name, "must be a finite number >= 0")
+        for name in ("bandwidth", "lr"):
+            v = getattr(self, name)
+            need(_finite(v) and v > 0, name, "must be a finite number > 0")
+        if self.threshold_lr is not None:
+            need(_finite(self.threshold_lr) and self.threshold_lr >= 0, "threshold_lr",
+                 "must be a finite number >= 0, or None for 10·lr")
+        for name in ("lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac"):
+            v = getattr(self, name)
+            need(_finite(v) and 0 <= v <= 1, name, "must be in [0, 1]")
+        need(self.lr_warmup_frac + self.lr_decay_frac <= 1, "lr_decay_frac", "lr_warmup_frac + lr_decay_frac must be <= 1")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            need(_finite(v) and 0 <= v < 1, name, "must be in [0, 1)")
+        if self.n_epochs is not None:
+            need(_finite(self.n_epochs) and self.n_epochs > 0, "n_epochs", "must be > 0, or None to use n_tokens")
+        else:
+            need(isinstance(self.n_tokens, int) and self.n_tokens >= 1, "n_tokens",
+                 "must be an integer >= 1 (or set n_epochs instead)")
+        need(self.dtype in _DTYPES, "dtype", f"use one of {sorted(_DTYPES)}")
+        need(self.normalize in ("mean_norm", "none"), "normalize", 'use "mean_norm" or "none"')
+        need(self.kernel in ("auto", "sparse", "dense"), "kernel", 'use "auto", "sparse" or "dense"')
+        need(isinstance(self.seed, int), "seed", "must be an integer")
+        try:
+            device_of(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"TSAEConfig.device={self.device!r}: {e}") from None
+
+    @property
+    def sparsity_coeff(self) -> float:
+        """The coefficient that applies to this activation (l0_coeff or l1_coeff)."""
+        return self.l0_coeff if self.activation == "threshold" else self.l1_coeff
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TSAEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}; was it written by a newer atomslib?")
+        return cls(**d)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class SAEOutput(NamedTuple):
+    """What :meth:`TSAE.forward` returns (rows are tokens)."""
+
+    m_hat: Tensor
+    """(n, H) reconstruction in the raw activation space."""
+    codes: Tensor
+    """(n, N) codes z (zero where a unit does not fire)."""
+    pre_acts: Tensor
+    """(n, N) pre-activations, before the threshold."""
+    l0: Tensor
+    """(n,) number of active units per token."""
+
+
+class TSAE(nn.Module):
+    """A threshold SAE (``activation="threshold"``) or ReLU SAE (``"relu"``, a JumpReLU with tau=0).
+
+    Parameters live in the raw activation space (see the module docstring). ``dictionary()``
+    returns the decoder rows, so that ``codes @ dictionary() + b_dec == decode(codes)``.
+    """
+
+    def __init__(self, cfg: TSAEConfig, *, init: bool = True) -> None:
+        super().__init__()
+        if not isinstance(cfg, TSAEConfig):
+            raise TypeError(f"cfg must be a TSAEConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        N, H, dt = cfg.n_units, cfg.d_model, cfg.torch_dtype
+        dev = device_of(cfg.device)
+        # Thresholds stay in (at least) float32: Adam's lr-sized steps vanish in bf16/fp16.
+        thr_dt = torch.float64 if dt == torch.float64 else torch.float32
+        self.W_enc = nn.Parameter(torch.empty(N, H, dtype=dt, device=dev))
+        self.b_enc = nn.Parameter(torch.zeros(N, dtype=dt, device=dev))
+        self.W_dec = nn.Parameter(torch.empty(N, H, dtype=dt, device=dev))
+        self.b_dec = nn.Parameter(torch.zeros(H, dtype=dt, device=dev))
+        self.threshold = nn.Parameter(torch.zeros(N, dtype=thr_dt, device=dev),
+                                      requires_grad=cfg.activation == "threshold")
+        self.fit_info: dict[str, Any] = {"input_scale": 1.0, "whitened": False}
+        if init:
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Unit-norm random decoder rows, tied encoder (W_enc = W_dec), zero biases."""
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        W = torch.randn(self.cfg.n_units, self.cfg.d_model, generator=g, dtype=torch.float64)
+        W /= W.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(W)
+        self.W_enc.copy_(W)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.threshold.fill_(self.cfg.init_threshold if self.cfg.activation == "threshold" else 0.0)
+
+    # ---- inference -----------------------------------------------------------------------------
+    def _check(self, m: Tensor, name: str, width: int) -> Tensor:
+        m = check_acts(m, name, width)
+        return m.to(device=self.W_enc.device, dtype=self.W_enc.dtype)
+
+    def pre_acts(self, m: Tensor) -> Tensor:
+        """(n, N) pre-activations ``(m - b_dec) @ W_enc.T + b_enc`` of raw activations ``m``."""
+        m = self._check(m, "m", self.cfg.d_model)
+        return torch.addmm(self.b_enc, m - self.b_dec, self.W_enc.T)
+
+    def _gate(self, pre: Tensor) -> Tensor:
+        return pre * (pre > self.threshold.to(pre.dtype))
+
+    def encode(self, m: Tensor) -> Tensor:
+        """(n, N) codes z = sigma_tau(pre) of raw activations ``m`` (n, H)."""
+        return self._gate(self.pre_acts(m))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(n, H) reconstruction ``z @ W_dec + b_dec`` in the raw space."""
+        z = self._check(z, "z", self.cfg.n_units)
+        return torch.addmm(self.b_dec, z, self.W_dec)
+
+    def forward(self, m: Tensor) -> SAEOutput:
+        pre = self.pre_acts(m)
+        z = self._gate(pre)
+        return SAEOutput(torch.addmm(self.b_dec, z, self.W_dec), z, pre, (z != 0).sum(1))
+
+    @torch.no_grad()
+    def dictionary(self) -> Tensor:
+        """(N, H) the units: decoder rows in the raw activation space (a detached copy)."""
+        return self.W_dec.detach().clone()
+
+    # ---- folding the trainer's input transform ---------------------------------------------------
+    @torch.no_grad()
+    def fold_input_transform(self, scale: float, A_HH: Tensor | None = None,
+                             A_inv_HH: Tensor | None = None) -> "TSAE":
+        """Return the raw-space model of one trained on ``x = scale · (m @ A_HH)``.
+
+        ``A_HH`` is the row-form input map (for the AIP whitening x = W m it is ``W.T``) and
+        ``A_inv_HH`` its inverse. With x = s·m A:  pre = (x - b) W_encᵀ + c
+        = (m - b A⁻¹/s)(s·W_enc Aᵀ)ᵀ + c  and  m_hat = (z W_dec + b) A⁻¹/s, so
+        W_enc ← s·W_enc Aᵀ, W_dec ← W_dec A⁻¹/s, b_dec ← b_dec A⁻¹/s, while b_enc and the
+        threshold are unchanged, hence so are the pre-activations and the codes. Done in float64.
+        """
+        if (A_HH is None) != (A_inv_HH is None):
+            raise ValueError("pass both A_HH and A_inv_HH, or neither")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale}")
+        out = TSAE(self.cfg, init=False)
+        f64 = torch.float64
+        We, Wd, bd = self.W_enc.to(f64), self.W_dec.to(f64), self.b_dec.to(f64)
+        if A_HH is not None:
+            A, Ai = A_HH.to(We.device, f64), A_inv_HH.to(We.device, f64)
+            We, Wd, bd = We @ A.T, Wd @ Ai, bd @ Ai
+        out.W_enc.copy_(We * scale)
+        out.W_dec.copy_(Wd / scale)
+        out.b_dec.copy_(bd / scale)
+        out.b_enc.copy_(self.b_enc)
+        out.threshold.copy_(self.threshold)
+        out.fit_info = dict(self.fit_info)
+        out.fit_info["input_scale"] = float(scale) * float(self.fit_info.get("input_scale", 1.0))
+        out.fit_info["whitened"] = A_HH is not None or bool(self.fit_info.get("whitened"))
+        return out
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically, each)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: getattr(self, k).detach() for k in PARAM_NAMES}
+        atomic_save_safetensors(d / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
+        # The config records the weights' checksum, written after them: a reader never pairs a
+        # config with weights from another save, even if a crash fell between the two writes.
+        atomic_write_json(d / CONFIG_FILE, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.cfg.to_dict(),
+            "fit_info": self.fit_info, "weights_sha256": sha256_file(d / WEIGHTS_FILE),
+        })
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> "TSAE":
+        """Load a model written by :meth:`save`, checking files, checksum, shapes and dtypes."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg_path, w_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"TSAE.load({str(d)!r}): missing {p.name}; expected a folder written by "
+                                        f"TSAE.save (config.json + model.safetensors)")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"TSAE.load: {cfg_path} is not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+            raise ValueError(f"TSAE.load: {cfg_path} is not an atoms TSAE config (format != {FORMAT!r})")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"TSAE.load: {cfg_path} has format_version {meta['format_version']}, newer than this "
+                             f"atomslib reads ({FORMAT_VERSION}); upgrade atomslib")
+        if meta.get("weights_sha256") and meta["weights_sha256"] != sha256_file(w_path):
+            raise ValueError(f"TSAE.load: {w_path.name} does not match the checksum in {cfg_path.name} "
+                             f"(a partial or mixed save?); save the model again")
+        cfg_d = dict(meta["config"])
+        if device is not None:
+            cfg_d["device"] = device
+        cfg = TSAEConfig.from_dict(cfg_d)
+        tensors = load_file(str(w_path))
+        model = cls(cfg, init=False)
+        missing = [k for k in PARAM_NAMES if k not in tensors]
+        if missing:
+            raise ValueError(f"TSAE.load: {w_path} lacks tensors {missing}")
+        with torch.no_grad():
+            for k in PARAM_NAMES:
+                p, t = getattr(model, k), tensors[k]
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ValueError(f"TSAE.load: {k} has shape {tuple(t.shape)} in {w_path.name} but the config "
+                                     f"(d_model={cfg.d_model}, n_units={cfg.n_units}) implies {tuple(p.shape)}")
+                if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"TSAE.load: {k} in {w_path.name} is not a finite floating tensor")
+                p.copy_(t)
+        model.fit_info = dict(meta.get("fit_info") or {})
+        return model
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"d_model={c.d_model}, n_units={c.n_units}, activation={c.activation!r}"

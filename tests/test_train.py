@@ -1,0 +1,377 @@
+"""Trainer: hand-written gradients, recovery of a planted dictionary, resume, determinism, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from atomslib._sae_step import Params, sae_step
+from atomslib.train import STATE_FILE, TrainLog, train_tsae
+from atomslib.tsae import TSAE, TSAEConfig
+from conftest_activations import small_cache, smol  # noqa: F401  (fixtures for the CLI test)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These problems are tiny: one thread avoids OpenMP spin-waits on a shared 2-core machine and
+    # changes no result (the trainer is deterministic for any fixed thread count).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- the step kernel ---------------------------------------------------------------------------
+def _params(B=48, H=10, N=30, seed=0, relu=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, generator=g, dtype=F64) * 1.3 + 0.2
+    W_enc = torch.randn(N, H, generator=g, dtype=F64) / 3
+    W_dec = torch.randn(N, H, generator=g, dtype=F64)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    b_enc = torch.randn(N, generator=g, dtype=F64) * 0.1
+    b_dec = torch.randn(H, generator=g, dtype=F64) * 0.1
+    thr = torch.zeros(N, dtype=F64) if relu else torch.rand(N, generator=g, dtype=F64) * 0.6
+    return x, [W_enc, b_enc, W_dec, b_dec, thr]
+
+
+def _smoothed_loss(x, ps, *, activation, lam, eps, form="penalty", T=None, unit=True):
+    """The loss with the step H(u) replaced by its rectangle-kernel smoothing S(u) (autograd-able)."""
+    W_enc, b_enc, W_dec, b_dec, thr = ps
+    H = x.shape[1]
+    pre = (x - b_dec) @ W_enc.T + b_enc
+    if activation == "threshold":
+        S = ((pre - thr) / eps + 0.5).clamp(0, 1)
+        z = pre * S
+        l0 = S.sum(1)
+        sp = l0 if form == "penalty" else 2 / T * (l0 - T) ** 2
+    else:
+        z = torch.relu(pre)
+        sp = z.sum(1) if unit else z @ W_dec.norm(dim=1)
+    x_hat = z @ W_dec + b_dec
+    return ((x_hat - x) ** 2).sum(1).mean() / H + lam * sp.mean()
+
+
+CASES = [("threshold", "penalty", None, True), ("threshold", "target", 6.0, True),
+         ("relu", "penalty", None, True), ("relu", "penalty", None, False)]
+
+
+@pytest.mark.parametrize("activation,form,T,unit", CASES)
+def test_hand_written_backward_equals_autograd_of_smoothed_loss(activation, form, T, unit):
+    x, ps = _params(relu=activation == "relu")
+    lam, eps = 0.05, 0.3
+    leaves = [p.clone().requires_grad_() for p in ps]
+    loss = _smoothed_loss(x, leaves, activation=activation, lam=lam, eps=eps, form=form, T=T, unit=unit)
+    loss.backward()
+    g, st = sae_step(Params(*ps), x, activation=activation, lam=lam, eps=eps, form=form, target_l0=T,
+                     unit_norm_decoder=unit, smooth=True, kernel="dense")
+    assert math.isclose(st.loss, loss.item(), rel_tol=1e-12)
+    n = 5 if activation == "threshold" else 4
+    for mine, ref, name in zip(g[:n], leaves[:n], ["W_enc", "b_enc", "W_dec", "b_dec", "thr"]):
+        torch.testing.assert_close(mine, ref.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+class _JumpReLUSTE(torch.autograd.Function):
+    """Reference straight-through estimator written with autograd (hard forward)."""
+
+    @staticmethod
+    def forward(ctx, pre, thr, eps):
+        ctx.save_for_backward(pre, thr)
+        ctx.eps = eps
+        return pre * (pre > thr), (pre > thr).to(pre)
+
+    @staticmethod
+    def backward(ctx, gz, gstep):
+        pre, thr = ctx.saved_tensors
+        K = ((pre - thr).abs() < ctx.eps / 2).to(pre) / ctx.eps
+        d = (gz * pre + gstep) * K
+        return gz * (pre > thr) + d, -d.sum(0), None
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_straight_through_backward_equals_autograd_ste(kernel):
+    x, ps = _params(B=64, N=40, seed=2)
+    lam, eps = 0.02, 0.25
+    leaves = [p.clone().requires_grad_() for p in ps]
+    W_enc, b_enc, W_dec, b_dec, thr = leaves
+    pre = (x - b_dec) @ W_enc.T + b_enc
+    z, step = _JumpReLUSTE.apply(pre, thr, eps)
+    loss = ((z @ W_dec + b_dec - x) ** 2).sum(1).mean() / x.shape[1] + lam * step.sum(1).mean()
+    loss.backward()
+    g, st = sae_step(Params(*ps), x, activation="threshold", lam=lam, eps=eps, kernel=kernel)
+    assert st.sparse == (kernel == "sparse")
+    assert math.isclose(st.loss, loss.item(), rel_tol=1e-12)
+    for mine, ref in zip(g, leaves):
+        torch.testing.assert_close(mine, ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_ste_gradients_match_finite_differences_of_smoothed_loss():
+    # One token: the b_enc gradient is then the gradient w.r.t. each pre-activation.
+    x, ps = _params(B=1, H=8, N=60, seed=5)
+    lam, eps = 0.1, 0.4
+    g, _ = sae_step(Params(*ps), x, activation="threshold", lam=lam, eps=eps, smooth=True, kernel="dense")
+    pre = (x - ps[3]) @ ps[0].T + ps[1]
+    u = ((pre - ps[4]) / eps).flatten()
+    in_window = (u.abs() < 0.5)
+    assert in_window.sum() >= 3, "test needs some pre-activations inside the kernel window"
+
+    def loss_at(idx, which, h):
+        q = [p.clone() for p in ps]
+        q[which][idx] += h
+        return float(_smoothed_loss(x, q, activation="threshold", lam=lam, eps=eps))
+
+    h = 1e-6
+    for n in range(60):
+        if (u[n].abs() - 0.5).abs() < 1e-4:    # skip the kinks of the smoothing
+            continue
+        fd_thr = (loss_at(n, 4, h) - loss_at(n, 4, -h)) / (2 * h)
+        fd_pre = (loss_at(n, 1, h) - loss_at(n, 1, -h)) / (2 * h)
+        assert math.isclose(g.thr_N[n], fd_thr, rel_tol=1e-5, abs_tol=1e-8), n
+        assert math.isclose(g.b_enc_N[n], fd_pre, rel_tol=1e-5, abs_tol=1e-8), n
+        if not in_window[n]:
+            assert g.thr_N[n] == 0.0           # outside the window the threshold gets no gradient
+
+
+@pytest.mark.parametrize("activation,unit", [("threshold", True), ("relu", True), ("relu", False)])
+def test_sparse_kernel_equals_dense_kernel(activation, unit):
+    x, ps = _params(B=96, H=12, N=50, seed=7, relu=activation == "relu")
+    kw = dict(activation=activation, lam=0.01, eps=0.2, unit_norm_decoder=unit)
+    gd, sd = sae_step(Params(*ps), x, kernel="dense", **kw)
+    gs, ss = sae_step(Params(*ps), x, kernel="sparse", **kw)
+    assert ss.sparse and not sd.sparse
+    for a, b in zip(gd, gs):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert torch.equal(sd.fired_N, ss.fired_N) and math.isclose(sd.loss, ss.loss, rel_tol=1e-12)
+
+
+# ---- data streams --------------------------------------------------------------------------------
+def test_iterable_stream_crosses_epochs_and_restores():
+    from atomslib._train_data import IterStream
+    x = torch.arange(50 * 3, dtype=torch.float32).reshape(50, 3)
+    src = list(x.split(7))
+    s = IterStream(src, 3)
+    assert torch.equal(s.peek(10), x[:10])
+    got = torch.cat([s.take(16) for _ in range(7)])            # 112 rows = 2 epochs + 12
+    assert torch.equal(got, torch.cat([x, x, x[:12]]))
+    st = s.state()
+    assert st == {"pos": 112, "epoch": 2, "offset": 12}
+    nxt = s.take(45)
+    s2 = IterStream(src, 3)
+    s2.restore(st)
+    assert torch.equal(s2.take(45), nxt) and s2.state() == s.state()
+
+
+# ---- training ------------------------------------------------------------------------------------
+def _planted(H=64, N=128, K=3, n=24_000, seed=0):
+    from atomslib.theory import synthetic_atoms
+    s = synthetic_atoms(H, N, K=K, n_samples=n, delta_range=(1.0, 2.0), seed=seed, nonneg=True)
+    return s.D.float(), s.acts.float()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+def _cfg(**kw):
+    base = dict(d_model=64, n_units=256, batch_size=1024, n_tokens=240_000, lr=4e-3, l0_coeff=3e-3,
+                log_every=20, seed=0)
+    base.update(kw)
+    return TSAEConfig(**base)
+
+
+def _best_match(D_true, D_learned):
+    Dt = D_true / D_true.norm(dim=1, keepdim=True)
+    Dl = D_learned / D_learned.norm(dim=1, keepdim=True)
+    return (Dt @ Dl.T).max(1).values
+
+
+@torch.no_grad()
+def _r2(model, acts):
+    m_hat = model(acts).m_hat
+    return float(1 - (m_hat - acts).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
+
+
+@pytest.fixture(scope="module")
+def trained(planted):
+    _, acts = planted
+    return train_tsae(acts, _cfg(), progress=False)
+
+
+def test_recovers_planted_dictionary(planted, trained):
+    D, acts = planted
+    cos = _best_match(D, trained.dictionary())
+    assert float((cos > 0.9).float().mean()) >= 0.9, cos.sort().values[:10]
+    assert _r2(trained, acts) > 0.95
+    l0 = float(trained(acts).l0.float().mean())
+    assert 2.0 <= l0 <= 8.0, l0           # truth: K = 3
+    log = trained.train_log
+    assert isinstance(log, TrainLog) and log.last["step"] == 235 and log.last["r2"] > 0.9
+    assert log.series("r2")[-1] > log.series("r2")[0] and log.last["sparse_frac"] > 0.5
+    assert {"l0", "dead", "lr", "lam", "tok_per_s", "tokens", "epoch"} <= set(log.last)
+
+
+def test_whitened_training_returns_a_raw_space_model(planted):
+    from atomslib.aip import AIP
+    D, acts = planted
+    # Skew the data so that whitening matters; the model must still take and return raw rows.
+    skew = torch.diag(torch.logspace(0, 1, 64))
+    raw = acts @ skew
+    aip = AIP.fit(raw)
+    model = train_tsae(raw, _cfg(whiten=True, n_tokens=120_000), aip=aip, progress=False)
+    assert model.fit_info["whitened"]
+    assert _r2(model, raw) > 0.9
+    cos = _best_match(D @ skew, model.dictionary())
+    assert float((cos > 0.9).float().mean()) >= 0.8
+    with pytest.raises(ValueError, match="aip="):
+        train_tsae(raw, _cfg(whiten=True), progress=False)
+
+
+def test_relu_sae_trains_and_is_sparse(planted, trained):
+    _, acts = planted
+    cfg = _cfg(activation="relu", l1_coeff=1e-2, n_tokens=120_000)
+    model = train_tsae(acts, cfg, progress=False)
+    hist = model.train_log.history
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    with torch.no_grad():
+        l0 = float(model(acts).l0.float().mean())
+        l0_tsae = float(trained(acts).l0.float().mean())
+    assert 1.0 < l0 < 0.25 * 256, l0              # sparse ...
+    assert l0 > 2 * l0_tsae                       # ... but denser than the threshold SAE (small codes survive)
+    assert _r2(model, acts) > 0.85
+    assert torch.equal(model.threshold, torch.zeros(256))
+
+
+def test_target_form_steers_l0_and_unnormalised_training_works(planted, trained):
+    _, acts = planted
+    with torch.no_grad():
+        l0_penalty = float(trained(acts).l0.float().mean())       # ~3-4: the truth has K = 3
+        m = train_tsae(acts, _cfg(sparsity_form="target", target_l0=8.0, l0_coeff=1e-2, n_tokens=120_000),
+                       progress=False)
+        l0 = float(m(acts).l0.float().mean())
+        assert l0 > l0_penalty + 1.0, (l0, l0_penalty)             # pulled up towards T = 8
+        # normalize="none": thresholds and bandwidth follow the data's scale, so x10 data train alike
+        raw = train_tsae(acts * 10, _cfg(normalize="none", n_tokens=120_000), progress=False)
+        assert raw.fit_info["input_scale"] == 1.0 and _r2(raw, acts * 10) > 0.9
+
+
+def _run(acts, ckdir=None, stop_at=None, **kw):
+    def cb(rec):
+        if stop_at is not None and rec["step"] >= stop_at:
+            raise KeyboardInterrupt
+    cfg = _cfg(n_tokens=40_000, log_every=1, checkpoint_every=7, **kw)
+    return train_tsae(acts, cfg, checkpoint_dir=ckdir, progress=False, log=cb)
+
+
+def _same(a: TSAE, b: TSAE) -> bool:
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"))
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_resume_after_interruption_is_bit_identical(planted, tmp_path, as_list):
+    _, acts = planted
+    acts = acts[:10_000]
+    data = list(acts.split(700)) if as_list else acts     # an iterable with odd-sized batches
+    ref = _run(data)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, tmp_path, stop_at=17)
+    assert (tmp_path / STATE_FILE).is_file()
+    partial = TSAE.load(tmp_path)                          # the snapshot of step 14 is loadable
+    assert partial.fit_info["input_scale"] > 0
+    resumed = _run(data, tmp_path)
+    assert _same(ref, resumed)
+    assert resumed.train_log.meta["resumed_at"] == 14
+    strip = [{k: v for k, v in r.items() if k != "tok_per_s"} for r in ref.train_log.history]
+    assert strip == [{k: v for k, v in r.items() if k != "tok_per_s"} for r in resumed.train_log.history]
+    # a finished run resumes to itself without training; the final model is in the folder
+    again = _run(data, tmp_path)
+    assert _same(ref, again) and _same(ref, TSAE.load(tmp_path))
+
+
+def test_resume_refuses_another_config_or_data(planted, tmp_path):
+    _, acts = planted
+    acts = acts[:5000]
+    _run(acts, tmp_path)
+    with pytest.raises(ValueError, match="lr"):
+        _run(acts, tmp_path, lr=1e-3)
+    with pytest.raises(ValueError, match="other data"):
+        _run(acts * 2, tmp_path)
+    # resume=False starts over
+    m = train_tsae(acts * 2, _cfg(n_tokens=40_000, log_every=1, checkpoint_every=7), checkpoint_dir=tmp_path,
+                   resume=False, progress=False)
+    assert m.train_log.meta.get("resumed_at") is None
+
+
+def test_deterministic_for_a_seed_and_seeds_differ(planted):
+    _, acts = planted
+    acts = acts[:6000]
+    cfg = _cfg(n_tokens=20_000)
+    a, b = train_tsae(acts, cfg, progress=False), train_tsae(acts, cfg, progress=False)
+    assert _same(a, b)
+    c = train_tsae(acts, _cfg(n_tokens=20_000, seed=1), progress=False)
+    assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_epochs_budget_and_float16_iterable(planted):
+    _, acts = planted
+    batches = [b.half() for b in acts[:3000].split(512)]
+    m = train_tsae(batches, _cfg(n_tokens=None, n_epochs=2, batch_size=1000), progress=False)
+    assert m.train_log.meta["n_tokens"] == 6000 and m.fit_info["steps"] == 6
+
+
+def test_eval_acts_are_logged(planted):
+    _, acts = planted
+    m = train_tsae(acts[:4000], _cfg(n_tokens=8192, log_every=4), eval_acts=acts[-1000:], progress=False)
+    rec = m.train_log.last
+    assert "eval_r2" in rec and -1 < rec["eval_r2"] <= 1 and rec["eval_l0"] >= 0
+
+
+@pytest.mark.parametrize("acts,match,exc", [
+    (torch.randn(100, 31), "d_model=64", ValueError),
+    (torch.full((100, 64), float("nan")), "NaN", ValueError),
+    (torch.randn(4, 100, 64), "2-D", ValueError),
+    ("acts.pt", "tensor", TypeError),
+    ([], "no rows", ValueError),
+    ([torch.randn(10, 64), torch.randn(10, 30)], "width", ValueError),
+])
+def test_bad_acts_are_clear_errors(acts, match, exc):
+    with pytest.raises(exc, match=match):
+        train_tsae(acts, _cfg(n_tokens=100), progress=False)
+
+
+def test_other_bad_arguments():
+    acts = torch.randn(200, 64)
+    with pytest.raises(TypeError, match="TSAEConfig"):
+        train_tsae(acts, {"d_model": 64}, progress=False)
+    with pytest.raises(ValueError, match="eval_acts"):
+        train_tsae(acts, _cfg(n_tokens=100), eval_acts=torch.randn(5, 3), progress=False)
+    with pytest.raises(ValueError, match="whitening matrix has shape"):
+        train_tsae(acts, _cfg(n_tokens=100, whiten=True), aip=torch.eye(3), progress=False)
+    with pytest.raises(ValueError, match="one-shot"):
+        train_tsae(iter(list(acts.split(50))), _cfg(n_tokens=1000), progress=False)
+    with pytest.raises(TypeError, match="log"):
+        train_tsae(acts, _cfg(n_tokens=100), log=3, progress=False)
+
+
+# ---- `atoms train` -----------------------------------------------------------------------------------
+@pytest.mark.model
+def test_cli_train_on_a_harvested_cache(small_cache, tmp_path, capsys):
+    from atomslib.cli import main
+    out = tmp_path / "tsae"
+    argv = ["train", str(small_cache.path), "--layer", "15",
+            "--out", str(out), "--units", "96", "--tokens", "6000", "--batch-size", "1000", "--quiet",
+            "--set", "log_every=2", "--whiten"]
+    assert main(argv) == 0
+    model = TSAE.load(out)
+    assert model.cfg.n_units == 96 and model.cfg.whiten and model.fit_info["whitened"]
+    assert (out / "train_log.json").is_file() and (out / STATE_FILE).is_file()
+    assert "done: 6 steps" in capsys.readouterr().out
+    x = small_cache.load(15)[:50]
+    assert model.encode(x).shape == (50, 96)
+    assert main(argv) == 0                              # resumes a finished run: same model
+    assert torch.equal(TSAE.load(out).W_dec, model.W_dec)
+    assert main(argv[:-1] + ["--set", "lr=1"]) == 2     # another config: a clear error, no traceback
+    assert "another config" in capsys.readouterr().err
