@@ -26,6 +26,7 @@ _EXPORTS = {
     "harvest": "harvest", "ActivationCache": "cache", "CacheError": "cache",
     # interop
     "export_saelens": "interop", "load_saelens_units": "interop",
+    "train_saelens_jumprelu": "interop", "harvest_transformer_bridge": "interop",
 }
 
 __all__ = sorted(_EXPORTS) + ["theory", "__version__"]

@@ -58,7 +58,7 @@ def harvest_caches(*, model: str, layers, site: str, tokens: int, heldout_tokens
 
     Reused when a complete cache of the same request exists; resumed when one was interrupted.
     """
-    layers = sorted({int(x) for x in ([layers] if isinstance(layers, int) else layers)})
+    layers = resolve_layers(layers, model)
     root = cache_root(cache_dir) / "acts"
     out = []
     for split, n in (("train", tokens), ("heldout", heldout_tokens)):
@@ -104,6 +104,8 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
     from .train import train_tsae
     aip = cache.aip(layer) if cfg.whiten else None
     model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
+    from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
+    model.fit_info["harvest"] = harvest_provenance(cache, layer)
     model.save(ck)
     (ck / "DONE").write_text("complete\n")
     return model

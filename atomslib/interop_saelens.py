@@ -134,7 +134,6 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
     Returns ``out``. The folder is written next to ``out`` and renamed into place, and checked by
     loading it back with SAELens before the rename.
     """
-    import sae_lens
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 

@@ -431,6 +431,9 @@ def cli_train(args) -> int:
           f"{cfg.activation} units -> {args.out}")
     model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=args.out, resume=not args.no_resume,
                        progress=not args.quiet)
+    from .interop_saelens import harvest_provenance   # what `atoms export` writes as the SAELens hook name
+    model.fit_info["harvest"] = harvest_provenance(cache, args.layer)
+    model.save(args.out)
     log = model.train_log
     atomic_write_json(Path(args.out) / "train_log.json", log.to_dict())
     last = log.last

@@ -71,7 +71,8 @@ def test_export_round_trip_on_real_activations(small_cache, tmp_path, kind):
     assert sae.cfg.normalize_activations == "none" and sae.cfg.apply_b_dec_to_input
     dz, dm = _compare(units, sae, acts)
     assert 1.0 < float(units(acts).l0.float().mean()) < units.cfg.n_units / 2
-    assert dz <= 1e-4 and dm <= 1e-4, (dz, dm)
+    scale = 1 + float(acts.abs().max())                          # float32 rounding only, no gate flips
+    assert dz <= 1e-6 * scale and dm <= 1e-6 * scale, (dz, dm, scale)
     # ... and back: the imported units are the same function
     back = I.load_saelens_units(out)
     assert isinstance(back, TSAE) and back.cfg.activation == units.cfg.activation
@@ -97,6 +98,13 @@ def test_export_cli_from_run_folder(small_cache, tmp_path, capsys):
         I.export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_resid_post")
     I.export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_mlp_out", overwrite=True)
     assert json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.3.hook_mlp_out"
+    # `atoms train` records what it trained on, so `atoms export` needs no flags
+    assert main(["train", str(small_cache.path), "--layer", "15", "--out", str(tmp_path / "tr"), "--units", "64",
+                 "--tokens", "2048", "--batch-size", "512", "--quiet"]) == 0
+    assert main(["export", "--format", "saelens", str(tmp_path / "tr"), str(tmp_path / "tr-sae")]) == 0
+    meta = json.loads((tmp_path / "tr-sae" / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == "blocks.15.hook_resid_post" and meta["model_name"] == "smollm2-135m"
+    assert meta["prepend_bos"] is False                             # SmolLM2's tokenizer adds no BOS
     units.threshold.data[0] = -0.1
     with pytest.raises(ValueError, match="negative thresholds"):
         I.export_saelens(units, tmp_path / "neg", hook_name="blocks.3.hook_resid_post")
