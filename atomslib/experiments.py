@@ -238,21 +238,21 @@ def memorisation_dictionary(train_m: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def memorise(D: torch.Tensor, m: torch.Tensor, *, batch_size: int = 1024) -> Memorisation:
+def memorise(D: torch.Tensor, m: torch.Tensor, *, batch_size: int = 1024, device=None) -> Memorisation:
     """1-sparse codes of `m` on dictionary `D` (N, H): the row most aligned with each m
     (largest |⟨m, d⟩|, Euclidean), with the projection ⟨m, d⟩ as its coefficient (the best
     1-sparse least-squares fit on unit rows). On D's own training vectors this reconstructs them
     exactly (R² = 1); on held-out rows it is nearest-direction lookup."""
-    D = D.float()
+    D = D.float().to(device or D.device)
     idx, coeff, m_hat = [], [], []
     for i in range(0, m.shape[0], batch_size):
-        x = m[i:i + batch_size].float()
+        x = m[i:i + batch_size].float().to(D.device)
         s = x @ D.T
         a = s.abs().argmax(1)
         c = s.gather(1, a[:, None]).squeeze(1)
-        idx.append(a)
-        coeff.append(c)
-        m_hat.append(c[:, None] * D[a])
+        idx.append(a.cpu())
+        coeff.append(c.cpu())
+        m_hat.append((c[:, None] * D[a]).cpu())
     return Memorisation(torch.cat(idx), torch.cat(coeff), torch.cat(m_hat))
 
 
@@ -271,14 +271,16 @@ class _OneHotCodes:
 
 
 @torch.no_grad()
-def memorisation_metrics(train_m: torch.Tensor, eval_m: torch.Tensor, *, aip=None, q_star: bool = True) -> dict:
+def memorisation_metrics(train_m: torch.Tensor, eval_m: torch.Tensor, *, aip=None, q_star: bool = True,
+                         device=None) -> dict:
     """R² (euclid, uncentred, aip) of the memorisation baseline (D = normalised `train_m`) on `eval_m`,
     its mean L0 (1, or 0 where the projection vanishes) and, when `q_star`, its q* (variant A under
-    `aip`): with K = 1 everywhere it only needs μ_a < 1, i.e. no exact duplicate, so it is ≈ 1."""
+    `aip`): with K = 1 everywhere it only needs μ_a < 1, i.e. no exact duplicate, so it is ≈ 1.
+    `device`: where the lookup and the coherence pass run (|M| x |M| pairs: use a GPU for large |M|)."""
     from . import criteria
 
     D = memorisation_dictionary(train_m)
-    mem = memorise(D, eval_m)
+    mem = memorise(D, eval_m, device=device)
     acc = criteria.R2Accumulator(aip)
     acc.update(eval_m.float(), mem.m_hat)
     r2 = acc.result()
@@ -287,7 +289,7 @@ def memorisation_metrics(train_m: torch.Tensor, eval_m: torch.Tensor, *, aip=Non
            "n_samples": int(eval_m.shape[0])}
     if q_star:
         out["q_star_A"] = criteria.stability_q_star(D, _OneHotCodes(mem.index, mem.coeff, D.shape[0]), aip=aip,
-                                                    variant="A")
+                                                    variant="A", device=device)
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
 
 
@@ -320,7 +322,7 @@ def paper_reference(claim_id: str) -> float | None:
 
 
 @torch.no_grad()
-def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8192) -> dict:
+def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8192, device=None) -> dict:
     """The criteria of a grid cell, cheaper than `criteria.unit_metrics` (no pair list, no variant C):
     R² (euclid, uncentred, aip), q* (variant A under `aip`), mean L0 and the fraction of units
     never active, of `units` on rows `m`."""
@@ -337,7 +339,7 @@ def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8
     r2 = acc.result()
     D = units.dictionary().float()
     out = {"r2_euclid": r2.euclid, "r2_uncentred": r2.uncentred, "r2_aip": r2.aip,
-           "q_star_A": criteria.stability_q_star(D, codes, aip=aip, variant="A"),
+           "q_star_A": criteria.stability_q_star(D, codes, aip=aip, variant="A", device=device),
            "mean_l0": float(criteria.l0(codes).double().mean()),
            "dead_fraction": float(criteria.dead_units(codes).double().mean()),
            "n_units": int(D.shape[0]), "n_samples": int(m.shape[0])}
@@ -370,3 +372,16 @@ def resolve_layers(layers, model: str = "smollm2-135m") -> list[int]:
     if not out:
         raise ValueError("layers is empty; pass at least one block index")
     return out
+
+
+def variance_share_of_top(m: torch.Tensor, frac: float = 0.01) -> float:
+    """Share of the total variance Σ_i ‖m_i − m̄‖² carried by the `frac` of rows with the largest
+    ‖m_i − m̄‖² (e.g. a few high-norm tokens): when it is large, the pooled R² mostly measures
+    how well those rows are reconstructed."""
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1], got {frac!r}")
+    m = m.double()
+    dev = (m - m.mean(0)).pow(2).sum(1)
+    k = max(1, int(round(frac * dev.numel())))
+    total = float(dev.sum())
+    return float(dev.topk(k).values.sum()) / total if total > 0 else math.nan
