@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._util import shareable_mode
 from .interop_saelens_train import train_saelens_jumprelu  # noqa: F401 -- re-exported (its own module)
 from .tsae import CONFIG_FILE, FORMAT, SAEOutput, TSAE, TSAEConfig
 
@@ -192,6 +193,7 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
                               f"or overwrite=True (--overwrite) to replace a SAELens folder there")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, shareable_mode(directory=True))  # mkdtemp makes it 0700: others could not read the export
     try:
         sae.save_model(tmp)
         _check_export(units, tmp)

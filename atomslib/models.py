@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ._util import atomic_write_json, device_of, sha256_file
+from ._util import atomic_write_json, device_of, sha256_file, shareable_mode
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -153,6 +153,7 @@ def _convert_gguf(gguf: Path, folder: Path, *, progress: bool) -> None:
         print(f"atoms: converting {gguf.name} to a safetensors cache in {folder} (once, ~20 s)", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    os.chmod(tmp, shareable_mode(directory=True))  # mkdtemp makes it 0700; the cache may be shared
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
