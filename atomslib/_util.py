@@ -6,11 +6,13 @@ folder, fsync, rename) so an interrupted job never leaves a half-written file be
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,34 @@ def iter_batches(acts: Tensor | Iterable[Tensor], batch_size: int | None = None,
             yield b
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux:
+    /proc/self/status); elsewhere set and put back at once under a lock (os.umask has no read-only form)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def shareable_mode(*, directory: bool = False) -> int:
+    """The mode `open()` (0o666) or `mkdir` (0o777) would give under the current umask. mkstemp and
+    mkdtemp create 0o600 / 0o700 instead, which would make caches shared between users unreadable."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder (fsync, rename), with the mode an
+    ordinary write would give (`shareable_mode`), so readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -76,6 +105,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, shareable_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -114,6 +144,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to `n`, put back afterwards (even on an error).
+    The count is process-wide: other threads running torch meanwhile get `n` too."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:

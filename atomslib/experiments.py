@@ -314,7 +314,7 @@ def grows_with_scale(scales, critical) -> float | None:
 def paper_reference(claim_id: str) -> float | None:
     """The paper's own number for a claim of `run.PAPER_CLAIMS` as a fraction ("48.8%" -> 0.488), for
     plotting beside ours as a reference; None when the paper states it in words."""
-    from .run import CLAIMS_BY_ID
+    from .results import CLAIMS_BY_ID
 
     text = CLAIMS_BY_ID[claim_id].paper.strip()
     m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*%", text)

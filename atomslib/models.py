@@ -13,6 +13,7 @@ Transformers is imported inside functions so that `import atomslib` stays light.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ._util import atomic_write_json, device_of, sha256_file
+from ._util import atomic_write_json, device_of, sha256_file, shareable_mode
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -146,6 +147,27 @@ def _folder_valid(folder: Path, gguf: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _transformers_progress_bars(enabled: bool):
+    """Inside the block, transformers' progress bars ("Loading weights", "Writing model shards") are
+    off unless `enabled`; afterwards its switch and huggingface_hub's (which transformers flips with
+    it) are as they were. Without this, `progress=False` still printed a bar on every load."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if enabled or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_disabled = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        if hub_was_disabled:
+            disable_progress_bars()
+
+
 def _convert_gguf(gguf: Path, folder: Path, *, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -153,9 +175,11 @@ def _convert_gguf(gguf: Path, folder: Path, *, progress: bool) -> None:
         print(f"atoms: converting {gguf.name} to a safetensors cache in {folder} (once, ~20 s)", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    os.chmod(tmp, shareable_mode(directory=True))  # mkdtemp makes it 0700; the cache may be shared
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        with _transformers_progress_bars(progress):
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         # save_pretrained refuses a model that carries the GGUF quantizer; the weights are
         # already dequantized to float32, so dropping the marker loses nothing.
         model.hf_quantizer = None
@@ -163,8 +187,9 @@ def _convert_gguf(gguf: Path, folder: Path, *, progress: bool) -> None:
         model.quantization_method = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        with _transformers_progress_bars(progress):
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         atomic_write_json(tmp / _MARKER, {
@@ -242,6 +267,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
         network or the local HF cache; offline it fails at once with what to do).
     device: `"cpu"` or `"cuda"` (same code path).
     dtype: parameter dtype; None keeps float32 (exact activations); `"bfloat16"` for big models.
+    progress: False silences every progress bar of the load (transformers' included).
     The returned model carries `model.atoms_spec` (a `ModelSpec`) for provenance.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,8 +298,9 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
                          f"Hugging Face id like 'google/gemma-2-2b'; pass one of those")
 
     def _load(local_only: bool):
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
-        mdl = AutoModelForCausalLM.from_pretrained(folder, local_files_only=local_only, **kwargs)
+        with _transformers_progress_bars(progress):
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
+            mdl = AutoModelForCausalLM.from_pretrained(folder, local_files_only=local_only, **kwargs)
         return mdl, tok
 
     if local:

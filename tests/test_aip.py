@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atomslib.aip import AIP, MomentAccumulator, centered_cosine_matrix
-from atomslib._util import atomic_save_safetensors
+from atomslib._util import atomic_save_safetensors, torch_threads
 
 f64 = torch.float64
 
@@ -204,6 +204,26 @@ def test_centering_control(make_acts):
 
 
 # ---- persistence -------------------------------------------------------------------------------
+def test_eigendecomposition_runs_on_one_thread_and_puts_the_count_back(make_acts, monkeypatch):
+    seen, eigh = [], torch.linalg.eigh
+
+    def eigh_recording_threads(M):
+        seen.append(torch.get_num_threads())
+        return eigh(M)
+    monkeypatch.setattr(torch.linalg, "eigh", eigh_recording_threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        aip = AIP.fit(make_acts(500, 12))
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), torch_threads(1):  # put back after an error too
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(aip.moment @ aip.S, torch.eye(12, dtype=f64), atol=1e-9)
+
+
 def test_save_load_round_trip(make_acts, tmp_path):
     aip = AIP.fit(make_acts(400, 5), ridge=1e-3, outlier_ratio=50, center=False)
     p = aip.save(tmp_path / "a.safetensors")

@@ -1,4 +1,4 @@
-"""Grids and the Ray executor (atomslib.run grid section, atomslib/run_ray.py).
+"""Grids and the Ray executor (atomslib/grid.py, atomslib/run_ray.py).
 
 Grid expansion and profile checks run without a kernel. The Ray tests share one real local Ray
 instance bound to 127.0.0.1 (started once per session, stopped at the end) and run small grids of
@@ -21,25 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from _notebooks import notebook_md, output_files, summary_statuses, write_project, write_toc
 from atomslib import cli, run
 
 REPO = Path(__file__).resolve().parents[1]
-FRONT = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
-{extra}---
-"""
-
 # One grid point: writes a results file (by hand: no torch in the kernel) and a "figure"; it can
 # fail in a cell, crash its worker once, or wait while a hold file exists.
-POINT = FRONT.format(extra="") + """
+POINT = notebook_md("""
 # Point
 
 ```{code-cell} ipython3
@@ -82,10 +70,10 @@ print("point", x, "cache:", cache_dir)
 ```{code-cell} ipython3
 y = 1 / (0 if mode == "fail" else 1)  # fails on demand, after the results were written
 ```
-"""
+""")
 
 # Stage 2: reads the merged grid results and a file from the project (both declared inputs).
-SUMMARY = FRONT.format(extra='atoms:\n  stage: 2\n  inputs: ["{results_dir}/*.json", "{extra_dir}/*.txt"]\n') + """
+SUMMARY = notebook_md("""
 ```{code-cell} ipython3
 :tags: [parameters]
 
@@ -108,34 +96,31 @@ Path(results_dir, "02_summary.json").write_text(json.dumps({
     "created": datetime.datetime.now().isoformat(), "metrics": {"total": total + extra}, "claims": []}))
 print("total", total + extra)
 ```
-"""
+""", front_matter='atoms:\n  stage: 2\n  inputs: ["{results_dir}/*.json", "{extra_dir}/*.txt"]\n')
 
 
 def make_project(root: Path, *, grid: str = "{x: [1, 2]}", summary: bool = True, **common) -> Path:
-    (root / "notebooks").mkdir(parents=True)
-    (root / "data" / "profiles").mkdir(parents=True)
-    (root / "data" / "extra").mkdir(parents=True)
-    (root / "data" / "extra" / "bonus.txt").write_text("100\n")
-    (root / "notebooks" / "01_point.md").write_text(POINT)
+    """01_point gridded over `grid` by the `quick` profile (plus `common` parameters), and the
+    stage-2 02_summary unless `summary=False`; a declared input file in data/extra/."""
     common = {"results_dir": "results", "figures_dir": "figures", "cache_dir": None, "extra_dir": "data/extra",
               **{k: str(v) for k, v in common.items()}}
-    (root / "data" / "profiles" / "quick.yaml").write_text(
-        f"description: grid test\ncommon: {json.dumps(common)}\ngrid:\n  01_point: {grid}\n")
-    toc = ["01_point"]
-    if summary:
-        (root / "notebooks" / "02_summary.md").write_text(SUMMARY)
-        toc.append("02_summary")
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
-                                   + "".join(f"  - file: book/generated/{n}\n" for n in toc))
+    notebooks = {"01_point": POINT, **({"02_summary": SUMMARY} if summary else {})}
+    write_project(root, notebooks, {"quick": f"description: grid test\ncommon: {json.dumps(common)}\n"
+                                             f"grid:\n  01_point: {grid}\n"}, toc=list(notebooks))
+    (root / "data" / "extra").mkdir(parents=True)
+    (root / "data" / "extra" / "bonus.txt").write_text("100\n")
     return root
+
+
+def quick_task(project: Path, name: str) -> run.Task:
+    """The (ungridded) task of notebook `name` under the `quick` profile, run in book/generated."""
+    src = run.read_notebook(project / "notebooks" / f"{name}.md")
+    return run.make_task(src, run.load_profile("quick", root=project), {}, project=run.find_project(project),
+                         out_dir=(project / "book" / "generated").resolve())
 
 
 def statuses(results) -> dict[str, str]:
     return {r.name: r.status for r in results}
-
-
-def files(d: Path) -> list[str]:
-    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
 
 
 # ---- grids: no kernel ------------------------------------------------------------------------
@@ -169,7 +154,10 @@ def test_profile_grid_extends_and_task_layout(tmp_path):
     prof = run.load_profile("quick", root=project)
     src = run.read_notebook(project / "notebooks" / "01_point.md")
     out = (project / "book" / "generated").resolve()
-    points = run.make_grid_tasks(src, prof, {}, project=run.find_project(project), out_dir=out)
+
+    def grid_tasks(overrides):
+        return run.make_grid_tasks(src, prof, overrides, project=run.find_project(project), out_dir=out)
+    points = grid_tasks({})
     assert [label for label, _ in points] == ["01_point[x=1]", "01_point[x=2]"]
     t1, t2 = (t for _, t in points)
     assert t1.name == t2.name == "01_point" and t1.key != t2.key  # the results file names the notebook
@@ -178,10 +166,10 @@ def test_profile_grid_extends_and_task_layout(tmp_path):
     assert t1.params["results_dir"].startswith("grid/01_point/") and t1.params["x"] == 1
     assert points.results_path == str(out / "results" / "01_point.json")
     with pytest.raises(ValueError, match="-p x conflicts with the profile 'quick', grid of 01_point"):
-        run.make_grid_tasks(src, prof, {"x": 5}, project=run.find_project(project), out_dir=out)
+        grid_tasks({"x": 5})
     prof.grid["01_point"] = {"nope": [1]}
     with pytest.raises(ValueError, match="nope is not a parameter of 01_point; its parameters are: x=1"):
-        run.make_grid_tasks(src, prof, {}, project=run.find_project(project), out_dir=out)
+        grid_tasks({})
 
 
 def test_ray_payload_ships_declared_inputs_and_an_absolute_shared_cache(tmp_path):
@@ -189,16 +177,12 @@ def test_ray_payload_ships_declared_inputs_and_an_absolute_shared_cache(tmp_path
 
     project = make_project(tmp_path / "p")
     (project / "data" / "extra" / "unused.csv").write_text("not an input")
-    out = (project / "book" / "generated").resolve()
-    src = run.read_notebook(project / "notebooks" / "02_summary.md")
-    task = run.make_task(src, run.load_profile("quick", root=project), {}, project=run.find_project(project),
-                         out_dir=out)
+    task = quick_task(project, "02_summary")
     assert task.params["extra_dir"] == "../../data/extra"
     p = RayExecutor().payload(task)
     assert p["files"] == {"../../data/extra/bonus.txt": b"100\n"} and p["depth"] == 2
     assert p["rel_notebook"] == "02_summary.ipynb" and p["rel_results"] == "results/02_summary.json"
-    point = run.make_task(run.read_notebook(project / "notebooks" / "01_point.md"), run.load_profile("quick", root=project),
-                          {}, project=run.find_project(project), out_dir=out)
+    point = quick_task(project, "01_point")
     assert point.params["cache_dir"] == "../../.atoms-cache"
     assert RayExecutor().payload(point)["task"]["params"]["cache_dir"] == str(project.resolve() / ".atoms-cache")
     assert RayExecutor(artifacts="local").payload(point)["task"]["params"]["cache_dir"] == "../../.atoms-cache"
@@ -284,9 +268,10 @@ def test_ray_grid_matches_local_executor(tmp_path, ray_address):
     remote = run.run_all("quick", executor=_ray(), root=b, progress=False)
     assert statuses(remote) == expected, [r.message for r in remote]
     oa, ob = a / "book" / "generated", b / "book" / "generated"
-    assert files(oa) == files(ob)  # figures included; no temp, partial or backup files
-    assert "grid/01_point/" in " ".join(files(ob)) and not any(f.endswith((".tmp", ".partial.ipynb")) for f in files(ob))
-    for f in files(oa):
+    written = output_files(ob)
+    assert output_files(oa) == written  # figures included; no temp, partial or backup files
+    assert "grid/01_point/" in " ".join(written) and not any(f.endswith((".tmp", ".partial.ipynb")) for f in written)
+    for f in written:
         stage2 = "02_summary" in f
         if f.endswith(".json"):
             assert _comparable_results(oa / f, stage2) == _comparable_results(ob / f, stage2), f
@@ -333,14 +318,13 @@ def test_ray_resume_after_the_driver_is_killed(tmp_path, ray_address, capsys):
     err = proc.stderr.read().decode()[-3000:]
     proc.stderr.close()
     assert first is not None and proc.returncode == -signal.SIGKILL, f"the first grid point never finished: {err}"
-    assert [Path(f).parts[2].split("-")[1] for f in files(out) if f.endswith("01_point.ipynb") and "grid/" in f] == ["1"]
+    assert [Path(f).parts[2].split("-")[1] for f in output_files(out) if f.endswith("01_point.ipynb") and "grid/" in f] == ["1"]
     hold.unlink()
     rc = cli.main(["run", "--all", "--profile", "quick", "--root", str(project), "--executor", "ray",
                    "--address", ray_address, "--jobs", "2", "--retries", "1"])
-    table = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.splitlines()[2:]}
-    assert rc == 0 and table == {"01_point": "ok", "01_point[x=1]": "skipped", "01_point[x=2]": "ok",
-                                 "01_point[x=3]": "ok"}
-    assert not [f for f in files(out) if f.endswith((".tmp", ".partial.ipynb", ".previous"))]
+    assert rc == 0 and summary_statuses(capsys.readouterr().out) == {
+        "01_point": "ok", "01_point[x=1]": "skipped", "01_point[x=2]": "ok", "01_point[x=3]": "ok"}
+    assert not [f for f in output_files(out) if f.endswith((".tmp", ".partial.ipynb", ".previous"))]
 
 
 def test_ray_failure_is_reported_and_the_grid_goes_on(tmp_path, ray_address):
@@ -373,15 +357,13 @@ def test_quick_profile_theory_chapter_through_ray(tmp_path, ray_address):
     (project / "notebooks").mkdir(parents=True)
     shutil.copy2(REPO / "notebooks" / "01_theory.md", project / "notebooks")
     shutil.copytree(REPO / "data" / "profiles", project / "data" / "profiles")
-    (project / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/generated/01_theory\n")
+    write_toc(project, ["01_theory"])
     results = run.run_all("quick", executor=_ray(), root=project, progress=False)
     assert statuses(results) == {"01_theory": "ok"}, results[0].message
     out = project / "book" / "generated"
     res = json.loads((out / "results" / "01_theory.json").read_text())
     assert run.validate_results(res, "01_theory") == [] and res["claims"]
     assert res["params"]["H"] == 24 and res["params"]["profile"] == "quick"
-    src = run.read_notebook(project / "notebooks" / "01_theory.md")
-    task = run.make_task(src, run.load_profile("quick", root=project), {}, project=run.find_project(project),
-                         out_dir=out.resolve())
+    task = quick_task(project, "01_theory")
     assert res["run_key"] == task.key and run.is_current(task.notebook_path, task.results_path, task.key)
     assert all((out / f).is_file() for f in res["figures"])  # figures came back to the driver

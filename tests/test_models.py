@@ -155,6 +155,28 @@ def test_no_network_during_default_load_and_harvest(tmp_path, no_network):
     assert not no_network
 
 
+def test_progress_false_silences_transformers_loading_bar(tmp_path, capfd):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+    from transformers.utils import logging as hf_logging
+
+    folder = tmp_path / "tiny-gpt2"  # a tiny random model: the bar is the point, not the weights
+    cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(models.smollm2_folder(progress=False), local_files_only=True).save_pretrained(folder)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        load_model(str(folder), progress=False)
+        assert "%|" not in capfd.readouterr().err  # no tqdm bar
+        assert hf_logging.is_progress_bar_enabled()  # put back afterwards
+        load_model(str(folder), progress=True)
+        assert "%|" in capfd.readouterr().err  # the bar exists, so the first check was not vacuous
+    finally:
+        if not was_enabled:
+            hf_logging.disable_progress_bar()
+
+
 def test_gguf_lookup_and_cache_validation(monkeypatch, tmp_path):
     # Not found anywhere: the message says how to install it.
     monkeypatch.delenv("ATOMS_SMOLLM2_GGUF", raising=False)

@@ -11,22 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from _notebooks import notebook_md, output_files, summary_statuses, write_project
 from atomslib import cli, run
 
-FRONT = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-"""
-
-TINY = FRONT + """
+TINY = notebook_md("""
 # Tiny
 
 ```{code-cell} ipython3
@@ -51,9 +39,9 @@ run.save_results("01_tiny", PARAMS, {"double": 2 * x}, [run.claim("atoms.r2", 0.
 ```{code-cell} ipython3
 y = 1 / (0 if fail else 1)  # fails on demand, after the results were written
 ```
-"""
+""")
 
-BROKEN = FRONT + """
+BROKEN = notebook_md("""
 ```{code-cell} ipython3
 :tags: [parameters]
 
@@ -63,37 +51,31 @@ results_dir = "results"
 ```{code-cell} ipython3
 z = {}["missing key"]
 ```
-"""
+""")
 
 
-def make_project(root: Path, toc: bool = False) -> Path:
-    (root / "notebooks").mkdir(parents=True)
-    (root / "data" / "profiles").mkdir(parents=True)
-    (root / "notebooks" / "01_tiny.md").write_text(TINY)
-    (root / "data" / "profiles" / "default.yaml").write_text(textwrap.dedent("""\
+PROFILES = {
+    "default": textwrap.dedent("""\
         description: base
         common: {x: 1, seed: 0, results_dir: results, figures_dir: figures, cache_dir: null, model: m}
         notebooks:
           01_tiny: {x: 2}
-        """))
-    (root / "data" / "profiles" / "quick.yaml").write_text(textwrap.dedent("""\
+        """),
+    "quick": textwrap.dedent("""\
         extends: default
         common: {seed: 5}
         notebooks:
           01_tiny: {fail: false}
-        """))
-    if toc:
-        (root / "notebooks" / "02_broken.md").write_text(BROKEN)
-        (root / "_toc.yml").write_text(textwrap.dedent("""\
-            format: jb-book
-            root: book/intro
-            chapters:
-              - file: book/generated/01_tiny
-              - file: book/generated/02_broken
-              - file: book/generated/03_planned
-                title: A planned chapter
-            """))
-    return root
+        """),
+}
+
+
+def make_project(root: Path, toc: bool = False) -> Path:
+    """01_tiny and the two profiles; with `toc`, also 02_broken and a toc naming a missing 03_planned."""
+    if not toc:
+        return write_project(root, {"01_tiny": TINY}, PROFILES)
+    return write_project(root, {"01_tiny": TINY, "02_broken": BROKEN}, PROFILES,
+                         toc=["01_tiny", "02_broken", ("03_planned", "A planned chapter")])
 
 
 @pytest.fixture
@@ -208,15 +190,11 @@ def test_validate_results_names_problems():
 
 # ---- papermill runs --------------------------------------------------------------------------
 
-def _files(d: Path) -> list[str]:
-    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
-
-
 def test_run_writes_outputs_then_skips_then_force(project):
     out = project / "book" / "generated"
     r1 = run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
     assert r1.status == "ok"
-    assert _files(out) == ["01_tiny.ipynb", "results/01_tiny.json"]  # no temp/partial files left
+    assert output_files(out) == ["01_tiny.ipynb", "results/01_tiny.json"]  # no temp/partial files left
     res = json.loads((out / "results" / "01_tiny.json").read_text())
     nb = json.loads((out / "01_tiny.ipynb").read_text())
     assert res["run_key"] == nb["metadata"]["atoms"]["run_key"] == r1.key
@@ -260,8 +238,7 @@ def test_run_all_parallel_missing_and_failed(tmp_path, capsys):
     assert rc == 1  # one notebook failed, the others still ran
     assert "02_broken" in captured.err and "KeyError" in captured.err and "`z = {}[\"missing key\"]`" in captured.err
     assert "03_planned" in captured.err  # the missing-source warning lists it
-    table = {ln.split()[0]: ln.split()[1] for ln in captured.out.splitlines()[2:]}
-    assert table == {"01_tiny": "ok", "02_broken": "failed", "03_planned": "missing"}
+    assert summary_statuses(captured.out) == {"01_tiny": "ok", "02_broken": "failed", "03_planned": "missing"}
     out = project / "book" / "generated"
     placeholder = json.loads((out / "03_planned.ipynb").read_text())
     assert placeholder["metadata"]["atoms"]["placeholder"] is True

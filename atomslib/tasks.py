@@ -1,0 +1,309 @@
+"""From a notebook source and a profile to a `Task`: projects, profiles, parameters, run keys.
+
+A `Task` is plain data (the notebook JSON, its parameters, output paths and run key), so that any
+executor can ship it to a worker; `atomslib.run.execute_task` runs one, and `atomslib.grid` makes
+one per grid point. The schema of profiles and run keys is in `atomslib.run`'s docstring. Every name
+here is re-exported from `atomslib.run`.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from ._util import sha256_file
+
+GENERATED = Path("book") / "generated"   # default output folder, relative to the project root
+KEY_EXCLUDED = {"cache_dir"}              # where caches live never changes the numbers
+OUT_RELATIVE = {"results_dir", "figures_dir"}  # path parameters relative to the output folder
+
+# ----------------------------------------------------------------------------------------------
+# Project, profiles, parameters
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where a book's sources live: `root/notebooks`, `root/data/profiles`, `root/_toc.yml`."""
+    root: Path
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.root / "data" / "profiles"
+
+    @property
+    def toc(self) -> Path:
+        return self.root / "_toc.yml"
+
+    @property
+    def default_out(self) -> Path:
+        return self.root / GENERATED
+
+
+def find_project(root: str | os.PathLike | None = None) -> Project:
+    """The project at `root`, else the nearest folder above the cwd with `notebooks/` and
+    `data/profiles/`, else the repository atomslib was installed from."""
+    def ok(d: Path) -> bool:
+        return (d / "notebooks").is_dir() and (d / "data" / "profiles").is_dir()
+    if root is not None:
+        d = Path(root).resolve()
+        if not ok(d):
+            raise FileNotFoundError(f"--root {d} has no notebooks/ and data/profiles/ folders; point it at the repository root")
+        return Project(d)
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents, Path(__file__).resolve().parents[1]):
+        if ok(d):
+            return Project(d)
+    raise FileNotFoundError("no book project found (a folder with notebooks/ and data/profiles/); "
+                            "run from the repository root or pass --root")
+
+
+@dataclass
+class Profile:
+    """A parameter profile (see the module docstring for the schema)."""
+    name: str
+    description: str = ""
+    common: dict[str, Any] = field(default_factory=dict)      # offered to every notebook declaring them
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-notebook overrides
+    path: Path | None = None
+    grid: dict[str, Any] = field(default_factory=dict)  # NN_name: parameter axes, one task per point (see expand_grid)
+
+    def __post_init__(self):
+        if not isinstance(self.common, dict):
+            raise ValueError(f"profile {self.name}: 'common' must be a mapping of parameter: value")
+        if not isinstance(self.notebooks, dict) or not all(isinstance(v, dict) for v in self.notebooks.values()):
+            raise ValueError(f"profile {self.name}: 'notebooks' must map NN_name to a mapping of parameter: value")
+
+
+def load_profile(name: str | os.PathLike | Profile = "default", *, root: str | os.PathLike | None = None,
+                 _seen: tuple[str, ...] = ()) -> Profile:
+    """Load `data/profiles/<name>.yaml` (or a YAML path), merging `extends` chains."""
+    if isinstance(name, Profile):
+        return name
+    s = str(name)
+    if s.endswith((".yaml", ".yml")) or os.sep in s:
+        path = Path(s)
+    else:
+        path = find_project(root).profiles_dir / f"{s}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"profile {s!r} not found at {path}; available: {', '.join(avail) or 'none'}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {path} must be a mapping with description/common/notebooks")
+    unknown = set(data) - {"description", "extends", "common", "notebooks", "grid"}
+    if unknown:
+        raise ValueError(f"profile {path}: unknown top-level keys {sorted(unknown)}; allowed: description, extends, common, notebooks, grid")
+    prof = Profile(path.stem, str(data.get("description") or ""), dict(data.get("common") or {}),
+                   {k: dict(v or {}) for k, v in (data.get("notebooks") or {}).items()}, path,
+                   dict(data.get("grid") or {}))
+    if data.get("extends"):
+        base_name = str(data["extends"])
+        if base_name in _seen + (prof.name,):
+            raise ValueError(f"profile {path}: 'extends' makes a cycle through {base_name!r}")
+        base = load_profile(base_name if os.sep in base_name else path.parent / f"{base_name}.yaml",
+                            root=root, _seen=_seen + (prof.name,))
+        nbs = {k: dict(v) for k, v in base.notebooks.items()}
+        for k, v in prof.notebooks.items():
+            nbs.setdefault(k, {}).update(v)
+        grid = {k: v for k, v in {**base.grid, **prof.grid}.items() if v is not None}  # `NN_name: null` drops a grid
+        prof = Profile(prof.name, prof.description or base.description, {**base.common, **prof.common}, nbs, path, grid)
+    prof.common["profile"] = prof.name  # always the profile actually used
+    return prof
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """`["layers=[3, 15]", "tokens=2000"]` -> `{"layers": [3, 15], "tokens": 2000}` (values are YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"-p expects KEY=VALUE with a Python identifier as KEY, got {item!r} (e.g. -p tokens=2000)")
+        try:
+            out[key] = _numbers(yaml.safe_load(value))
+        except yaml.YAMLError as e:
+            raise ValueError(f"-p {key}: {value!r} is not a YAML scalar or list ({e.problem})") from e
+    return out
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(v: Any) -> Any:
+    """YAML 1.1 reads 1e-3 as a string; a command line means the number."""
+    if isinstance(v, str) and _FLOAT.match(v):
+        return float(v)
+    if isinstance(v, list):
+        return [_numbers(x) for x in v]
+    return v
+
+
+@dataclass
+class NotebookSource:
+    """A notebook source converted to ipynb, with its declared parameters and front-matter options."""
+    name: str
+    path: Path
+    nb_json: str                    # nbformat JSON of the converted notebook
+    declared: dict[str, dict]       # papermill.inspect_notebook output
+    stage: int = 1                  # stage-2 notebooks run after stage 1 (they read its results)
+    inputs: list[str] = field(default_factory=list)  # glob patterns whose files enter the run key
+
+
+def list_sources(project: Project) -> list[Path]:
+    return sorted(project.notebooks_dir.glob("[0-9][0-9]_*.md"))
+
+
+def find_source(project: Project, name: str | os.PathLike) -> Path:
+    """Resolve a notebook argument: a path, `01_theory`, `01` or `theory`."""
+    s = str(name)
+    if Path(s).suffix in (".md", ".ipynb") and Path(s).is_file():
+        return Path(s).resolve()
+    stem = Path(s).stem
+    cands = [p for p in list_sources(project) if p.stem == stem] or \
+            [p for p in list_sources(project) if p.stem.startswith(stem + "_") or p.stem.split("_", 1)[-1] == stem]
+    if len(cands) == 1:
+        return cands[0]
+    avail = ", ".join(p.stem for p in list_sources(project)) or "none"
+    why = "is ambiguous" if cands else "was not found"
+    raise FileNotFoundError(f"notebook {s!r} {why} in {project.notebooks_dir}; available: {avail}")
+
+
+def read_notebook(path: str | os.PathLike) -> NotebookSource:
+    """Convert a jupytext source to ipynb and read its parameters (exactly one `parameters` cell)."""
+    import jupytext
+    import nbformat
+    import papermill as pm
+
+    path = Path(path)
+    nb = jupytext.read(path) if path.suffix == ".md" else nbformat.read(path, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{path} must have exactly one cell tagged 'parameters' (found {len(tagged)}); "
+                         "tag it with ':tags: [parameters]' under its code-cell directive")
+    for line in nb.cells[tagged[0]].source.splitlines():
+        if not line.strip().startswith("#") and line.count("=") > 1:
+            raise ValueError(f"{path}: papermill cannot parse the parameters line {line.strip()!r} (more than one '=', "
+                             "comments included); keep one assignment per line and no '=' in its comment")
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nb_json = nbformat.writes(nb)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d) / f"{path.stem}.ipynb"
+        tmp.write_text(nb_json)
+        declared = pm.inspect_notebook(str(tmp))
+    opts = nb.metadata.get("atoms", {}) or {}
+    return NotebookSource(path.stem, path, nb_json, declared, int(opts.get("stage", 1)), list(opts.get("inputs", [])))
+
+
+def resolve_params(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any] | None = None, *,
+                   project: Project, out_dir: Path, strict: bool = True) -> dict[str, Any]:
+    """Profile `common` (declared names only) < profile `notebooks[name]` < `overrides`; path
+    parameters made relative to `out_dir` (the notebook's working directory)."""
+    if not isinstance(project, Project):
+        project = find_project(project)
+    out_dir = Path(out_dir).resolve()
+    declared = src.declared
+    listing = ", ".join(f"{k}={v['default']}" for k, v in declared.items()) or "(none)"
+    params = {k: v for k, v in profile.common.items() if k in declared}
+    for origin, extra, check in ((f"profile {profile.name!r} (notebooks: {src.name})", profile.notebooks.get(src.name, {}), True),
+                                 ("-p", dict(overrides or {}), strict)):
+        unknown = sorted(set(extra) - set(declared))
+        if unknown and check:
+            raise ValueError(f"{origin} sets {', '.join(unknown)}, which {src.name} does not declare; "
+                             f"its parameters are: {listing}")
+        params.update({k: v for k, v in extra.items() if k in declared})
+    for k, v in list(params.items()):
+        if not k.endswith("_dir"):
+            continue
+        if v is None and k == "cache_dir":
+            v = os.environ.get("ATOMS_CACHE_DIR") or str(project.root / ".atoms-cache")
+        if v is None:
+            continue
+        p = Path(os.path.expanduser(str(v)))
+        if not p.is_absolute():
+            p = (out_dir if k in OUT_RELATIVE else project.root) / p
+        p = p.resolve()
+        inside = lambda q: q == project.root or project.root in q.parents  # noqa: E731
+        params[k] = os.path.relpath(p, out_dir) if inside(p) and inside(out_dir) else str(p)
+    return params
+
+
+def run_key(nb_source: str, params: Mapping[str, Any], *, version: str = __version__,
+            inputs: Mapping[str, str] | None = None) -> str:
+    """sha256 of the notebook source, its parameters (less KEY_EXCLUDED), version and input digests."""
+    blob = json.dumps({"source": nb_source, "params": {k: v for k, v in params.items() if k not in KEY_EXCLUDED},
+                       "version": version, "inputs": dict(inputs or {})}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+
+
+@dataclass
+class Task:
+    """One notebook execution, as plain data so that any executor can ship it to a worker."""
+    name: str
+    notebook_json: str       # the converted notebook (ipynb JSON)
+    source: str              # the source path, recorded in the executed notebook
+    params: dict[str, Any]
+    key: str
+    out_dir: str             # working directory of the kernel
+    notebook_path: str       # final executed notebook
+    results_path: str        # the results JSON the notebook must write
+    force: bool = False
+    progress: bool = False   # papermill's per-cell progress bar
+    kernel_name: str = "python3"
+    timeout: int | None = None  # seconds per cell (None: no limit)
+
+
+@dataclass
+class TaskResult:
+    """What became of one Task: its status, time, key, why it failed, and where its outputs are."""
+    name: str
+    status: str              # ok | skipped | failed | missing
+    seconds: float = 0.0
+    key: str = ""
+    message: str = ""
+    notebook_path: str = ""
+    results_path: str = ""
+
+
+def is_current(notebook_path: str | os.PathLike, results_path: str | os.PathLike, key: str) -> bool:
+    """Both outputs exist and carry `key`."""
+    try:
+        nb_key = json.loads(Path(notebook_path).read_text())["metadata"]["atoms"]["run_key"]
+        res_key = json.loads(Path(results_path).read_text())["run_key"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return False
+    return nb_key == key and res_key == key
+
+
+def make_task(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any] | None, *, project: Project,
+              out_dir: Path, force: bool = False, progress: bool = False, strict: bool = True) -> Task:
+    """The Task of one notebook under `profile`: its parameters resolved, keyed by its source, those
+    parameters and the digests of its declared input files (its own results file excluded)."""
+    params = resolve_params(src, profile, overrides, project=project, out_dir=out_dir, strict=strict)
+    results_path = (out_dir / params.get("results_dir", "results") / f"{src.name}.json").resolve()
+    inputs = {}
+    for pattern in src.inputs:
+        pat = pattern.format(**params)
+        for f in sorted(glob.glob(str(out_dir / pat))):
+            if Path(f).resolve() != results_path and Path(f).is_file():
+                inputs[os.path.relpath(f, out_dir)] = sha256_file(f)
+    key = run_key(src.path.read_text(), params, inputs=inputs)
+    return Task(src.name, src.nb_json, os.path.relpath(src.path, project.root), params, key, str(out_dir),
+                str(out_dir / f"{src.name}.ipynb"), str(results_path), force, progress)
