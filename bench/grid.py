@@ -21,8 +21,10 @@ Part 3, the estimate (an estimate, not a measurement). The `paper` profile runs 
     t_run = t_fixed + t_load(model) + F_run / (e_chapter * R_gpu)
 
 - F = 2 P (tokens + heldout_tokens) (l_max + 1) / n_layers      one forward up to the hooked layer
-    + 2 SAEs x 12 c H^2 x train_tokens x |layers|                    TSAE and ReLU SAE, fwd + bwd
-  (P parameters, H width, c capacity; chapters without train_tokens train nothing);
+    (+ the same for chapter 2's curve harvest over curve_layers)
+    + sum over the run's SAEs of 12 c H^2 x training tokens x |layers|   fwd + bwd of each SAE
+  (P parameters, H width, c capacity; the SAEs a chapter trains are listed by `sae_trainings`:
+  features and atoms, plus chapter 3's optional kinds, or chapter 4's capacity x data-scale grid);
 - e_chapter = F_ref / ((t_ref - t_fixed - t_load_ref) R_cpu): the fraction of this CPU's measured fp32
   matmul rate R_cpu that the chapter's reference run achieved; the GPU is assumed to reach the same
   fraction of R_gpu (`--gpu-tflops`, fp32 by default because models load in float32); chapters
@@ -200,17 +202,43 @@ def quick_references(names: list[str]) -> dict[str, dict]:
 
 # ---- part 3: the estimate --------------------------------------------------------------------
 
+def _layer_list(spec, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    return [int(x) for x in (spec if isinstance(spec, list) else [spec])]
+
+
+def sae_trainings(params: dict) -> list[tuple[float, float]]:
+    """(capacity, training tokens) of every SAE one run of a chapter trains, per hooked layer.
+
+    Chapters 2 and 5: features and atoms. Chapter 3 adds the L0-penalty atoms, the whitened atoms and
+    SAELens's JumpReLU when its parameters ask for them. Chapter 4: its |M| x |D| grid, per recipe."""
+    if "grid_train_tokens" in params:
+        recipes = 1 + bool(params.get("atoms_penalty_recipe"))
+        scales = len(params.get("data_scales") or [1])
+        return [(float(c), float(params["grid_train_tokens"])) for c in params.get("capacities", [])
+                for _ in range(recipes * scales)]
+    if not params.get("train_tokens"):
+        return []
+    n = 2 + bool(params.get("atoms_penalty_recipe")) + bool(params.get("include_whitened")) \
+        + bool(params.get("include_saelens"))
+    return [(float(params.get("capacity", 4)), float(params["train_tokens"]))] * n
+
+
 def run_flops(params: dict) -> float | None:
     """F of one run (see the module docstring); None when its model is unknown or it has none."""
     name = params.get("model")
     if name not in MODELS:
         return None
     n_layers, H, P = MODELS[name]
-    layers = params.get("layers", [0])
-    layers = list(range(n_layers)) if layers == "all" else [int(x) for x in (layers if isinstance(layers, list) else [layers])]
+    layers = _layer_list(params.get("layers", [0]), n_layers)
     tokens = float(params.get("tokens", 0)) + float(params.get("heldout_tokens", 0))
     harvest = 2 * P * tokens * (max(layers) + 1) / n_layers
-    train = 2 * 12 * float(params.get("capacity", 4)) * H ** 2 * float(params.get("train_tokens", 0)) * len(layers)
+    if params.get("curve_layers") is not None:      # chapter 2's second, full-depth harvest
+        curve = _layer_list(params["curve_layers"], n_layers)
+        ctok = float(params.get("curve_tokens", 0)) + float(params.get("curve_heldout_tokens", 0))
+        harvest += 2 * P * ctok * (max(curve) + 1) / n_layers
+    train = sum(12 * c * H ** 2 * t for c, t in sae_trainings(params)) * len(layers)
     return harvest + train
 
 
@@ -353,7 +381,7 @@ def main(argv=None) -> dict:
         "paper_gpu_hours_total": total,
         "paper_estimate_notes": {
             "formula": "t_run = t_fixed + t_load + F_run / (e_chapter * R_gpu) + ray dispatch; "
-                       "F = 2P(tokens+heldout)(l_max+1)/n_layers + 2*12*c*H^2*train_tokens*|layers|; "
+                       "F = 2P(tokens+heldout)(l_max+1)/n_layers [+ curve harvest] + sum_SAEs 12*c*H^2*tokens*|layers|; "
                        "e_chapter = F_ref / ((t_ref - t_fixed - t_load_ref) * R_cpu)",
             "gpu_tflops_assumed": args.gpu_tflops, "load_gbps_assumed": args.load_gbps,
             "tasks": "one per (model, layer) for chapters declaring model and layers, else the profile's grid or one",
