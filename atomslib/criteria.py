@@ -27,6 +27,7 @@ _BLOCK_ELEMS = 1 << 24      # elements per cosine block (64 MB in float32)
 _EXACT_MAX_PAIRS = 1 << 24  # above this many pairs, variant B uses a histogram
 _BINS = 1 << 20             # histogram bins over [0, 1]: resolution 9.5e-7
 _DENSE_C_LIMIT = 4096       # variant C precomputes the N x N |cos| matrix up to this N
+_C_GATHER_ELEMENTS = 1 << 24  # above it: support rows gathered per chunk (64 MB of float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,13 +398,16 @@ def _code_pass(U: Tensor | None, codes, N: int, tol: float, batch_size: int, wan
                 if absC is not None:    # count support pairs with |cos| ≥ t via one matmul per distinct k
                     X = supp[rows].to(device=U.device, dtype=U.dtype)
                     bad = ((X @ (absC >= t).to(U.dtype)) * X).sum(1) > 0
-                else:                   # large N: per-sample Gram of the support
-                    bad = torch.zeros(rows.numel(), dtype=torch.bool)
-                    for r_i, r in enumerate(rows.tolist()):
-                        V = U[torch.nonzero(supp[r]).flatten().to(U.device)]
-                        G = (V @ V.T).abs_()
-                        G.fill_diagonal_(0.0)
-                        bad[r_i] = bool(G.max() >= t)
+                else:                   # large N: the support Grams of these samples, batched
+                    # every row has exactly kv entries, so nonzero() (row-major) reshapes to (rows, kv)
+                    cols_RK = torch.nonzero(supp[rows])[:, 1].view(rows.numel(), kv).to(U.device)
+                    bad = torch.empty(rows.numel(), dtype=torch.bool)
+                    step = max(1, _C_GATHER_ELEMENTS // (kv * U.shape[1]))
+                    for s in range(0, rows.numel(), step):
+                        V_RKH = U[cols_RK[s:s + step]]
+                        G_RKK = (V_RKH @ V_RKH.transpose(1, 2)).abs_()
+                        G_RKK.diagonal(dim1=1, dim2=2).zero_()
+                        bad[s:s + step] = (G_RKK.amax(dim=(1, 2)) >= t).cpu()
                 ok[rows.cpu()] = ~bad.cpu()
             oks.append(ok)
     if not l0s:
