@@ -6,8 +6,14 @@ transformers or sae-lens until they are used.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
+
+# transformers, huggingface_hub and sae-lens import tqdm.auto; in a Jupyter kernel without
+# ipywidgets it warns "IProgress not found" once and falls back to text bars, which is what the
+# book wants. Only that one warning, from tqdm, is silenced; everything else still shows.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 _EXPORTS = {
     # geometry

@@ -59,11 +59,18 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
             self.log.append((self.path, int(code) if str(code).isdigit() else code))
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # Chromium closes connections it no longer needs (e.g. at the screenshot): not a site problem.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def serve(root: Path):
     """Start a threaded static server on 127.0.0.1:<free port>; returns (server, base_url, request log)."""
     log: list = []
     handler = type("Handler", (_Quiet,), {"log": log})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    server = _QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}", log
 

@@ -117,6 +117,18 @@ def test_build_makes_no_network_attempt_and_no_warnings_on_our_pages(book):
     assert not ours, "the build warned about the book's own pages:\n" + "\n".join(ours)
 
 
+def test_pages_show_no_python_warnings(book):
+    """A reader should not meet library noise (e.g. tqdm's "IProgress not found") on a chapter."""
+    noisy = []
+    for name, nb in _executed(book["root"]).items():
+        for i, cell in enumerate(nb["cells"]):
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) if out.get("name") == "stderr" else ""
+                if re.search(r"\w+Warning:", text):
+                    noisy.append(f"{name} cell {i}: {text.strip()[:300]}")
+    assert not noisy, "warnings printed on the pages:\n" + "\n".join(noisy)
+
+
 def test_results_follow_the_convention_and_carry_the_run_key(book):
     gen = book["root"] / "book" / "generated"
     for name, nb in _executed(book["root"]).items():
