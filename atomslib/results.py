@@ -191,7 +191,7 @@ def claims_table(claims: Sequence[Mapping[str, Any]]):
     rows = [{"claim": c["claim_id"], "value": fmt(c["value"]), "variant": c["variant"], "split": c["split"],
              **{k: fmt(v) for k, v in c.items() if k not in ("claim_id", "value", "variant", "split")}}
             for c in claims]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("")    # a field only some claims carry (e.g. note): blank elsewhere
 
 
 def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:

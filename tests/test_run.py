@@ -181,6 +181,13 @@ def test_claims_validation_and_verdicts():
     assert math.isinf(run.CLAIMS_BY_ID["neurons.q_star"].lo)
 
 
+def test_claims_table_formats_values_and_blanks_fields_a_claim_lacks():
+    t = run.claims_table([run.claim("atoms.r2", 0.91234, "R2=euclid", "heldout"),
+                          run.claim("atoms.r2", None, "R2=euclid", "train", note="not measured")])
+    assert list(t["value"]) == ["0.9123", "—"]
+    assert list(t["note"]) == ["", "not measured"]      # not NaN on the page
+
+
 def test_validate_results_names_problems():
     assert run.validate_results([]) == ["top level must be an object, got list"]
     probs = run.validate_results({"notebook": "a", "params": {}, "metrics": {}, "claims": [{"claim_id": "x"}]}, "b")
