@@ -134,7 +134,15 @@ class TSAEConfig:
     norm_estimate_tokens: int = 65_536
     """Tokens used to estimate the normalisation scale and the initial b_dec (the data mean)."""
     dead_window_tokens: int = 1_000_000
-    """A unit that has not fired for this many training tokens is counted as dead in the log."""
+    """A unit that has not fired for this many training tokens is counted as dead in the log
+    (and is re-initialised when resample_dead_every is set)."""
+    resample_dead_every: int | None = None
+    """Every this many training tokens, re-initialise the dead units (silent for
+    dead_window_tokens): each gets the direction of a token of the current batch drawn with
+    probability proportional to its squared reconstruction error (Bricken et al. 2023), as its
+    decoder row and, scaled, its encoder row; its bias, threshold and Adam moments restart.
+    Not during the final lr decay. None (default): never. Without it a unit that stops firing
+    gets no gradient and stays dead."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active)."""
@@ -148,6 +156,10 @@ class TSAEConfig:
             if not ok:
                 raise ValueError(f"TSAEConfig.{name}={getattr(self, name)!r}: {msg}")
 
+        if self.resample_dead_every is not None:
+            need(isinstance(self.resample_dead_every, int) and not isinstance(self.resample_dead_every, bool)
+                 and self.resample_dead_every >= 1, "resample_dead_every",
+                 "must be an integer >= 1 (training tokens between resamplings), or None to never resample")
         for name in ("d_model", "n_units", "batch_size", "norm_estimate_tokens", "dead_window_tokens", "log_every"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")

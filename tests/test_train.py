@@ -375,3 +375,61 @@ def test_cli_train_on_a_harvested_cache(small_cache, tmp_path, capsys):
     assert torch.equal(TSAE.load(out).W_dec, model.W_dec)
     assert main(argv[:-1] + ["--set", "lr=1"]) == 2     # another config: a clear error, no traceback
     assert "another config" in capsys.readouterr().err
+
+
+# ---- dead-unit resampling -------------------------------------------------------------------------
+def test_resample_dead_reinitialises_only_dead_units():
+    from atomslib.train import _resample_dead, _Run
+
+    cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=10, init_threshold=0.5)
+    run = _Run(cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for p in run.params():                        # some Adam state to reset
+        p.grad = torch.randn(p.shape, generator=g)
+    run.opt.step()
+    names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+    before = {k: getattr(run.model, k).detach().clone() for k in names}
+    moments = {k: run.opt.state[p]["exp_avg"].clone() for k, p in zip(run.names, run.params())}
+    run.since_fired[:] = 3
+    dead = [2, 5]
+    run.since_fired[dead] = 10
+    x = torch.randn(32, 8, generator=g) * 3
+    assert _resample_dead(run, x, unit=1.0) == 2
+    live = [i for i in range(16) if i not in dead]
+    m = run.model
+    for k in ("W_enc", "b_enc", "W_dec", "threshold"):
+        assert torch.equal(getattr(m, k)[live], before[k][live]), k
+        assert not torch.equal(getattr(m, k)[dead], before[k][dead]) or k in ("b_enc", "threshold")
+    assert torch.equal(m.b_dec, before["b_dec"])
+    xc = x - m.b_dec
+    with torch.no_grad():
+        assert torch.allclose(m.W_dec[dead].norm(dim=1), torch.ones(2))
+        cos = (m.W_dec[dead] @ (xc / xc.norm(dim=1, keepdim=True)).T)        # (2, 32)
+        src = cos.argmax(1)
+        assert torch.allclose(cos.max(1).values, torch.ones(2), atol=1e-5)    # a token's direction ...
+        pre = (xc[src] * m.W_enc[dead]).sum(1) + m.b_enc[dead]
+        assert bool((pre > m.threshold[dead]).all())                         # ... on which it fires
+    assert torch.equal(m.b_enc[dead], torch.zeros(2)) and torch.equal(m.threshold[dead], torch.full((2,), 0.5))
+    for k, p in zip(run.names, run.params()):
+        st = run.opt.state[p]["exp_avg"]
+        if k == "b_dec":
+            assert torch.equal(st, moments[k])
+        else:
+            assert torch.equal(st[dead], torch.zeros_like(st[dead])) and torch.equal(st[live], moments[k][live])
+    assert run.since_fired[dead].eq(0).all() and run.since_fired[live].eq(3).all()
+    assert _resample_dead(run, x, unit=1.0) == 0                               # nothing dead any more
+
+
+def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path):
+    _, acts = planted
+    acts = acts[:10_000]
+    kw = dict(resample_dead_every=2_048, dead_window_tokens=2_048, l0_coeff=3e-2)   # a penalty that kills units
+    ref = _run(acts, **kw)
+    assert ref.train_log.meta["resampled"] > 0
+    with pytest.raises(KeyboardInterrupt):
+        _run(acts, tmp_path, stop_at=17, **kw)
+    resumed = _run(acts, tmp_path, **kw)
+    assert _same(ref, resumed) and resumed.train_log.meta["resumed_at"] == 14
+    assert not _same(ref, _run(acts, l0_coeff=3e-2))                          # resampling changed the model
+    with pytest.raises(ValueError, match="resample_dead_every"):
+        _cfg(resample_dead_every=0)
