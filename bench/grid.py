@@ -262,6 +262,31 @@ def paper_runs(project: run.Project, name: str) -> list[dict] | None:
     return [base]
 
 
+README_MARKERS = ("<!-- bench/grid.py: paper cost -->", "<!-- end bench/grid.py -->")
+
+
+def readme_cost_line(res: dict) -> str:
+    """The README's sentence on what the `paper` grid costs, from a grid.json result."""
+    per = "; ".join(f"{e['chapter']} {e['gpu_hours']:.1f} ({e['runs']} task{'s' * (e['runs'] != 1)} of "
+                    f"~{e['minutes_per_run_mean']:.0f} min)" for e in res["paper_estimate"])
+    return (f"{res['date'][:10]}, {res['machine']['cpu_count']}-core CPU reference runs, an assumed "
+            f"{res['paper_estimate_notes']['gpu_tflops_assumed']:g} TFLOP/s GPU: **{res['paper_gpu_hours_total']:.1f} "
+            f"GPU-hours** for the `paper` grid ({per}).")
+
+
+def update_readme(res: dict, readme: Path = REPO / "README.md") -> None:
+    """Rewrite the line between README_MARKERS, so that the README's cost is this run's, never typed."""
+    text = readme.read_text()
+    start, end = (text.find(m) for m in README_MARKERS)
+    if start < 0 or end < start:
+        print(f"(README.md has no {README_MARKERS[0]} block: not updated)", file=sys.stderr)
+        return
+    head = text[:start + len(README_MARKERS[0])]
+    indent = head[head.rfind("\n") + 1:start]
+    from atomslib._util import atomic_write_bytes
+    atomic_write_bytes(readme, (head + "\n" + indent + readme_cost_line(res) + "\n" + indent + text[end:]).encode())
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=8, help="tasks of the synthetic grid")
@@ -391,6 +416,8 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     from atomslib._util import atomic_write_json
     atomic_write_json(args.out, res)
+    if Path(args.out).resolve() == (REPO / "bench" / "results" / "grid.json").resolve():
+        update_readme(res)
 
     print(f"\ngrid of {args.points} tasks x {args.work:g} s CPU work on {info['cpu_count']} cores, best of "
           f"{args.rounds} rounds (load avg {info['load_average'][0]}); Ray start-up {overhead['ray_start_s']} s")
