@@ -5,16 +5,17 @@ from atomslib.cli import main
 from atomslib.demo import info, run_demo
 
 
-def test_demo_theorems_hold_on_its_atom_set():
+def test_demo_shows_built_and_trained_identification():
     out = run_demo(seed=0)
-    t = out["theory"]
-    assert t["rip_sampled_lower"] <= t["rip_upper"] + 1e-12
-    assert t["uniqueness_K_bound"] > 3  # the demo's K = 3 is inside the guarantee ...
-    assert t["bp_support_recovery"] == 1.0 and t["omp_support_recovery"] == 1.0  # ... so recovery is exact
-    assert t["threshold_interval"] is not None
-    u = out["synthetic_units"]
-    assert u["neurons"]["q_star_A"] < 0.05 < u["true_atoms"]["q_star_A"]
-    assert u["tsae"]["r2"] > 0.9
+    p = out["packed"]
+    assert p["rip_sampled_lower"] <= p["rip_upper"] + 1e-12
+    assert p["threshold_interval"] is not None                   # the theorem applies to problem 1 ...
+    built = p["built"]
+    assert built["mcc"] > 0.999 and built["support_exact"] == 1.0 and built["l0"] == 2.0   # ... and its encoder recovers
+    r = out["random"]["trained"]                                  # a trained TSAE identifies atoms in general position
+    assert r["mcc"] >= 0.98 and r["recovered_95"] >= 0.95 and abs(r["l0"] - 3) <= 0.6
+    q = out["random"]["q_star_A"]
+    assert q["neurons"] < 0.05 < q["true_atoms"]
 
 
 def test_info_and_cli_json(tmp_path, capsys):
