@@ -6,6 +6,11 @@ same batch size, same token budget, same machine, in the same process, in altern
 load from other processes is visible. SAELens runs through its own training API, `SAETrainer(cfg, sae,
 data_provider).fit()`, with a data provider that yields the same shuffled batches.
 
+Speed counts only at matched quality, so by default both trainers steer to the SAME target L0
+(--target-l0, default 32) with the same quadratic sparsity loss λ·(2/T)(L0 − T)² (Gemma Scope 2's
+form: atomslib's sparsity_form="target", SAELens's jumprelu_sparsity_loss_mode="quadratic"), and
+the table gives each trainer's held-out R² and L0 beside its tokens/s and seconds; --target-l0 0
+compares the plain L0 penalty instead.
 Hyperparameters are matched: SAELens's loss is ||x - x_hat||² + λ'·L0 on activations scaled to
 E||x|| = sqrt(H), ours is ||x - x_hat||²/H + λ·L0 on the same scaling, so λ' = λ·H; same lr,
 bandwidth, initial threshold, Adam betas, the same initialisation (unit-norm decoder rows, tied
@@ -104,9 +109,10 @@ def r2_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
 
 
 def run_ours(train, args, H):
+    target = {"sparsity_form": "target", "target_l0": args.target_l0} if args.target_l0 else {}
     cfg = TSAEConfig(d_model=H, n_units=args.width, batch_size=args.batch, n_tokens=args.tokens, lr=args.lr,
                      l0_coeff=args.l0_coeff, bandwidth=args.bandwidth, init_threshold=args.init_threshold,
-                     log_every=10**9, seed=0)
+                     log_every=10**9, seed=0, **target)
     t = time.perf_counter()
     model = train_tsae(train, cfg, progress=False)
     return time.perf_counter() - t, model
@@ -120,6 +126,11 @@ def schedule_steps(args) -> dict[str, int]:
             "sparsity_warmup": math.ceil(c.sparsity_warmup_frac * total)}
 
 
+def lam(args, H: int) -> float:
+    """The L0 coefficient per model dimension (atomslib's default 1/H when not given)."""
+    return args.l0_coeff if args.l0_coeff is not None else 1.0 / H
+
+
 def run_saelens(train, args, H):
     sched = schedule_steps(args)
     from sae_lens.config import SAETrainerConfig
@@ -130,7 +141,8 @@ def run_saelens(train, args, H):
     sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
         d_in=H, d_sae=args.width, normalize_activations="expected_average_only_in", decoder_init_norm=1.0,
         jumprelu_init_threshold=args.init_threshold, jumprelu_bandwidth=args.bandwidth,
-        l0_coefficient=args.l0_coeff * H, l0_warm_up_steps=sched["sparsity_warmup"]))
+        l0_coefficient=lam(args, H) * H, l0_warm_up_steps=sched["sparsity_warmup"],
+        **({"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": args.target_l0} if args.target_l0 else {})))
     n_norm = max(1, 65536 // args.batch)       # the same norm-estimate sample as ours
 
     def provider():
@@ -164,7 +176,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--l0-coeff", type=float, default=3e-4)
+    ap.add_argument("--l0-coeff", type=float, default=None, help="L0 coefficient per dimension (default 1/H, "
+                    "atomslib's default)")
+    ap.add_argument("--target-l0", type=float, default=32.0, help="both trainers steer to this L0 (quadratic "
+                    "loss), so that speed is compared at matched quality; 0 = plain L0 penalty")
     ap.add_argument("--bandwidth", type=float, default=0.1)
     ap.add_argument("--init-threshold", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both trainers (best counts)")
@@ -214,9 +229,12 @@ def main(argv=None) -> dict:
 
     print(f"\nmatmul roofline ({args.batch}x{H} @ {H}x{args.width}, fp32): {peak / 1e9:.0f} GFLOP/s "
           f"-> dense SAE roofline {peak / dense_flop_per_tok:,.0f} tok/s")
-    print(f"{'trainer':<10} {'tok/s':>9} {'roofline':>9} {'held-out R²':>12} {'L0':>7}")
+    print(f"both trainers: " + (f"target L0 {args.target_l0:g} (quadratic loss)" if args.target_l0 else
+                                 f"plain L0 penalty λ = {lam(args, H):.3g}"))
+    print(f"{'trainer':<10} {'tok/s':>9} {'seconds':>8} {'roofline':>9} {'held-out R²':>12} {'L0':>7}")
     for name, r in rows.items():
-        print(f"{name:<10} {r['tok_per_s']:>9,.0f} {r['roofline_ratio']:>8.0%} {r['r2']:>12.4f} {r['l0']:>7.1f}")
+        print(f"{name:<10} {r['tok_per_s']:>9,.0f} {r['seconds']:>8.1f} {r['roofline_ratio']:>8.0%} {r['r2']:>12.4f} "
+              f"{r['l0']:>7.1f}")
     if "saelens" in rows:
         sp = rows["atomslib"]["tok_per_s"] / rows["saelens"]["tok_per_s"]
         print(f"speed-up over SAELens: {sp:.2f}x (rounds, tok/s: atomslib "
@@ -230,7 +248,9 @@ def main(argv=None) -> dict:
                     "load_average_end": os.getloadavg()},
         "activations": source, "H": H, "width": args.width, "batch": args.batch, "tokens": args.tokens,
         "schedule_steps": schedule_steps(args),
-        "hyperparameters": {"lr": args.lr, "l0_coeff": args.l0_coeff, "saelens_l0_coefficient": args.l0_coeff * H,
+        "matched_quality": {"target_l0": args.target_l0 or None,
+                            "sparsity_loss": "quadratic (target L0)" if args.target_l0 else "L0 penalty"},
+        "hyperparameters": {"lr": args.lr, "l0_coeff": lam(args, H), "saelens_l0_coefficient": lam(args, H) * H,
                             "bandwidth": args.bandwidth, "init_threshold": args.init_threshold},
         "matmul_gflops": [flops_before / 1e9, flops_after / 1e9], "dense_flop_per_token": dense_flop_per_tok,
         "rounds": args.rounds, "results": rows,
