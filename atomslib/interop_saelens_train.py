@@ -59,7 +59,8 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
                            seed: int = 0, device: str = "cpu", l0_coeff: float = 2e-3,
                            sparsity_loss: str = "tanh", tanh_scale: float = 4.0, lr: float = 2e-3,
                            init_threshold: float = 0.1, bandwidth: float = 0.1, ste_to_input: bool = True,
-                           pre_act_loss_coeff: float | None = None, lr_warmup_frac: float = 0.02,
+                           pre_act_loss_coeff: float | None = None, target_l0: float | None = None,
+                           lr_warmup_frac: float = 0.02,
                            lr_decay_frac: float = 0.2, l0_warmup_frac: float = 0.05,
                            progress: bool = True) -> TSAE:
     """Train SAELens's JumpReLU SAE (its own trainer, ``SAETrainer(...).fit()``) and return it as a TSAE.
@@ -73,7 +74,9 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     Sparsity: ``l0_coeff`` is per model dimension, as atomslib's (SAELens's coefficient is
     ``l0_coeff * H`` because its MSE is summed over dimensions). The default is Anthropic's tanh
     loss (``sparsity_loss="tanh"``, ``ste_to_input=True``): SAELens's default DeepMind "step" loss
-    with its default init stays dense (L0 in the thousands) in a CPU-sized budget. Thresholds start
+    with its default init stays dense (L0 in the thousands) in a CPU-sized budget; ``"quadratic"``
+    with ``target_l0`` is Gemma Scope 2's loss λ·(2/T)(L0 − T)², the same as atomslib's
+    ``sparsity_form="target"``, for comparisons at a matched L0. Thresholds start
     at ``init_threshold`` (normalised units): SAELens initialises decoder rows at norm 0.1 and the
     encoder as their transpose, so pre-activations start near 0.1, and a threshold of 0.5 (atomslib's
     default, whose rows start at norm 1) would leave most units dead. ``bandwidth`` is the width
@@ -88,8 +91,11 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     for name, v in (("d_model", d_model), ("n_units", n_units), ("n_tokens", n_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if sparsity_loss not in ("tanh", "step"):
-        raise ValueError(f"sparsity_loss={sparsity_loss!r}: use 'tanh' (Anthropic) or 'step' (DeepMind)")
+    if sparsity_loss not in ("tanh", "step", "quadratic"):
+        raise ValueError(f"sparsity_loss={sparsity_loss!r}: use 'tanh' (Anthropic), 'step' (DeepMind) or 'quadratic' "
+                         f"(Gemma Scope 2, with target_l0)")
+    if sparsity_loss == "quadratic" and not (isinstance(target_l0, (int, float)) and 0 < target_l0 < n_units):
+        raise ValueError(f"target_l0={target_l0!r}: sparsity_loss='quadratic' needs 0 < target_l0 < n_units={n_units}")
     for name, v in (("l0_coeff", l0_coeff), ("lr", lr), ("bandwidth", bandwidth), ("tanh_scale", tanh_scale)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -101,7 +107,8 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
             jumprelu_init_threshold=init_threshold, jumprelu_bandwidth=bandwidth,
             jumprelu_sparsity_loss_mode=sparsity_loss, jumprelu_tanh_scale=tanh_scale,
             jumprelu_ste_to_input=ste_to_input, l0_coefficient=l0_coeff * d_model,
-            l0_warm_up_steps=int(l0_warmup_frac * steps), pre_act_loss_coefficient=pre_act_loss_coeff))
+            l0_warm_up_steps=int(l0_warmup_frac * steps), pre_act_loss_coefficient=pre_act_loss_coeff,
+            target_l0=target_l0 if sparsity_loss == "quadratic" else None))
     data = _endless_batches(acts, batch_size, seed)
     first = next(data)
     if first.shape[1] != d_model:
@@ -136,7 +143,8 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
                                "l0_coeff": l0_coeff, "saelens_l0_coefficient": l0_coeff * d_model,
                                "sparsity_loss": sparsity_loss, "tanh_scale": tanh_scale, "lr": lr,
                                "init_threshold": init_threshold, "bandwidth": bandwidth, "ste_to_input": ste_to_input,
-                               "pre_act_loss_coeff": pre_act_loss_coeff, "batch_size": batch_size, "seed": seed,
+                               "pre_act_loss_coeff": pre_act_loss_coeff, "target_l0": target_l0,
+                               "batch_size": batch_size, "seed": seed,
                                "lr_warmup_steps": warm, "lr_decay_steps": decay,
                                "l0_warmup_steps": int(l0_warmup_frac * steps)}})
     units.fit_info["saelens"].update({"l0_train": sae.cfg.metadata.l0,

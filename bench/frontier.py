@@ -1,0 +1,137 @@
+"""The faithfulness-sparsity frontier on real activations: atomslib's TSAE against SAELens's JumpReLU.
+
+Both trainers get the SAME activations (the book's harvest of SmolLM2-135M, the `default` profile's
+layers, 20k training and 5k held-out tokens per layer), the same width (4H), token budget and batch,
+and several sparsity settings each:
+
+- atomslib: the plain L0 penalty at l0_coeff = c/H for c in --penalties (c = 1 is the default,
+  the setting validated on planted atoms), and the target-L0 form at --target-l0;
+- SAELens: its tanh recipe (atomslib.interop.train_saelens_jumprelu's default) at l0_coeff in
+  --saelens-coeffs, and its quadratic (Gemma Scope 2) loss at the same --target-l0 — the same loss
+  as atomslib's target form, so that row pair is the comparison at matched L0.
+
+Each row: held-out R² (euclid) and mean L0 on the held-out tokens, seconds and tokens/s of the
+training, in one process on one machine, run alternately (atomslib, SAELens, ...). Slow: about
+half an hour on a 2-core CPU for the default two layers; `--quick` is a smoke run.
+
+    python bench/frontier.py [--quick] [--layers 3,15] [--tokens 1000000]
+
+Writes bench/results/frontier.json and prints a table per layer.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from atomslib._util import atomic_write_json  # noqa: E402
+
+
+def held_out(model, X: torch.Tensor) -> tuple[float, float]:
+    sse = l0 = 0.0
+    with torch.no_grad():
+        for i in range(0, X.shape[0], 4096):
+            out = model(X[i:i + 4096])
+            sse += float((out.m_hat.double() - X[i:i + 4096].double()).pow(2).sum())
+            l0 += float(out.l0.sum())
+    X64 = X.double()
+    return 1.0 - sse / float((X64 - X64.mean(0)).pow(2).sum()), l0 / X.shape[0]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: one layer, tiny budget")
+    ap.add_argument("--layers", default="3,15", help="SmolLM2-135M layers (comma-separated; default 3,15)")
+    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE (default 1M, chapter 3's)")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--capacity", type=float, default=4.0, help="units per model dimension (default 4)")
+    ap.add_argument("--penalties", default="0.5,1,2,4", help="atomslib l0_coeff as multiples of 1/H")
+    ap.add_argument("--saelens-coeffs", default="0.001,0.002,0.004,0.008", help="SAELens tanh l0_coeff values")
+    ap.add_argument("--target-l0", type=float, default=32.0, help="both trainers' target-L0 row (0: none)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "frontier.json"))
+    args = ap.parse_args(argv)
+    layers = [int(v) for v in args.layers.split(",")]
+    penalties = [float(v) for v in args.penalties.split(",") if v]
+    coeffs = [float(v) for v in args.saelens_coeffs.split(",") if v]
+    if args.quick:
+        layers, args.tokens, penalties, coeffs = layers[:1], 40_960, penalties[1:2], coeffs[1:2]
+    torch.set_num_threads(args.threads)
+
+    from atomslib.experiments import harvest_caches
+    from atomslib.interop_saelens_train import train_saelens_jumprelu
+    from atomslib.train import train_tsae
+    from atomslib.tsae import TSAEConfig
+
+    caches = harvest_caches(model="smollm2-135m", layers=layers, site="resid_post", tokens=20_000,
+                            heldout_tokens=5_000, progress=False)
+    rows = []
+    for layer in layers:
+        X, Xte = caches.train.load(layer).float(), caches.heldout.load(layer).float()
+        H = X.shape[1]
+        N = int(round(args.capacity * H))
+        print(f"layer {layer}: {X.shape[0]} training and {Xte.shape[0]} held-out tokens, H={H}, N={N}, "
+              f"{args.tokens:,} tokens per SAE, batch {args.batch}", flush=True)
+        jobs = []
+        for c in penalties:
+            jobs.append(("atomslib", f"L0 penalty {c:g}/H", {"l0_coeff": c / H}))
+        if args.target_l0:
+            jobs.append(("atomslib", f"target L0 {args.target_l0:g}",
+                         {"sparsity_form": "target", "target_l0": args.target_l0}))
+        for c in coeffs:
+            jobs.append(("saelens", f"tanh {c:g}", {"l0_coeff": c}))
+        if args.target_l0:
+            jobs.append(("saelens", f"quadratic, target L0 {args.target_l0:g}",
+                         {"sparsity_loss": "quadratic", "target_l0": args.target_l0}))
+        # Alternate the trainers so that load from other processes hits both alike.
+        ours = [j for j in jobs if j[0] == "atomslib"]
+        theirs = [j for j in jobs if j[0] == "saelens"]
+        order = [j for pair in zip(ours, theirs) for j in pair] + ours[len(theirs):] + theirs[len(ours):]
+        for trainer, setting, kw in order:
+            t = time.perf_counter()
+            if trainer == "atomslib":
+                model = train_tsae(X, TSAEConfig(d_model=H, n_units=N, n_tokens=args.tokens, batch_size=args.batch,
+                                                 **kw), progress=False)
+            else:
+                model = train_saelens_jumprelu(X, H, N, n_tokens=args.tokens, batch_size=args.batch, progress=False,
+                                               **kw)
+            sec = time.perf_counter() - t
+            r2, l0 = held_out(model, Xte)
+            rows.append({"layer": layer, "trainer": trainer, "setting": setting, "recipe": kw, "r2": r2, "l0": l0,
+                         "seconds": sec, "tok_per_s": args.tokens / sec})
+            print(f"  {trainer:<9} {setting:<28} held-out R² {r2:.4f}  L0 {l0:7.1f}  {sec:6.1f} s  "
+                  f"{args.tokens / sec:8,.0f} tok/s", flush=True)
+    result = {"benchmark": "frontier", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "python": platform.python_version(),
+                          "load_average_end": os.getloadavg()},
+              "setup": {"model": "smollm2-135m", "site": "resid_post", "layers": layers, "train_tokens_per_layer": 20_000,
+                        "heldout_tokens_per_layer": 5_000, "tokens_per_sae": args.tokens, "batch": args.batch,
+                        "capacity": args.capacity, "quick": args.quick},
+              "rows": rows}
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
