@@ -189,6 +189,31 @@ def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, fl
     return _draw_codes(g, N, K, n_samples, lo, hi, nonneg, scales, co_active)
 
 
+def code_second_moment(N: int, K: int, *, delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True,
+                       code_scales: Tensor | None = None, co_active: int = 1) -> Tensor:
+    """E[x xᵀ] (N, N) of `sparse_codes` with these options, exactly (no sampling).
+
+    With u uniform in (x_min, x_max) and p = K/N the chance that an atom is active:
+    diagonal p·E[u²]; off-diagonal 0 for signed codes except within a co-active group (p·E[u]²);
+    for nonnegative codes P(a and b active)·E[u]² everywhere off the diagonal. `code_scales` s
+    multiplies the result by s sᵀ. Isotropic (∝ I) exactly for signed codes, equal scales, co_active 1.
+    """
+    lo, hi, scales = _check_code_args(N, K, 1, delta_range, code_scales, co_active)
+    eu, eu2 = (lo + hi) / 2, (lo * lo + lo * hi + hi * hi) / 3
+    p = K / N
+    M = torch.zeros(N, N, dtype=torch.float64)
+    if nonneg:
+        g, n_g = co_active, N // co_active                          # groups of atoms, K/g of n_g groups active
+        pair_other = (K // g) * (K // g - 1) / (n_g * (n_g - 1)) if n_g > 1 else 0.0
+        M += pair_other * eu * eu
+        block = torch.block_diag(*[torch.ones(g, g, dtype=torch.float64)] * n_g).bool()
+        M[block] = p * eu * eu
+    elif co_active > 1:
+        M = torch.block_diag(*[torch.full((co_active, co_active), p * eu * eu, dtype=torch.float64)] * (N // co_active))
+    M.fill_diagonal_(p * eu2)
+    return M if scales is None else M * scales[:, None] * scales[None, :]
+
+
 def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_samples: int,
                     delta_range: tuple[float, float] = (1.0, 2.0), seed: int = 0, nonneg: bool = True,
                     code_scales: Tensor | None = None, co_active: int = 1) -> SyntheticAtoms:
