@@ -303,11 +303,15 @@ def uniqueness_witness_codes(simplex_atoms: int, seed: int = 0) -> dict:
             "code_b": w.code_b.tolist(), "residual": float((w.code_a @ D - w.code_b @ D).norm())}
 
 
+def _named(r: Mapping) -> str:
+    return f"{r['dictionary']}, μ = {fmt(r['μ'])}"
+
+
 def uniqueness_prose(rows: Sequence[Mapping]) -> str:
     k2 = [r for r in rows if r["K certified"] >= 2]
     ok = [r for r in k2 if r["unique at K certified"]]
     out = [f"{len(k2)} of the {len(rows)} dictionaries have μ < 1/3, so that the bound covers K = 2"
-           + (f" ({', '.join(r['dictionary'] for r in k2)})" if k2 else "")
+           + (f" ({', '.join(_named(r) for r in k2)})" if k2 else "")
            + f"; for {len(ok)} of them a brute-force search finds no two codes of that sparsity with one activation.",
            f"spark ≥ 1 + 1/μ holds for {sum(r['spark ≥ 1 + 1/μ'] for r in rows)} of {len(rows)} dictionaries "
            f"(sparks {', '.join(map(str, sorted({r['spark'] for r in rows})))})."]
@@ -595,8 +599,8 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
          f"{'ok' if w['bp_recovers'] else 'fails'}, OMP {'ok' if w['omp_recovers'] else 'fails'}"),
         ("Threshold encoder", "thresholding (Elad 2010)", "x ≥ 0, μKx_max < τ < x_min − μ(K−1)x_max",
          f"min rate {fmt(min((r['min rate over interval'] for r in t_in), default=None))} at K ≤ "
-         f"{max((r['K'] for r in t_in), default=0)}; worst-case codes kept for "
-         f"{sum(bool(r['worst codes recovered']) for r in t_in)}/{len(t_in)} K",
+         f"{max((r['K'] for r in t_in), default=0)}; worst-case codes kept at "
+         f"{sum(bool(r['worst codes recovered']) for r in t_in)} of {len(t_in)} such K",
          (f"no τ works from K = {t_fail[0]['K']}" if t_fail else "a τ still works at every K checked")),
     ]
     head = "| theorem | classical source | hypothesis ⇒ conclusion | inside, K ≥ 2 (this run) | outside (this run) |"
