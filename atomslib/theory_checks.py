@@ -108,7 +108,7 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
         pop = AIP.from_moment(X.T @ C @ X)
         codes = th.sparse_codes(N, K, n, delta_range=RECOVERY_RANGE, seed=seed + i, **kw)
         est = AIP.fit(codes @ X)
-        rows.append({"codes": name, "distribution": what, "E[xxᵀ] ∝ I": isotropic,
+        rows.append({"codes": name, "distribution": what, "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
                      "κ population": relative_condition(pop.S, S_true), "κ estimated": relative_condition(est.S, S_true),
                      "μ under S̃": coherence(X, truth), "μ population": coherence(X, pop), "μ estimated": coherence(X, est),
                      "μ Euclidean": coherence(X), "n_samples": n})
@@ -118,7 +118,9 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
 def aip_assumption_prose(rows: Sequence[Mapping]) -> str:
     iso = [r for r in rows if r["E[xxᵀ] ∝ I"]]
     non = [r for r in rows if not r["E[xxᵀ] ∝ I"]]
-    out = []
+    lo, hi = rows[0]["x range"]
+    out = [f"All four distributions have K = {rows[0]['K']} nonzeros per code with |x_a| in [{fmt(lo)}, {fmt(hi)}] "
+           f"before any scaling."]
     if iso:
         r = iso[0]
         exact = "exactly a multiple of $\\tilde S$" if r["κ population"] < 1 + 1e-9 else f"off by κ = {fmt(r['κ population'])}"
@@ -141,7 +143,9 @@ def aip_assumption_prose(rows: Sequence[Mapping]) -> str:
 def _rip_row(family: str, name: str, D: torch.Tensor, K: int, seed: int, exact_by_symmetry: bool = False,
              n_subsets: int = 500) -> dict:
     b = th.rip_constant_bounds(D, K, n_trials=n_subsets, seed=seed)
-    return {"family": family, "dictionary": name, "N": int(D.shape[0]), "μ": b.mu, "K": K, "bound (K−1)μ": b.upper,
+    examined = math.comb(D.shape[0], K) if b.exhaustive else n_subsets
+    return {"family": family, "dictionary": name, "N": int(D.shape[0]), "supports examined": examined,
+            "μ": b.mu, "K": K, "bound (K−1)μ": b.upper,
             "δ_K": b.sampled_lower, "exact": bool(b.exhaustive or exact_by_symmetry),
             "inside": b.upper < 1 - TOL, "bound holds": b.sampled_lower <= b.upper + TOL,
             "RIP holds": b.sampled_lower < 1 - TOL}
@@ -208,7 +212,10 @@ def rip_prose(rows: Sequence[Mapping]) -> str:
     inside = [r for r in rows if r["inside"] and r["K"] >= 2]
     held_in = [r for r in inside if r["RIP holds"] and r["bound holds"]]
     violations = [r for r in rows if not r["bound holds"]]
-    out = [f"Over {len(rows)} (dictionary, K) cases the computed δ_K exceeds (K−1)μ in {len(violations)}.",
+    sampled = [r for r in rows if not r["exact"]]
+    out = [f"Over {len(rows)} (dictionary, K) cases the computed δ_K exceeds (K−1)μ in {len(violations)}"
+           + (f" ({len(sampled)} of them sampled, over {max(r['supports examined'] for r in sampled)} supports each)."
+              if sampled else "."),
            f"Inside the hypothesis, (K−1)μ < 1, there are {len(inside)} cases with K ≥ 2 (up to K = "
            f"{max((r['K'] for r in inside), default=0)}); the RIP holds in {len(held_in)} of them."]
     tight = [r for r in rows if r["exact"] and r["K"] >= 3 and abs(r["δ_K"] - r["bound (K−1)μ"]) <= 1e-6]
@@ -360,7 +367,7 @@ def recovery_sweep(packed: Mapping[float, torch.Tensor], K_grid: Sequence[int], 
             om[i, j] = _exact_rate(th.omp(D, acts, K), codes)
     inside = [[_inside_uniqueness(K, mu) for mu in mus] for K in K_grid]
     return {"mu": mus, "K": list(K_grid), "basis_pursuit": bp.tolist(), "omp": om.tolist(), "inside_bound": inside,
-            "n_trials": n_trials, "H": int(Ds[0].shape[1])}
+            "n_trials": n_trials, "H": int(Ds[0].shape[1]), "x_range": list(RECOVERY_RANGE)}
 
 
 def recovery_worst_case(simplex_atoms: int, seed: int = 0) -> dict:
@@ -417,7 +424,8 @@ def recovery_prose(rec: Mapping, worst: Mapping | None = None) -> str:
     bp, om = s["basis_pursuit"], s["omp"]
     out = [f"Inside the bound ({s['cells_inside']} cells, {s['cells_inside_K2']} of them with K ≥ 2, up to "
            f"K = {s['K_inside_max']}) the lowest exact-recovery rate is {fmt(bp['min_inside'])} for basis pursuit and "
-           f"{fmt(om['min_inside'])} for OMP, over {n} random codes per cell."]
+           f"{fmt(om['min_inside'])} for OMP, over {n} random signed codes per cell with |x_a| in "
+           f"[{fmt(rec['x_range'][0])}, {fmt(rec['x_range'][1])}]."]
     if bp["outside_failed_cells"] == 0 and om["outside_failed_cells"] == 0:
         out.append(f"Outside it, up to K = {max(K)}, both still recover every code in all {bp['outside_cells']} cells: "
                    f"this sweep does not reach the sparsity where random codes start to fail.")
