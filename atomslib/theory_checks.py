@@ -80,7 +80,7 @@ def relative_condition(S_est: torch.Tensor, S_ref: torch.Tensor) -> float:
 
 AIP_CASES = (   # (label, description, sparse_codes options)
     ("isotropic", "signed codes, every atom alike", dict(nonneg=False)),
-    ("unequal variances", "signed codes, atom scales 1 to 10", dict(nonneg=False, scales=10.0)),
+    ("unequal variances", "signed codes, atom scales log-spaced from 1 to {scales}", dict(nonneg=False, scales=10.0)),
     ("co-active pairs", "atoms switch on in pairs sharing a sign", dict(nonneg=False, co_active=2)),
     ("nonnegative", "nonnegative codes: a common mean", dict(nonneg=True)),
 )
@@ -108,7 +108,7 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
         pop = AIP.from_moment(X.T @ C @ X)
         codes = th.sparse_codes(N, K, n, delta_range=RECOVERY_RANGE, seed=seed + i, **kw)
         est = AIP.fit(codes @ X)
-        rows.append({"codes": name, "distribution": what, "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
+        rows.append({"codes": name, "distribution": what.format(scales=fmt(opt.get("scales"))), "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
                      "κ population": relative_condition(pop.S, S_true), "κ estimated": relative_condition(est.S, S_true),
                      "μ under S̃": coherence(X, truth), "μ population": coherence(X, pop), "μ estimated": coherence(X, est),
                      "μ Euclidean": coherence(X), "n_samples": n})
@@ -119,7 +119,7 @@ def aip_assumption_prose(rows: Sequence[Mapping]) -> str:
     iso = [r for r in rows if r["E[xxᵀ] ∝ I"]]
     non = [r for r in rows if not r["E[xxᵀ] ∝ I"]]
     lo, hi = rows[0]["x range"]
-    out = [f"All four distributions have K = {rows[0]['K']} nonzeros per code with |x_a| in [{fmt(lo)}, {fmt(hi)}] "
+    out = [f"All {len(rows)} distributions have K = {rows[0]['K']} nonzeros per code with |x_a| in [{fmt(lo)}, {fmt(hi)}] "
            f"before any scaling."]
     if iso:
         r = iso[0]
@@ -450,10 +450,13 @@ def recovery_prose(rec: Mapping, worst: Mapping | None = None) -> str:
         out.append(order + " (a dictionary with no miss in the sweep counts as failing beyond it).")
     if worst is not None:
         which = [name for name, ok in (("basis pursuit", worst["bp_recovers"]), ("OMP", worst["omp_recovers"])) if not ok]
-        out.append(f"The worst case fails right at the bound: for the simplex of {worst['n']} atoms (μ = {fmt(worst['μ'])}, "
-                   f"the bound covers K < {fmt(worst['bound'])}) and K = {worst['K']}, "
+        out.append(f"{'The worst case fails right at the bound' if which else 'The worst case'}: for the simplex of "
+                   f"{worst['n']} atoms (μ = {fmt(worst['μ'])}, the bound covers K < {fmt(worst['bound'])}) and "
+                   f"K = {worst['K']}, the smallest K outside it, "
                    + (f"{' and '.join(which)} return{'s' if len(which) == 1 else ''} a code other than the true one"
-                      if which else "both algorithms still return the true code") + ".")
+                      if which else "both algorithms still return the true code")
+                   + (" (its two codes have the same ℓ1 norm, so basis pursuit cannot prefer the true one)."
+                      if abs(worst["l1_a"] - worst["l1_b"]) < 1e-9 else "."))
     return " ".join(out)
 
 
