@@ -436,9 +436,10 @@ def recovery_prose(rec: Mapping, worst: Mapping | None = None) -> str:
                 return f"{name} recovers every code in every cell of the sweep"
             ratios = [k / th.uniqueness_bound(mu) for k, mu in fails]
             k, mu = min(fails)
+            per = "the dictionary" if len(fails) == 1 else f"each of the {len(fails)} dictionaries with a miss"
             return (f"{name} first misses a code at K = {k} (μ = {fmt(mu)}); {d['outside_failed_cells']} of the "
-                    f"{d['outside_cells']} cells outside have a miss (mean rate there {fmt(d['mean_outside'])}), and per "
-                    f"dictionary its first miss comes at {fmt(min(ratios))} to {fmt(max(ratios))} times the bound (1 + 1/μ)/2")
+                    f"{d['outside_cells']} cells outside have a miss (mean rate there {fmt(d['mean_outside'])}), and for "
+                    f"{per} the first miss comes at {fmt(min(ratios))} to {fmt(max(ratios))} times its bound (1 + 1/μ)/2")
         out.append(f"Outside it, {first('basis pursuit', bp)}; {first('OMP', om)}.")
         cols = len(mus)
         order = (f"Basis pursuit first fails at a larger K than OMP for {s['bp_later']} of the {cols} dictionaries, "
