@@ -1,11 +1,16 @@
 """Atomic inner product (AIP): the geometry in which a layer's atoms are close to orthogonal.
 
-Spec §1. If activations are m = D δ with E[δ δᵀ] ∝ I, then E[m mᵀ] ∝ D Dᵀ (spec layout, H x N),
-so the paper's normalised inner-product matrix S̃ = (D Dᵀ)⁻¹ is estimated without knowing D as
+Spec §1. If activations are m = D x with codes x whose second moment is isotropic,
+E[x xᵀ] = σ² I, then E[m mᵀ] = σ² D Dᵀ (spec layout, H x N), so (E[m mᵀ])⁻¹ = σ⁻² S̃ is a
+*multiple* of the paper's normalised inner-product matrix S̃ = (D Dᵀ)⁻¹ (D must span R^H).
+Cosines cannot tell a multiple apart, so the AIP is estimated without knowing D as
 
-    S̃ = (E[m mᵀ] + ridge · (tr E[m mᵀ] / H) · I)⁻¹,
+    S = (E[m mᵀ] + ridge · (tr E[m mᵀ] / H) · I)⁻¹,
 
-the inverse of the *uncentred* second moment of the layer's activations. The ridge is **relative**
+the inverse of the *uncentred* second moment of the layer's activations. Without the assumption
+(unequal variances, correlated or nonnegative codes: E[x xᵀ] = C ≠ σ² I) the estimate is
+(D C Dᵀ)⁻¹, the AIP of D C^{1/2} rather than of D; `theory.code_second_moment` and chapter 1 show
+how far that moves the atoms' coherence. The ridge is **relative**
 (a multiple of the mean eigenvalue), so `ridge=1e-6` means the same thing for every layer and
 model width; the authors used no ridge, which is our default. `⟨u, v⟩_S = uᵀ S̃ v`, and the
 AIP cosine is the Euclidean cosine after whitening with `W = S̃^{1/2}` (the symmetric square root,

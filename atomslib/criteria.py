@@ -162,7 +162,7 @@ def _support(c: Tensor, tol: float) -> Tensor:
 
 
 def l0(codes, tol: float = 0.0, *, batch_size: int = 65536) -> Tensor:
-    """‖δ_i‖₀ per sample: the number of entries with |c| > tol, int64 (n,)."""
+    """‖x_i‖₀ per sample (x_i the code of sample i): the number of entries with |c| > tol, int64 (n,)."""
     tol = _check_tol(tol)
     out = [_support(c, tol).sum(1, dtype=torch.int32).long().cpu() for c in _codes_batches(codes, batch_size)]
     if not out:
@@ -436,12 +436,12 @@ def stability_q_star(D, codes, *, aip: AIP | None = None, variant: str = "A", to
                      device=None) -> float | StabilityResult:
     """Stability q* of units D (N, H) with codes (n, N) (spec §6; the paper's q*).
 
-    q* = sup{q ∈ [0, 1] : μ_q < 1/(2K_q − 1)}, K_q the q-quantile over samples of ‖δ_i‖₀ (entries
+    q* = sup{q ∈ [0, 1] : μ_q < 1/(2K_q − 1)}, K_q the q-quantile over samples of ‖x_i‖₀ (entries
     with |c| > tol; for neurons pass D = I_H, codes = m and a tol) and μ_q the q-quantile of
       "A" (default): per-unit coherence μ_a over units;
       "B": |cos_S(d_a, d_b)| over all pairs a < b;
-    and for "C": the fraction of samples whose support satisfies max_{a≠b∈supp} |cos_S| < 1/(2‖δ_i‖₀ − 1).
-    Edge cases: ‖δ‖₀ = 0 satisfies any coherence; ‖δ‖₀ = 1 needs μ < 1 (only exact duplicates
+    and for "C": the fraction of samples whose support satisfies max_{a≠b∈supp} |cos_S| < 1/(2‖x_i‖₀ − 1).
+    Edge cases: ‖x‖₀ = 0 satisfies any coherence; ‖x‖₀ = 1 needs μ < 1 (only exact duplicates
     fail). q* = 0 when even the best quantiles fail. Returns a float, or a StabilityResult with
     `return_curve=True`.
 

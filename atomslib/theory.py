@@ -1,5 +1,11 @@
 """Executable versions of the theorems of spec §4 (standard compressed sensing under an AIP).
 
+Notation (the book's): a dictionary D has unit atoms d_a (rows here); a code x ∈ R^N gives the
+activation m = Σ_a x_a d_a (`codes @ D`); K is a sparsity level; μ the coherence; δ_K the
+restricted-isometry constant; x_min ≤ |x_a| ≤ x_max the bounds on a code's nonzero coefficients
+(the paper writes δ for the code and δ_min, δ_max for these bounds; the parameters keep the names
+`delta_range`, `delta_min`, `delta_max`).
+
 Everything here is float64 on the CPU and meant for small synthetic atom sets where the truth
 is known. Geometry: each function takes `aip=None` (Euclidean) or an `AIP`; coherence μ is
 max_{a≠b} |cos_S(d_a, d_b)|. The theorems need atoms of unit norm in the geometry they are stated
@@ -10,6 +16,10 @@ theorems' hypotheses are set in the Euclidean geometry; it also returns the AIP 
 S̃ = (D_HN D_HNᵀ)⁻¹ (rows layout: (Dᵀ D)⁻¹), under which atoms are exactly orthogonal when N ≤ H,
 and the coherence under that AIP. To state a theorem under a non-trivial AIP, map a Euclidean
 instance through an invertible A (d ↦ A d, m ↦ A m) and use S̃ = (A Aᵀ)⁻¹: cosines are preserved.
+
+Tight cases and witnesses: `regular_simplex` (n atoms at cosine −1/(n−1), where spark = 1 + 1/μ),
+`nonunique_witness` (two different K-sparse codes with one activation, from a null vector of D)
+and `threshold_worst_case` (the exact worst case of the threshold encoder over all admissible codes).
 """
 from __future__ import annotations
 
@@ -29,13 +39,13 @@ Tensor = torch.Tensor
 class SyntheticAtoms(NamedTuple):
     """A synthetic atom set with known truth."""
     D: Tensor               # (N, H) float64, unit Euclidean rows
-    codes: Tensor           # (n, N) float64, exactly K nonzeros per row, |value| in delta_range
+    codes: Tensor           # (n, N) float64: the codes x, exactly K nonzeros per row, |x_a| in delta_range
     acts: Tensor            # (n, H) = codes @ D
     coherence: float        # Euclidean coherence of D (≤ eps when eps was given)
     coherence_aip: float    # coherence under `aip`
     aip: AIP                # AIP of the truth: (DᵀD)⁻¹ on span(D), identity on its complement
     K: int
-    delta_range: tuple[float, float]
+    delta_range: tuple[float, float]    # (x_min, x_max)
 
 
 class _RIPPair(NamedTuple):
@@ -121,9 +131,93 @@ def _packing(N: int, H: int, eps: float, g: torch.Generator, max_iter: int = 300
     return best @ Q  # a random rotation, so atoms are not aligned with the coordinate axes
 
 
+def _check_code_args(N: int, K: int, n_samples: int, delta_range, code_scales, co_active) -> tuple[float, float, Tensor | None]:
+    for name, v in (("N", N), ("K", K), ("n_samples", n_samples), ("co_active", co_active)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if K > N:
+        raise ValueError(f"K = {K} exceeds the number of atoms N = {N}; pick K <= N")
+    lo, hi = map(float, delta_range)
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"delta_range must be (x_min, x_max) with 0 < x_min <= x_max, got {delta_range!r}")
+    if co_active > 1 and (N % co_active or K % co_active):
+        raise ValueError(f"co_active = {co_active} must divide both N = {N} and K = {K} (atoms switch on in groups "
+                         f"of co_active); pick K and N multiples of it")
+    scales = None
+    if code_scales is not None:
+        scales = torch.as_tensor(code_scales, dtype=torch.float64).flatten()
+        if scales.shape != (N,) or not bool(torch.isfinite(scales).all() and (scales > 0).all()):
+            raise ValueError(f"code_scales must be N = {N} positive finite numbers (one per atom), got shape "
+                             f"{tuple(scales.shape)}")
+    return lo, hi, scales
+
+
+def _draw_codes(g: torch.Generator, N: int, K: int, n: int, lo: float, hi: float, nonneg: bool,
+                scales: Tensor | None, co_active: int) -> Tensor:
+    """Codes with exactly K nonzeros per row. co_active = 1 draws exactly what synthetic_atoms always
+    drew (the same generator calls), so seeded atom sets are unchanged."""
+    if co_active == 1:
+        supp = torch.rand(n, N, generator=g, dtype=torch.float64).topk(K, dim=1).indices
+    else:                                   # K/c groups of c consecutive atoms each
+        groups = torch.rand(n, N // co_active, generator=g, dtype=torch.float64).topk(K // co_active, dim=1).indices
+        supp = (groups[:, :, None] * co_active + torch.arange(co_active)).reshape(n, K)
+    mags = lo + (hi - lo) * torch.rand(n, K, generator=g, dtype=torch.float64)
+    if not nonneg:
+        if co_active == 1:
+            mags = mags * (torch.randint(0, 2, (n, K), generator=g) * 2 - 1)
+        else:                               # one sign per group: co-active atoms are correlated
+            sign = torch.randint(0, 2, (n, K // co_active), generator=g) * 2 - 1
+            mags = mags * sign.repeat_interleave(co_active, dim=1)
+    codes = torch.zeros(n, N, dtype=torch.float64).scatter_(1, supp, mags)
+    return codes if scales is None else codes * scales
+
+
+def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True,
+                 code_scales: Tensor | None = None, co_active: int = 1, seed: int = 0) -> Tensor:
+    """Random exactly-K-sparse codes (n_samples, N) float64, for any dictionary of N atoms.
+
+    Supports are uniform among the K-subsets; magnitudes |x_a| are uniform in
+    `delta_range` = (x_min, x_max); signs are random unless `nonneg`. Options that break the
+    isotropy E[x xᵀ] ∝ I on which the AIP estimate rests (see `AIP`): `code_scales` (N,) multiplies
+    atom a's coefficients by code_scales[a] (unequal variances; the coefficients then leave
+    delta_range); `co_active` = c switches atoms on in groups of c consecutive atoms sharing one sign
+    (correlated codes; c must divide N and K). Nonnegative codes are correlated too: their common
+    mean adds a multiple of 11ᵀ to E[x xᵀ].
+    """
+    lo, hi, scales = _check_code_args(N, K, n_samples, delta_range, code_scales, co_active)
+    g = torch.Generator().manual_seed(seed)
+    return _draw_codes(g, N, K, n_samples, lo, hi, nonneg, scales, co_active)
+
+
+def code_second_moment(N: int, K: int, *, delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True,
+                       code_scales: Tensor | None = None, co_active: int = 1) -> Tensor:
+    """E[x xᵀ] (N, N) of `sparse_codes` with these options, exactly (no sampling).
+
+    With u uniform in (x_min, x_max) and p = K/N the chance that an atom is active:
+    diagonal p·E[u²]; off-diagonal 0 for signed codes except within a co-active group (p·E[u]²);
+    for nonnegative codes P(a and b active)·E[u]² everywhere off the diagonal. `code_scales` s
+    multiplies the result by s sᵀ. Isotropic (∝ I) exactly for signed codes, equal scales, co_active 1.
+    """
+    lo, hi, scales = _check_code_args(N, K, 1, delta_range, code_scales, co_active)
+    eu, eu2 = (lo + hi) / 2, (lo * lo + lo * hi + hi * hi) / 3
+    p = K / N
+    M = torch.zeros(N, N, dtype=torch.float64)
+    if nonneg:
+        g, n_g = co_active, N // co_active                          # groups of atoms, K/g of n_g groups active
+        pair_other = (K // g) * (K // g - 1) / (n_g * (n_g - 1)) if n_g > 1 else 0.0
+        M += pair_other * eu * eu
+        block = torch.block_diag(*[torch.ones(g, g, dtype=torch.float64)] * n_g).bool()
+        M[block] = p * eu * eu
+    elif co_active > 1:
+        M = torch.block_diag(*[torch.full((co_active, co_active), p * eu * eu, dtype=torch.float64)] * (N // co_active))
+    M.fill_diagonal_(p * eu2)
+    return M if scales is None else M * scales[:, None] * scales[None, :]
+
+
 def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_samples: int,
-                    delta_range: tuple[float, float] = (1.0, 2.0), seed: int = 0, nonneg: bool = True) -> SyntheticAtoms:
-    """A random atom set: D (N, H) with Euclidean coherence ≤ eps and exactly K-sparse codes.
+                    delta_range: tuple[float, float] = (1.0, 2.0), seed: int = 0, nonneg: bool = True,
+                    code_scales: Tensor | None = None, co_active: int = 1) -> SyntheticAtoms:
+    """A random atom set: D (N, H) with Euclidean coherence ≤ eps and exactly K-sparse codes x.
 
     Construction (deterministic for a seed):
       N ≤ H, eps None or 0: orthonormal rows (coherence 0);
@@ -131,17 +225,14 @@ def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_sampl
       N > H, eps None: i.i.d. Gaussian directions;
       N > H, eps given: alternating projection to coherence ≤ eps (ValueError below the Welch bound
       sqrt((N−H)/(H(N−1))), RuntimeError if not reached).
-    Codes: uniform random supports of size K; magnitudes uniform in delta_range; signs random
-    unless `nonneg`.
+    Codes: uniform random supports of size K; magnitudes |x_a| uniform in delta_range = (x_min, x_max);
+    signs random unless `nonneg`. `code_scales` and `co_active` are those of `sparse_codes` (unequal
+    variances, co-active groups); their defaults leave the draws exactly as they always were.
     """
     for name, v in (("H", H), ("N", N), ("K", K), ("n_samples", n_samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if K > N:
-        raise ValueError(f"K = {K} exceeds the number of atoms N = {N}; pick K <= N")
-    lo, hi = map(float, delta_range)
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise ValueError(f"delta_range must be (delta_min, delta_max) with 0 < delta_min <= delta_max, got {delta_range!r}")
+    lo, hi, scales = _check_code_args(N, K, n_samples, delta_range, code_scales, co_active)
     if eps is not None and not (0 <= eps < 1):
         raise ValueError(f"eps must be in [0, 1) (a coherence), got {eps!r}")
     if eps is not None and eps < welch_bound(N, H):
@@ -159,17 +250,34 @@ def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_sampl
     else:
         D = _packing(N, H, eps, g)
     D = D / D.norm(dim=1, keepdim=True)
-    supp = torch.rand(n_samples, N, generator=g, dtype=torch.float64).topk(K, dim=1).indices
-    mags = lo + (hi - lo) * torch.rand(n_samples, K, generator=g, dtype=torch.float64)
-    if not nonneg:
-        mags = mags * (torch.randint(0, 2, (n_samples, K), generator=g) * 2 - 1)
-    codes = torch.zeros(n_samples, N, dtype=torch.float64).scatter_(1, supp, mags)
+    codes = _draw_codes(g, N, K, n_samples, lo, hi, nonneg, scales, co_active)
     # AIP of the truth: (DᵀD)⁻¹ on the row space of D, identity on its orthogonal complement
     _, s, Vt = torch.linalg.svd(D, full_matrices=False)
     Vr = Vt[s > s.max() * max(N, H) * 1e-15]
     M = D.T @ D + torch.eye(H, dtype=torch.float64) - Vr.T @ Vr
     aip = AIP.from_moment((M + M.T) / 2)
     return SyntheticAtoms(D, codes, codes @ D, _coh(D), _coh(_unit_rows(D, aip)), aip, K, (lo, hi))
+
+
+def regular_simplex(n: int, H: int | None = None, *, seed: int = 0) -> Tensor:
+    """n unit atoms (n, H) summing to zero, every pair at cosine exactly −1/(n − 1): the vertices of a
+    regular simplex in an (n−1)-dimensional subspace of R^H (H defaults to n − 1), randomly rotated.
+
+    The tight case of the coherence bounds: μ = 1/(n−1) and spark = n = 1 + 1/μ, so K-sparse codes
+    are unique exactly for K < n/2 = (1 + 1/μ)/2, and δ_n = 1 = (n−1)μ (the all-ones code is a null vector).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (atoms of the simplex), got {n!r}")
+    H = n - 1 if H is None else H
+    if isinstance(H, bool) or not isinstance(H, int) or H < n - 1:
+        raise ValueError(f"H must be an int >= n - 1 = {n - 1} (a simplex of n atoms spans n - 1 dimensions), got {H!r}")
+    E = torch.eye(n, dtype=torch.float64) - 1.0 / n          # centred basis vectors: rank n − 1, equal norms
+    U, _, _ = torch.linalg.svd(E)
+    X = E @ U[:, :n - 1]                                      # coordinates in R^{n−1}
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(H, H, generator=g, dtype=torch.float64))
+    X = torch.cat([X, torch.zeros(n, H - n + 1, dtype=torch.float64)], dim=1) @ Q
+    return X / X.norm(dim=1, keepdim=True)
 
 
 def uniqueness_bound(mu: float) -> float:
@@ -205,10 +313,10 @@ def rip_constant_bounds(D: Tensor, K: int, *, n_trials: int = 2000, seed: int = 
 
 
 def basis_pursuit(D: Tensor, m: Tensor, *, nonneg: bool = False, chunk: int = 64) -> Tensor:
-    """min ‖δ‖₁ s.t. δ D = m, exactly, per row of m (scipy linprog, HiGHS): codes (n, N) float64.
+    """min ‖x‖₁ s.t. x D = m, exactly, per row of m (scipy linprog, HiGHS): codes x (n, N) float64.
 
     Independent of the geometry (the constraint is linear), but the theorem assumes unit-norm
-    atoms in its geometry. `nonneg=True` adds δ ≥ 0.
+    atoms in its geometry. `nonneg=True` adds x ≥ 0.
     """
     from scipy import sparse
     from scipy.optimize import linprog
@@ -224,8 +332,9 @@ def basis_pursuit(D: Tensor, m: Tensor, *, nonneg: bool = False, chunk: int = 64
     # objective is a sum, so it separates) amortises the solver's set-up cost.
     for i in range(0, rows.shape[0], chunk):
         b = rows[i:i + chunk]
+        # Presolve off: on these small dense problems it costs more than it saves (2-3x; same solutions).
         r = linprog(np.ones(V * len(b)), A_eq=sparse.block_diag([A] * len(b), format="csr"), b_eq=b.reshape(-1),
-                    bounds=(0, None), method="highs")
+                    bounds=(0, None), method="highs", options={"presolve": False})
         if r.status != 0:
             bad = next((i + j for j in range(len(b)) if linprog(np.ones(V), A_eq=A, b_eq=b[j], bounds=(0, None),
                                                                  method="highs").status != 0), i)
@@ -271,8 +380,15 @@ def omp(D: Tensor, m: Tensor, K: int, *, aip: AIP | None = None, tol: float = 1e
 
 
 def tsae_threshold_interval(eps: float, K: int, delta_min: float, delta_max: float) -> tuple[float, float] | None:
-    """Thresholds τ with ε K δ_max < τ < δ_min − ε (K−1) δ_max (open interval), or None when empty
-    (i.e. unless δ_min > ε (2K − 1) δ_max)."""
+    """Thresholds τ with ε K x_max < τ < x_min − ε (K−1) x_max (open interval), or None when empty
+    (i.e. unless x_min > ε (2K − 1) x_max). `delta_min`, `delta_max` are x_min, x_max: the bounds on
+    the nonzero coefficients of the (nonnegative) codes; ε is the coherence μ.
+
+    The two ends come from two cases of the pre-activation p_a = ⟨d_a, m⟩_S = Σ_b x_b cos_S(d_a, d_b):
+    an off-support atom gets K interference terms and no coefficient, |p_a| ≤ K ε x_max (below τ:
+    the lower end); an on-support atom gets its coefficient plus K − 1 interference terms,
+    p_a ≥ x_min − (K−1) ε x_max (at least τ: the upper end). `threshold_worst_case` gives the exact
+    worst case of both for a given dictionary."""
     if not 0 <= eps <= 1:
         raise ValueError(f"eps must be a coherence in [0, 1], got {eps!r}")
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
@@ -284,8 +400,12 @@ def tsae_threshold_interval(eps: float, K: int, delta_min: float, delta_max: flo
 
 
 class ThresholdEncoder:
-    """The theorem's encoder: z = σ_τ(m W_encᵀ) with W_enc = D S̃ (rows layout), σ_τ(x) = x·1[x ≥ τ]
-    (`signed=True`: x·1[|x| ≥ τ], for signed codes); decode(z) = z D."""
+    """The theorem's encoder: z = σ_τ(m W_encᵀ) with W_enc = D S̃ (rows layout), σ_τ(t) = t·1[t ≥ τ]
+    (`signed=True`: t·1[|t| ≥ τ], for signed codes); decode(z) = z D.
+
+    The one-sided gate (a TSAE's) drops every negative pre-activation, so it recovers supports only
+    of nonnegative codes; the two-sided gate extends the theorem to signed codes with |x_a| in
+    [x_min, x_max] (the same interval)."""
 
     def __init__(self, W_enc: Tensor, W_dec: Tensor, threshold: Tensor, signed: bool = False):
         self.W_enc, self.W_dec, self.threshold, self.signed = W_enc, W_dec, threshold, signed
@@ -330,6 +450,8 @@ def theorem_tsae(D: Tensor, aip: AIP | None = None, tau: float | Tensor | None =
                  delta_range: tuple[float, float] | None = None, signed: bool = False) -> ThresholdEncoder:
     """The identifiability construction of spec §4: W_enc = D S̃, W_dec = D, b = 0, threshold τ.
 
+    `delta_range` is (x_min, x_max), the range of the codes' nonzero coefficients.
+
     Rows of D must have unit norm under the AIP. `tau` is a float or per-unit (N,) tensor; when
     omitted, the midpoint of `tsae_threshold_interval(μ_S, K, *delta_range)` is used (ValueError
     when that interval is empty).
@@ -364,18 +486,144 @@ def support_recovery(true_codes: Tensor, est_codes: Tensor, *, tol: float = 1e-8
     return float(((t.abs() > tol) == (e.abs() > tol)).all(1).double().mean())
 
 
+class Witness(NamedTuple):
+    """Two different codes with at most K nonzeros each and the same activation: code_a @ D == code_b @ D."""
+    code_a: Tensor          # (N,) float64, on the ⌈s/2⌉ atoms of the dependent set with the largest weights
+    code_b: Tensor          # (N,) float64, on the other ⌊s/2⌋ atoms; ‖code_b‖₁ ≤ ‖code_a‖₁
+    support: tuple[int, ...]  # the s atoms of the smallest dependent set found (s = spark(D))
+
+
+class ThresholdWorstCase(NamedTuple):
+    """The exact worst case of the threshold encoder over nonnegative codes with exactly K nonzeros in
+    [x_min, x_max]: every such code has off-support pre-activations ≤ off_max and on-support ones
+    ≥ on_min, and the two codes below attain them. A threshold τ recovers every support iff
+    off_max < τ ≤ on_min; when on_min ≤ off_max no τ does, and the two codes show it."""
+    off_max: float          # largest pre-activation of an atom outside the support
+    on_min: float           # smallest pre-activation of an atom in the support
+    off_code: Tensor        # (N,) a code attaining off_max (at atom off_atom, which it leaves out)
+    on_code: Tensor         # (N,) a code attaining on_min (at atom on_atom, with coefficient x_min)
+    off_atom: int
+    on_atom: int
+
+
+_MAX_SUBSETS = 5_000_000
+
+
+def _dependent_subsets(U: Tensor, s: int, tol: float, chunk: int = 8192):
+    """Yield index tensors (s,) of s-subsets of the rows of U that are linearly dependent (batched SVDs)."""
+    N = U.shape[0]
+    combos = itertools.combinations(range(N), s)
+    while True:
+        block = list(itertools.islice(combos, chunk))
+        if not block:
+            return
+        idx = torch.tensor(block, dtype=torch.long)
+        sv = torch.linalg.svdvals(U[idx])                           # (T, min(s, H))
+        smallest = sv[:, -1] if s <= U.shape[1] else torch.zeros(len(block), dtype=U.dtype)
+        for i in torch.nonzero(smallest <= tol).flatten().tolist():
+            yield idx[i]
+
+
+def _count_subsets(N: int, sizes) -> int:
+    return sum(math.comb(N, s) for s in sizes)
+
+
 def spark(D: Tensor, *, max_size: int | None = None, tol: float = 1e-9) -> int | float:
     """Smallest number of linearly dependent atoms (brute force: tiny dictionaries only).
 
     Returns inf when every subset up to `max_size` (default min(N, H + 1)) is independent.
-    Uniqueness: a code with fewer than spark/2 nonzeros is the unique sparsest one.
+    Uniqueness: a code with fewer than spark/2 nonzeros is the unique sparsest one, and every
+    K-sparse code is unique iff 2K < spark (Donoho and Elad 2003). ValueError when more than
+    5 million subsets would have to be examined.
     """
     U = _unit_rows(D, None)
     N, H = U.shape
-    for s in range(1, min(N, max_size or H + 1) + 1):
+    top = min(N, max_size or H + 1)
+    for s in range(1, top + 1):
         if s > H:
             return s            # any H + 1 vectors in R^H are dependent
-        for S in itertools.combinations(range(N), s):
-            if float(torch.linalg.svdvals(U[list(S)])[-1]) <= tol:
-                return s
+        if _count_subsets(N, [s]) > _MAX_SUBSETS:
+            raise ValueError(f"spark: {math.comb(N, s):,} subsets of size {s} to examine (N = {N}, H = {H}); "
+                             f"brute force is for tiny dictionaries, pass max_size to stop earlier")
+        if next(_dependent_subsets(U, s, tol), None) is not None:
+            return s
     return math.inf
+
+
+def nonunique_witness(D: Tensor, K: int, *, tol: float = 1e-9) -> Witness | None:
+    """Two different codes with at most K nonzeros and the same activation, or None if there are none.
+
+    They exist iff spark(D) ≤ 2K. Brute force over subsets of at most min(2K, H + 1) atoms, smallest
+    first: the first dependent set S (|S| = spark) has a null vector v (v @ D[S] = 0) with no zero
+    entry; split S into the ⌈|S|/2⌉ atoms with the largest |v_a| ‖d_a‖ (code_a = v there) and the rest
+    (code_b = −v there). Then code_a @ D = code_b @ D, both have at most K nonzeros, and
+    ‖code_b‖₁ ≤ ‖code_a‖₁ in the unit-normalised atoms, so basis pursuit cannot return code_a from its
+    activation unless the two norms are equal. Tiny dictionaries only (ValueError past 5 million subsets).
+    """
+    X = _dict(D)
+    U = _unit_rows(X, None)
+    N, H = U.shape
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K must be a positive int, got {K!r}")
+    sizes = range(2, min(2 * K, H + 1, N) + 1)
+    for s in sizes:
+        if math.comb(N, s) > _MAX_SUBSETS:
+            raise ValueError(f"nonunique_witness: {math.comb(N, s):,} subsets of size {s} to examine (N = {N}); "
+                             f"brute force is for tiny dictionaries")
+        S = next(_dependent_subsets(U, s, tol), None)
+        if S is None:
+            continue
+        P, _, _ = torch.linalg.svd(U[S], full_matrices=True)     # U[S] is (s, H): its left null vector
+        w = P[:, -1]                                             # w @ U[S] ≈ 0, in unit-atom weights
+        w = w / w.abs().max() * torch.sign(w[w.abs().argmax()])
+        order = torch.argsort(w.abs(), descending=True)
+        A, B = S[order[:(s + 1) // 2]], S[order[(s + 1) // 2:]]
+        v = w / X[S].norm(dim=1)                                  # weights of D's own rows
+        pos = {int(a): i for i, a in enumerate(S.tolist())}
+        code_a = torch.zeros(N, dtype=torch.float64)
+        code_b = torch.zeros(N, dtype=torch.float64)
+        code_a[A] = v[[pos[int(a)] for a in A]]
+        code_b[B] = -v[[pos[int(b)] for b in B]]
+        return Witness(code_a, code_b, tuple(sorted(S.tolist())))
+    return None
+
+
+def threshold_worst_case(D: Tensor, K: int, delta_range: tuple[float, float], *, aip: AIP | None = None) -> ThresholdWorstCase:
+    """The exact worst case of the threshold encoder W_enc = D S̃ over every nonnegative code with
+    exactly K nonzeros in delta_range = (x_min, x_max), for this dictionary (rows normalised to unit
+    norm under `aip`, as the theorem assumes; the codes refer to those normalised atoms).
+
+    The pre-activation p_a = Σ_b x_b G_ab (G the cosine matrix) is linear in x, so its extremes sit
+    at coefficients x_min or x_max: an off-support atom c is largest with the K atoms of largest
+    G_cb x (x = x_max where G_cb > 0, else x_min); an on-support atom a is smallest with x_a = x_min
+    and the K − 1 atoms of smallest G_ab x (x = x_max where G_ab < 0, else x_min). The theorem's
+    interval (K μ x_max, x_min − (K−1) μ x_max) lies inside the exact one (off_max, on_min].
+    """
+    U = _unit_rows(D, aip)
+    N = U.shape[0]
+    if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K < N:
+        raise ValueError(f"K must be an int in [1, N - 1 = {N - 1}], got {K!r}")
+    lo, hi = map(float, delta_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"delta_range must be (x_min, x_max) with 0 < x_min <= x_max, got {delta_range!r}")
+    G = U @ U.T
+    eye = torch.eye(N, dtype=torch.bool)
+    coef_off = torch.where(G > 0, G.new_tensor(hi), G.new_tensor(lo))  # x_b maximising G_cb x_b
+    contrib = (G * coef_off).masked_fill(eye, -math.inf)
+    top, top_idx = contrib.topk(K, dim=1)
+    off_vals = top.sum(1)
+    c = int(off_vals.argmax())
+    off_code = torch.zeros(N, dtype=torch.float64)
+    off_code[top_idx[c]] = coef_off[c, top_idx[c]]
+    coef_on = torch.where(G < 0, G.new_tensor(hi), G.new_tensor(lo))  # x_b minimising G_ab x_b
+    contrib = (G * coef_on).masked_fill(eye, math.inf)
+    if K > 1:
+        bot, bot_idx = (-contrib).topk(K - 1, dim=1)
+        on_vals = lo - bot.sum(1)
+    else:
+        bot_idx, on_vals = torch.zeros(N, 0, dtype=torch.long), torch.full((N,), lo, dtype=torch.float64)
+    a = int(on_vals.argmin())
+    on_code = torch.zeros(N, dtype=torch.float64)
+    on_code[bot_idx[a]] = coef_on[a, bot_idx[a]]
+    on_code[a] = lo
+    return ThresholdWorstCase(float(off_vals[c]), float(on_vals[a]), off_code, on_code, c, a)

@@ -267,3 +267,123 @@ def test_uniqueness_bound_and_support_recovery():
         T.support_recovery(t, t[:1])
     with pytest.raises(ValueError, match="D has all-zero rows"):
         T.rip_constant_bounds(torch.zeros(3, 2), 2)
+
+
+# ---- codes that do and do not satisfy E[x xᵀ] ∝ I ---------------------------------------------------
+def test_sparse_codes_options_and_their_second_moment():
+    x = T.sparse_codes(12, 4, 300, delta_range=(0.5, 1.5), nonneg=False, seed=1)
+    assert x.shape == (300, 12) and bool(((x != 0).sum(1) == 4).all())
+    assert bool((x[x != 0].abs() >= 0.5).all() and (x.abs() <= 1.5).all()) and bool((x < 0).any())
+    pairs = T.sparse_codes(12, 4, 300, nonneg=False, co_active=2, seed=1)
+    on = pairs != 0
+    assert torch.equal(on[:, 0::2], on[:, 1::2])                                  # atoms 2j, 2j+1 switch on together
+    both = on[:, 0::2]
+    assert torch.equal(torch.sign(pairs[:, 0::2])[both], torch.sign(pairs[:, 1::2])[both])   # with one sign
+    scales = torch.logspace(0, 1, 12, dtype=f64)
+    scaled = T.sparse_codes(12, 4, 300, code_scales=scales, seed=1)
+    torch.testing.assert_close(scaled, T.sparse_codes(12, 4, 300, seed=1) * scales)
+    for kw in (dict(nonneg=False), dict(nonneg=True), dict(nonneg=False, co_active=2), dict(nonneg=True, co_active=2),
+               dict(nonneg=False, code_scales=scales)):
+        exact = T.code_second_moment(12, 4, **kw)
+        xs = T.sparse_codes(12, 4, 200_000, seed=2, **kw)
+        torch.testing.assert_close(xs.T @ xs / len(xs), exact, rtol=0, atol=0.03 * float(exact.abs().max()))
+    iso = T.code_second_moment(12, 4, nonneg=False)
+    assert torch.equal(iso, torch.diag(torch.diag(iso))) and float(iso.diag().std()) == 0.0
+    with pytest.raises(ValueError, match="co_active = 3 must divide"):
+        T.sparse_codes(12, 4, 5, co_active=3)
+    with pytest.raises(ValueError, match="code_scales must be N = 12"):
+        T.sparse_codes(12, 4, 5, code_scales=torch.ones(5))
+    # the new options leave synthetic_atoms' own draws alone
+    a = T.synthetic_atoms(10, 14, eps=0.45, K=2, n_samples=20, seed=5)
+    b = T.synthetic_atoms(10, 14, eps=0.45, K=2, n_samples=20, seed=5, code_scales=None, co_active=1)
+    assert torch.equal(a.D, b.D) and torch.equal(a.codes, b.codes)
+
+
+# ---- tight cases and witnesses -------------------------------------------------------------------
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_regular_simplex_is_the_tight_case(n):
+    D = T.regular_simplex(n, H=n + 2, seed=n)
+    G = D @ D.T
+    off = ~torch.eye(n, dtype=torch.bool)
+    torch.testing.assert_close(G[off], torch.full((n * (n - 1),), -1 / (n - 1), dtype=f64))
+    torch.testing.assert_close(D.sum(0), torch.zeros(n + 2, dtype=f64), rtol=0, atol=1e-12)
+    mu = T.rip_constant_bounds(D, 2).mu
+    assert T.spark(D) == n == pytest.approx(1 + 1 / mu)                 # spark ≥ 1 + 1/μ with equality
+    b = T.rip_constant_bounds(D, n)
+    assert b.exhaustive and b.sampled_lower == pytest.approx(1.0) and b.upper == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="H must be"):
+        T.regular_simplex(n, H=n - 2)
+
+
+def _check_witness(D, K, w):
+    assert w is not None
+    a, b = w.code_a, w.code_b
+    assert int((a != 0).sum()) <= K and int((b != 0).sum()) <= K and not torch.equal(a, b)
+    assert set(torch.nonzero(a).flatten().tolist()).isdisjoint(torch.nonzero(b).flatten().tolist())
+    torch.testing.assert_close(a @ D, b @ D, rtol=0, atol=1e-10)
+    assert len(w.support) == T.spark(D)
+
+
+@given(H=st.integers(3, 5), extra=st.integers(1, 3), K=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_nonunique_witness_exists_iff_2K_reaches_the_spark(H, extra, K, seed):
+    D = T.synthetic_atoms(H, H + extra, K=1, n_samples=1, seed=seed).D * torch.linspace(0.5, 2, H + extra, dtype=f64)[:, None]
+    w = T.nonunique_witness(D, K)
+    if 2 * K >= T.spark(D):
+        _check_witness(D, K, w)
+        bp = T.basis_pursuit(D, (w.code_a @ D)[None])[0]
+        l1 = lambda c: float((c.abs() * D.norm(dim=1)).sum())  # noqa: E731  (ℓ1 of the unit-atom weights)
+        assert l1(w.code_b) <= l1(w.code_a) + 1e-9
+        raw = float(bp.abs().sum())                                  # BP minimises the plain ℓ1 of D's coefficients
+        assert raw <= min(float(w.code_a.abs().sum()), float(w.code_b.abs().sum())) + 1e-6
+    else:
+        assert w is None
+
+
+def test_nonunique_witness_on_the_simplex_and_the_search_guard():
+    D = T.regular_simplex(5)
+    assert T.nonunique_witness(D, 2) is None                       # μ = 1/4 < 1/3: unique for K = 2
+    w = T.nonunique_witness(D, 3)                                  # K = 3 ≥ (1 + 1/μ)/2 = 2.5
+    _check_witness(D, 3, w)
+    assert sorted([int((w.code_a != 0).sum()), int((w.code_b != 0).sum())]) == [2, 3]
+    bp = T.basis_pursuit(D, (w.code_a @ D)[None])[0]
+    torch.testing.assert_close(bp, w.code_b, rtol=0, atol=1e-7)    # ‖b‖₁ = 2 < 3 = ‖a‖₁: BP returns b
+    big = T.synthetic_atoms(40, 80, K=1, n_samples=1).D
+    with pytest.raises(ValueError, match="tiny dictionaries"):
+        T.nonunique_witness(big, 20)
+    with pytest.raises(ValueError, match="tiny dictionaries"):
+        T.spark(big)
+
+
+# ---- the exact worst case of the threshold encoder ---------------------------------------------------
+@given(H=st.integers(3, 5), N=st.integers(5, 7), K=st.integers(1, 3), seed=st.integers(0, 1000),
+       x_max=st.floats(1.0, 2.0))
+def test_threshold_worst_case_is_exact(H, N, K, seed, x_max):
+    D = T.synthetic_atoms(H, N, K=1, n_samples=1, seed=seed).D
+    lo, hi = 1.0, x_max
+    wc = T.threshold_worst_case(D, K, (lo, hi))
+    G = D @ D.T
+    off_best, on_best = -math.inf, math.inf
+    for S in itertools.combinations(range(N), K):                 # every support and every corner of the box
+        for vals in itertools.product((lo, hi), repeat=K):
+            x = torch.zeros(N, dtype=f64)
+            x[list(S)] = torch.tensor(vals, dtype=f64)
+            p = G @ x
+            on = torch.zeros(N, dtype=torch.bool)
+            on[list(S)] = True
+            on_best = min(on_best, float(p[on].min()))
+            off_best = max(off_best, float(p[~on].max()))
+    assert wc.off_max == pytest.approx(off_best, abs=1e-12) and wc.on_min == pytest.approx(on_best, abs=1e-12)
+    assert float((G @ wc.off_code)[wc.off_atom]) == pytest.approx(wc.off_max) and wc.off_code[wc.off_atom] == 0
+    assert float((G @ wc.on_code)[wc.on_atom]) == pytest.approx(wc.on_min) and wc.on_code[wc.on_atom] == lo
+    assert int((wc.off_code != 0).sum()) == K == int((wc.on_code != 0).sum())
+    iv = T.tsae_threshold_interval(float(G.abs().fill_diagonal_(0).max()), K, lo, hi)
+    if iv is not None:                                             # the theorem's interval lies inside the exact one
+        assert wc.off_max <= iv[0] + 1e-12 and iv[1] <= wc.on_min + 1e-12
+    worst = torch.stack([wc.off_code, wc.on_code])
+    if wc.off_max >= wc.on_min:                                    # empty: no threshold recovers both codes
+        for t in torch.cat([G @ wc.off_code, G @ wc.on_code]).tolist():
+            for tau in (t, t + 1e-9):
+                assert T.support_recovery(worst, T.theorem_tsae(D, tau=tau)(worst @ D)) < 1
+    else:
+        tau = (wc.off_max + wc.on_min) / 2
+        assert T.support_recovery(worst, T.theorem_tsae(D, tau=tau)(worst @ D)) == 1.0
