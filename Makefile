@@ -31,6 +31,7 @@ book: $(STAMP)
 	@echo ">> the book is at _build/book-$(PROFILE)/_build/html/index.html"
 
 test: $(STAMP)
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
@@ -41,6 +42,7 @@ demo: $(STAMP)
 
 # Serve the built site on 127.0.0.1, check math/figures/links in headless Chromium, screenshot every page.
 site-check: $(STAMP)
+	scripts/ensure-chromium.sh
 	$(BIN)/python scripts/check_site.py _build/book-$(PROFILE)/_build/html --screenshots _build/shots-$(PROFILE)
 
 clean-book:

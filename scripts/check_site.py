@@ -10,7 +10,10 @@ Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every 
   * checks that relative links point to files that exist;
   * reads Chromium's network log: a request the *page* made to anything but the local server is an
     off-site fetch (the browser's own background traffic is not counted);
-  * takes a screenshot into --screenshots, if given.
+  * measures the layout in the browser (a small script the server adds to every page it serves):
+    a table, figure or image wider than the article column, with no horizontally scrolling box
+    around it, is a problem (a reader would find it cut off at the right edge);
+  * takes a full-page screenshot into --screenshots, if given (the window as tall as the page).
 Exit status 0 when every page passes; 1 with one line per problem otherwise; 2 when Chromium is
 missing. `--report FILE` writes the per-page details as JSON.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import html
 import html.parser
 import http.server
 import json
@@ -48,11 +52,41 @@ def find_chromium(explicit: str | None = None) -> str | None:
     return None
 
 
+# Runs in the page after load: finds content wider than the article column that no scrolling box
+# holds, and the page's height (for the full-page screenshot); leaves both in <meta> tags, which
+# --dump-dom shows. Added by the test server only: the built site is not changed.
+_PROBE = """<script>(function(){function run(){
+var art=document.querySelector('article.bd-article')||document.querySelector('main')||document.body;
+var right=art.getBoundingClientRect().right+1,bad=[];
+document.querySelectorAll('article table, article img, article figure, article svg, article pre').forEach(function(el){
+ if(el.closest('.MathJax, mjx-container'))return;
+ var r=el.getBoundingClientRect(); if(r.width===0||r.right<=right)return;
+ for(var a=el.parentElement;a&&a!==art;a=a.parentElement){var ox=getComputedStyle(a).overflowX;
+  if((ox==='auto'||ox==='scroll')&&a.getBoundingClientRect().right<=right)return;}
+ bad.push(el.tagName.toLowerCase()+(el.id?'#'+el.id:'')+' '+Math.round(r.right-right)+'px');});
+function meta(n,v){var m=document.createElement('meta');m.name=n;m.content=v;document.head.appendChild(m);}
+meta('atoms-overflow',JSON.stringify(bad));meta('atoms-height',String(document.documentElement.scrollHeight));}
+if(document.readyState==='complete'){setTimeout(run,500);}else{window.addEventListener('load',function(){setTimeout(run,500);});}})();</script>"""
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     log = None  # list of (path, status), set per server
 
     def log_message(self, *args):  # no stderr noise
         pass
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if not path.endswith(".html") or not os.path.isfile(path):
+            return super().send_head()
+        import io
+        body = Path(path).read_bytes()
+        body = body.replace(b"</body>", _PROBE.encode() + b"</body>", 1)
+        self.send_response(200)
+        self.send_header("Content-type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
 
     def log_request(self, code="-", size="-"):
         if self.log is not None:
@@ -153,12 +187,23 @@ def check_page(chrome: str, base: str, root: Path, rel: str, shots: Path | None,
     for src in refs.resources:
         if urllib.parse.urljoin(url, src).split(":", 1)[0] in ("http", "https") and not urllib.parse.urljoin(url, src).startswith(base):
             out["problems"].append(f"{rel}: loads an off-site resource {src}")
+    import re
+    over = re.search(r'<meta name="atoms-overflow" content="([^"]*)"', dom)
+    height = re.search(r'<meta name="atoms-height" content="(\d+)"', dom)
+    if over is None:
+        out["problems"].append(f"{rel}: the layout probe did not run (no atoms-overflow meta in the DOM)")
+    else:
+        wide = json.loads(html.unescape(over.group(1)))
+        out["too_wide"] = wide
+        out["problems"] += [f"{rel}: wider than its column and not scrollable: {w}" for w in wide]
+    out["height"] = int(height.group(1)) if height else 1400
     off_site = sorted({u for u in requests if not u.startswith(base)})
     out["off_site_requests"] = off_site
     out["problems"] += [f"{rel}: the page requested {u}" for u in off_site]
     if shots is not None:
         shot = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
-        r = _chromium(chrome, [f"--virtual-time-budget={budget_ms}", "--window-size=1280,1400",
+        tall = min(max(out["height"], 900), 16000)   # the whole page, within what Chromium renders
+        r = _chromium(chrome, [f"--virtual-time-budget={budget_ms}", f"--window-size=1280,{tall}",
                                f"--screenshot={shot}", url], timeout)
         if shot.exists():
             out["screenshot"] = str(shot)
