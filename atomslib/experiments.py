@@ -24,6 +24,7 @@ import torch
 
 from .cache import ActivationCache
 from .harvest import harvest
+from .lock import hold
 from .tsae import TSAE, TSAEConfig
 
 KINDS = ("neurons", "features", "atoms")
@@ -60,13 +61,16 @@ def harvest_caches(*, model: str, layers, site: str, tokens: int, heldout_tokens
     """
     layers = resolve_layers(layers, model)
     root = cache_root(cache_dir) / "acts"
+    wait = kw.pop("wait", math.inf)
     out = []
     for split, n in (("train", tokens), ("heldout", heldout_tokens)):
         req = dict(model=model, layers=layers, site=site, tokens=int(n), corpus=corpus, split=split, seed=seed,
                    ctx_len=ctx_len, **kw)
         folder = root / f"{_slug(model)}-{site}-{split}-{int(n)}-{_key(req)}"
+        # wait: notebooks run side by side (atoms run --jobs N) share these caches; the second waits for the first
         out.append(harvest(model=model, layers=layers, site=site, tokens=int(n), out=folder, corpus=corpus,
-                           split=split, device=device, seed=seed, ctx_len=ctx_len, progress=progress, **kw))
+                           split=split, device=device, seed=seed, ctx_len=ctx_len, progress=progress,
+                           wait=wait, **kw))
     return Caches(*out)
 
 
@@ -96,19 +100,21 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
     ident = {"cache": manifest_id, "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__}
     ck = cache_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
     reader = cache.reader(layer, batch_size=cfg.batch_size, max_tokens=max_tokens)
-    if (ck / "DONE").is_file():
-        try:
-            return TSAE.load(ck)
-        except Exception:  # a damaged final model: train again from the checkpoint, never use it silently
-            (ck / "DONE").unlink()
-    from .train import train_tsae
-    aip = cache.aip(layer) if cfg.whiten else None
-    model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
-    from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
-    model.fit_info["harvest"] = harvest_provenance(cache, layer)
-    model.save(ck)
-    (ck / "DONE").write_text("complete\n")
-    return model
+    # Held while loading or training: a notebook running beside this one waits, then loads the result.
+    with hold(ck, "train_units", wait=math.inf):
+        if (ck / "DONE").is_file():
+            try:
+                return TSAE.load(ck)
+            except Exception:  # a damaged final model: train again from the checkpoint, never use it silently
+                (ck / "DONE").unlink()
+        from .train import train_tsae
+        aip = cache.aip(layer) if cfg.whiten else None
+        model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
+        from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
+        model.fit_info["harvest"] = harvest_provenance(cache, layer)
+        model.save(ck)
+        (ck / "DONE").write_text("complete\n")
+        return model
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -142,7 +143,7 @@ def test_refusals(smol, small_cache, tmp_path, monkeypatch):
         HarvestConfig(tokens=0)
     with pytest.raises(ValueError, match="tokenizer"):
         harvest(smol[0], tokens=128, out=tmp_path / "x")
-    monkeypatch.setattr(H.shutil, "disk_usage", lambda p: H.shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    monkeypatch.setattr("shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(CacheError, match=r"needs about .* GiB .* free; lower tokens="):
         harvest(smol, layers=(1,), tokens=128, out=tmp_path / "full", progress=False)
 
