@@ -103,6 +103,30 @@ def test_profile_errors_are_clear(project):
         run.load_profile("loop", root=project)
 
 
+def test_profile_notebook_names_are_checked_and_extends_finds_the_projects_profiles(project, tmp_path):
+    profiles = project / "data" / "profiles"
+    (profiles / "typo.yaml").write_text("extends: quick\nnotebooks:\n  01_tiy: {x: 3}\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: '01_tiy' under notebooks:/grid: is not a notebook of .*"
+                                         r"known: 01_tiny \(fix the name\)"):
+        run.load_profile("typo", root=project)
+    (profiles / "gridtypo.yaml").write_text("grid:\n  02_nope: {x: [1, 2]}\n")
+    with pytest.raises(ValueError, match="'02_nope' under notebooks:/grid:"):
+        run.load_profile("gridtypo", root=project)
+    # A profile kept elsewhere extends the project's profile by name (and a sibling of that name, if any).
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("extends: quick\ncommon: {seed: 9}\n")
+    p = run.load_profile(mine, root=project)
+    assert p.name == "mine" and p.common["seed"] == 9 and p.common["x"] == 1
+    assert p.notebooks["01_tiny"] == {"x": 2, "fail": False}
+    (mine.parent / "quick.yaml").write_text("extends: quick\ncommon: {x: 7}\n")   # itself extends the project's
+    p = run.load_profile(mine, root=project)
+    assert p.common["x"] == 7 and p.common["seed"] == 9 and p.notebooks["01_tiny"] == {"x": 2, "fail": False}
+    mine.write_text("extends: nowhere\n")
+    with pytest.raises(FileNotFoundError, match="extends 'nowhere', which is neither .* available there: default"):
+        run.load_profile(mine, root=project)
+
+
 def test_shipped_profiles_load():
     for name in ("default", "quick", "paper"):
         p = run.load_profile(name)
