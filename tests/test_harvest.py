@@ -281,6 +281,31 @@ def test_two_harvests_into_one_folder_one_refused_one_waits(reference, tmp_path)
     assert ActivationCache(out).validate().manifest["request"]["seed"] == 0
 
 
+def test_sigint_is_a_message_and_the_harvest_resumes(smol, reference, tmp_path):
+    # A real SIGINT (Ctrl-C) to `atoms harvest` after its second shard: exit 130, a one-line
+    # message, the shards written so far kept; the same command then finishes byte-identically.
+    out = tmp_path / "ctrl-c"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from atomslib import harvest as H
+        from atomslib.cli import main
+        add = H.add_shard
+        def add_then_interrupt(accs, xs, entry):
+            add(accs, xs, entry)
+            if entry["file"] == "shard-00001.safetensors":
+                os.kill(os.getpid(), signal.SIGINT)
+        H.add_shard = add_then_interrupt
+        sys.exit(main({[*CLI_RESUME, "--out", str(out)]!r}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "interrupted; completed work is kept" in r.stderr and "Traceback" not in r.stderr
+    assert 1 <= len(json.loads((out / "manifest.json").read_text())["shards"]) <= 2
+    harvest(smol, out=out, **RESUME)
+    same_cache(reference.path, out)
+
+
 def test_full_disk_is_a_message_and_the_harvest_resumes(smol, reference, small_disk, tmp_path, monkeypatch, capsys):
     from atomslib.cli import main
     monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)

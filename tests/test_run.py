@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -125,6 +128,24 @@ def test_profile_notebook_names_are_checked_and_extends_finds_the_projects_profi
     mine.write_text("extends: nowhere\n")
     with pytest.raises(FileNotFoundError, match="extends 'nowhere', which is neither .* available there: default"):
         run.load_profile(mine, root=project)
+
+
+def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
+    # Another process runs 01_tiny into the same folder (it holds that notebook's lock): refused at
+    # once, naming its PID, before a kernel starts; other notebooks of the folder are not blocked.
+    out = project / "book" / "generated"
+    code = ("import sys, time\nfrom atomslib.lock import hold\nwith hold(sys.argv[1], 'atoms run 01_tiny', "
+            "name='.01_tiny.lock'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(run.NotebookFailed, match=rf"01_tiny: {out.resolve()} is in use by PID {holder.pid}"):
+            run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "01_tiny.ipynb").exists()
 
 
 def test_shipped_profiles_load():

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,35 @@ def test_resumed_log_equals_the_uninterrupted_one_between_records(planted, tmp_p
     def strip(log):
         return [{k: v for k, v in r.items() if k != "tok_per_s"} for r in log.history]
     assert strip(resumed.train_log) == strip(ref.train_log)
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    # kill -9 in the middle of a run (after the checkpoint of step 8): the checkpoint is whole (one
+    # atomic file) and the resumed run ends as an uninterrupted one, log included.
+    setup = textwrap.dedent("""
+        import os, signal, torch
+        from atomslib.train import train_tsae
+        from atomslib.tsae import TSAEConfig
+        torch.set_num_threads(1)
+        acts = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 2, 16)
+        cfg = TSAEConfig(d_model=16, n_units=48, batch_size=256, n_tokens=6000, log_every=3, checkpoint_every=4)
+    """)
+    kill = setup + textwrap.dedent(f"""
+        def die(rec):
+            if rec["step"] >= 9:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train_tsae(acts, cfg, checkpoint_dir={str(tmp_path)!r}, progress=False, log=die)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", kill], env=env, capture_output=True, timeout=300)
+    assert r.returncode == -9, r.stderr.decode()[-2000:]
+    ns: dict = {}
+    exec(setup, ns)                                      # the same data and config, in this process
+    ref = train_tsae(ns["acts"], ns["cfg"], progress=False)
+    resumed = train_tsae(ns["acts"], ns["cfg"], checkpoint_dir=tmp_path, progress=False)
+    assert resumed.train_log.meta["resumed_at"] == 8 and _same(ref, resumed)
+    assert [{k: v for k, v in r.items() if k != "tok_per_s"} for r in ref.train_log.history] == \
+        [{k: v for k, v in r.items() if k != "tok_per_s"} for r in resumed.train_log.history]
 
 
 def test_resume_refuses_another_config_or_data(planted, tmp_path):
