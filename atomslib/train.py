@@ -453,12 +453,9 @@ def configure_train_parser(p) -> None:
 
 
 def _checkpoint_bytes(cfg: Any) -> int:
-    """Disk a checkpoint folder needs: the trainer state (parameters, two Adam moments) twice (a new
-    one is written before the old one goes), the model snapshot, and an input transform."""
-    if not isinstance(cfg, TSAEConfig):
-        return 0
-    n = 2 * cfg.n_units * cfg.d_model + 2 * cfg.n_units + cfg.d_model
-    return n * cfg.torch_dtype.itemsize * 7 + 16 * cfg.n_units + 16 * cfg.d_model ** 2
+    """Disk a checkpoint needs: 2 x (parameters + 2 Adam moments) + a model snapshot + a transform."""
+    n = 2 * cfg.n_units * cfg.d_model + 2 * cfg.n_units + cfg.d_model if isinstance(cfg, TSAEConfig) else 0
+    return n * cfg.torch_dtype.itemsize * 7 + 16 * cfg.n_units + 16 * cfg.d_model ** 2 if n else 0
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
