@@ -343,6 +343,10 @@ def test_last_layer_minus_one_is_normalised_once(smol, tmp_path, monkeypatch):
     assert harvest(smol, layers=(29,), out=tmp_path / "last", **kw).path == cache.path   # the same request
     assert harvest(smol, layers=[-1], out=tmp_path / "last", **kw).path == cache.path
     assert H._parse_layers("-1") == [-1]
+    from atomslib.experiments import resolve_layers   # the notebooks' edge: the same normalisation
+    assert resolve_layers([-1, 3]) == [3, 29] and resolve_layers(-2) == [28]
+    with pytest.raises(ValueError, match="layer -31 is out of range"):
+        resolve_layers([-31])
 
 
 def test_stale_temporaries_are_removed_by_the_next_run(smol, reference, tmp_path):
