@@ -17,14 +17,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._util import atomic_write_bytes, cli_device
-from .cache import FORMAT, MANIFEST, MOMENTS, ActivationCache, CacheError, file_problem, shard_file, verify_files
+from .cache import (FORMAT, MANIFEST, MOMENTS, ActivationCache, CacheError, file_problem, manifest_problems, shard_file,
+                    verify_files)
 
-__all__ = ["read_manifest", "remove_cache_files", "reusable_shards", "saved_moments", "replay_moments", "write_moments", "verify", "repair",
+__all__ = ["ResumePlan", "resume_plan", "read_manifest", "intact_cache", "remove_cache_files", "reusable_shards",
+           "saved_moments", "replay_moments", "write_moments", "verify", "repair",
            "configure_cache_parser", "cli_cache"]
 
 _MOMENT_KEYS = ("sum_HH", "sum_H", "n", "n_excluded")
@@ -66,11 +68,52 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def intact_cache(out: str | os.PathLike, request: dict[str, Any]) -> ActivationCache | None:
+    """The complete cache of `request` in `out` if its manifest and every file check out (sha256), else None."""
+    m = read_manifest(out)
+    if m is None or not m.get("complete") or m.get("request") != request or verify_files(out, m):
+        return None
+    return ActivationCache(out)
+
+
 def remove_cache_files(out: str | os.PathLike) -> None:
     """Remove only the files a harvest writes (never anything else in `out`)."""
     out = Path(out)
     for p in list(out.glob("shard-*.safetensors")) + [out / MOMENTS, out / MANIFEST]:
         p.unlink(missing_ok=True)
+
+
+class ResumePlan(NamedTuple):
+    """What a harvest run again on its folder does (see `resume_plan`)."""
+
+    entries: list
+    """Per shard: its manifest entry if the shard is intact and reusable, else None."""
+    todo: list[int]
+    """Shards to harvest (again), ascending."""
+    claimed: int
+    """Shards the manifest claims (all of a complete cache): their moments are in the checkpoint."""
+    accs: dict | None
+    """The moment accumulators of the checkpoint, if it can be trusted; None: rebuild from the shards."""
+    problems: list[str]
+    """What was found wrong (empty for a clean resume)."""
+    listed_sha: dict[str, str]
+    """sha256 of each shard file the manifest lists (a repaired shard must come out the same)."""
+
+    def summary(self, n: int = 3) -> str:
+        more = f" (and {len(self.problems) - n} more)" if len(self.problems) > n else ""
+        return "; ".join(self.problems[:n]) + more
+
+
+def resume_plan(folder: str | os.PathLike, m: dict[str, Any] | None, layers: Sequence[int], H: int,
+                device: torch.device | str, n_shards: int, shard_contexts: int, n_contexts: int) -> ResumePlan:
+    """Re-validate what a resumed harvest would reuse: which shards are intact, which to harvest
+    (again), and whether the moment checkpoint covers the shards the manifest claims."""
+    m = m or {}
+    entries, problems = reusable_shards(folder, m, n_shards, shard_contexts, n_contexts)
+    claimed = n_shards if m.get("complete") else min(len(m.get("shards") or []), n_shards)
+    accs = saved_moments(folder, m, layers, H, device, claimed, trusted=not manifest_problems(m))
+    sha = {e.get("file"): e.get("sha256") for e in m.get("shards") or [] if isinstance(e, dict)}
+    return ResumePlan(entries, [i for i, e in enumerate(entries) if e is None], claimed, accs, problems, sha)
 
 
 def _accumulators(layers: Sequence[int], H: int, device: torch.device | str):

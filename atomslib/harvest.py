@@ -40,11 +40,11 @@ import torch
 
 from . import __version__
 from ._util import atomic_write_bytes, atomic_write_json, cli_device
-from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, manifest_problems, verify_files
-from .cache_repair import (add_shard, read_manifest, remove_cache_files, replay_moments, reusable_shards, saved_moments,
+from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
+from .cache_repair import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
                            write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
-from .lock import NotEnoughSpace, add_wait_option, check_output_dir, guard_output
+from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
 from .models import DEFAULT_MODEL, HOOK_SITES, ActivationRecorder, check_layer, check_site, model_spec
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
@@ -206,7 +206,13 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
     else:
         raise TypeError(f"model must be a model name/folder or a loaded HF model, got {type(model).__name__}")
     if out is not None:
-        check_output_dir(out)                                   # before any model is loaded
+        try:
+            check_output_dir(out)                               # before any model is loaded
+        except OutputDirError:   # a read-only folder may still hold the complete cache asked for
+            cached = None if not resume or min(cfg.layers) < 0 else intact_cache(out, _request(cfg, name, backend))
+            if cached is None:
+                raise
+            return cached
     t_start = time.time()
     if any(layer < 0 for layer in cfg.layers):   # -1 = the last block: normalised once, here, for good
         if not isinstance(model, torch.nn.Module):
@@ -214,9 +220,7 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
             model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
         blocks = sorted({check_layer(model, layer) for layer in cfg.layers})
         cfg.layers = tuple(blocks) if len(blocks) == len(cfg.layers) else cfg.layers   # _Run refuses doubles
-    request = cfg.request(name)
-    if backend != "hooks":   # hooks requests (and their default folders) stay as they were
-        request["backend"] = backend
+    request = _request(cfg, name, backend)
     out = Path(out).expanduser() if out is not None else _default_out(request)
     with guard_output(out, "atoms harvest", wait=wait):
         old = read_manifest(out)
@@ -241,6 +245,13 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
             from .interop_tlens import bridge_backend
             model, recorder = bridge_backend(bridge if bridge is not None else model, tokenizer, copy_model=user_model)
         return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+
+
+def _request(cfg: HarvestConfig, name: str, backend: str) -> dict[str, Any]:
+    request = cfg.request(name)
+    if backend != "hooks":   # hooks requests (and their default folders) stay as they were
+        request["backend"] = backend
+    return request
 
 
 class _Run:
@@ -293,15 +304,11 @@ class _Run:
         from tqdm.auto import tqdm
 
         cfg, T, L = self.cfg, self.cfg.ctx_len, self.layers
-        old = self.old or {}
-        entries, problems = reusable_shards(self.out, old, self.n_shards, self.shard_ctx, self.n_ctx)
-        # Shards the manifest claims (their moments are in the checkpoint): all of a complete cache.
-        listed = self.n_shards if old.get("complete") else min(len(old.get("shards") or []), self.n_shards)
-        todo = [i for i, e in enumerate(entries) if e is None]
-        accs = saved_moments(self.out, old, L, self.H, self.device, listed, trusted=not manifest_problems(old))
-        if problems and self.progress:
-            print(f"atoms harvest: repairing {self.out}: " + "; ".join(problems[:3])
-                  + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""), file=sys.stderr)
+        # Shards to (re)harvest, the reusable ones, how many the manifest claims, and their moments.
+        plan = resume_plan(self.out, self.old, L, self.H, self.device, self.n_shards, self.shard_ctx, self.n_ctx)
+        entries, todo, listed, accs = plan.entries, plan.todo, plan.claimed, plan.accs
+        if plan.problems and self.progress:
+            print(f"atoms harvest: repairing {self.out}: {plan.summary()}", file=sys.stderr)
         n_todo = sum(min(self.n_ctx, (s + 1) * self.shard_ctx) - s * self.shard_ctx for s in todo)
         _check_disk(self.out, self._bytes_needed(n_todo))
         bar = tqdm(total=self.n_ctx * T, initial=(self.n_ctx - n_todo) * T, unit="tok", unit_scale=True,
@@ -313,8 +320,7 @@ class _Run:
                 if s < listed:
                     # A repair of a shard the manifest claims: the same request gives the same bytes, so
                     # the moments already count it; if the bytes differ, rebuild the moments.
-                    if entry["sha256"] != next((e.get("sha256") for e in old.get("shards") or []
-                                                if isinstance(e, dict) and e.get("file") == entry["file"]), None):
+                    if entry["sha256"] != plan.listed_sha.get(entry["file"]):
                         accs = None
                     entries[s] = entry
                 else:
@@ -407,6 +413,7 @@ class _Run:
                   f"{rate:,.0f} tok/s -> {self.out} ({len(done)} shards, {size / 2**20:.1f} MiB); excluded "
                   f"{n_first} sink tokens, outliers {outl}", file=sys.stderr)
         return ActivationCache(self.out)
+
 
 def _read_log(out: Path) -> list:
     try:

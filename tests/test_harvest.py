@@ -360,3 +360,14 @@ def test_stale_temporaries_are_removed_by_the_next_run(smol, reference, tmp_path
     harvest(smol, out=out, **RESUME)
     assert not any(p.exists() for p in stale) and mine.exists()
     assert not (out / ".atoms.lock").exists()               # the lock goes with its run
+
+
+def test_a_complete_cache_on_a_read_only_disk_is_still_reused(smol, reference, small_disk):
+    from atomslib.lock import OutputDirError
+    if small_disk is None:
+        pytest.skip("needs a tmpfs mount (root)")
+    shutil.copytree(reference.path, small_disk / "c")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert harvest(smol, out=small_disk / "c", **RESUME).path == small_disk / "c"     # nothing to write
+    with pytest.raises(OutputDirError, match=r"other is on a read-only file system"):
+        harvest(smol, out=small_disk / "other", **RESUME)
