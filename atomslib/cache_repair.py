@@ -24,6 +24,7 @@ import torch
 from ._util import atomic_write_bytes, cli_device
 from .cache import (FORMAT, MANIFEST, MOMENTS, ActivationCache, CacheError, file_problem, manifest_problems, shard_file,
                     verify_files)
+from .lock import add_wait_option
 
 __all__ = ["ResumePlan", "resume_plan", "read_manifest", "intact_cache", "remove_cache_files", "reusable_shards",
            "saved_moments", "replay_moments", "write_moments", "verify", "repair",
@@ -223,9 +224,8 @@ def configure_cache_parser(p) -> None:
                    "repair: re-harvest the missing or corrupt shards with the request the manifest records")
     p.add_argument("dir", metavar="DIR", help="an activation cache folder written by `atoms harvest`")
     p.add_argument("--device", default="cpu", type=cli_device, help="device for repair's forward passes")
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                   help="wait this long for another process using DIR (default: refuse at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_wait_option(p)
 
 
 def cli_cache(args) -> int:

@@ -102,7 +102,7 @@ def describe_error(e: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for an unexpected one (a bug)."""
     if isinstance(e, OSError) and e.errno in _OS_FIXES:
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
-        return f"{where}: {_OS_FIXES[e.errno]}" if where else f"{e.strerror}: {_OS_FIXES[e.errno]}"
+        return f"{where}: {_OS_FIXES[e.errno]}" if where else _OS_FIXES[e.errno]
     if isinstance(e, (ValueError, TypeError, OSError, RuntimeError)):
         # Library errors are written to be read by a person: show them without a traceback.
         return str(e)
