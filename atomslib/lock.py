@@ -45,9 +45,9 @@ _MARGIN = 64 << 20       # free space kept beyond an output's estimate
 class FolderLocked(RuntimeError):
     """Another live process holds the lock of an output folder."""
 
-    def __init__(self, message: str, holder: dict):
+    def __init__(self, message: str, holder: dict | None = None):
         super().__init__(message)
-        self.holder = holder
+        self.holder = holder or {}
         """The holder as written in the lock file: pid, host, what, since, argv (may be empty)."""
 
 
@@ -125,7 +125,10 @@ def hold(folder: str | os.PathLike, what: str = "atoms", *, wait: float | None =
         return
     deadline = time.monotonic() + wait
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, shareable_mode())
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, shareable_mode())
+        except PermissionError:   # another user's lock file (a shared cache): flock needs no write access
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             locked = _acquire(fd, path, folder, what, deadline)
             # The holder before us removes the file as it releases it: ours must still be the one at `path`.
@@ -139,8 +142,9 @@ def hold(folder: str | os.PathLike, what: str = "atoms", *, wait: float | None =
         if locked:
             info = {"pid": os.getpid(), "host": platform.node(), "what": what,
                     "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[:8]}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
             with _GUARD:
                 _HELD[key] = [me, 1]
         try:
