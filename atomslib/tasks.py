@@ -154,17 +154,18 @@ def _base_path(path: Path, base: str, root: str | os.PathLike | None) -> Path:
 
 
 def _check_notebook_names(prof: Profile, root: str | os.PathLike | None) -> None:
-    """A `notebooks:` or `grid:` key that names no notebook of the project (a typo) is an error: its
-    overrides would silently not apply."""
+    """A `notebooks:` or `grid:` key that names no notebook (a typo) is an error: its overrides would
+    silently not apply. Known: the project's notebooks and toc chapters, and the book's own notebooks
+    (a project may run a few chapters with the shipped profiles)."""
     try:
         project = find_project(root)
     except FileNotFoundError:
         return
     known = {p.stem for p in list_sources(project)}
     if project.toc.is_file():   # planned chapters (placeholders) may carry overrides already
-        toc = project.toc.read_text()
-        known |= set(re.findall(r"generated/(\d\d_[A-Za-z0-9_]+)", toc))
-    unknown = sorted((set(prof.notebooks) | set(prof.grid)) - known)
+        known |= set(re.findall(r"generated/(\d\d_[A-Za-z0-9_]+)", project.toc.read_text()))
+    book = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.md")}
+    unknown = sorted((set(prof.notebooks) | set(prof.grid)) - known - book)
     if unknown:
         raise ValueError(f"profile {prof.path}: {', '.join(map(repr, unknown))} under notebooks:/grid: is not a "
                          f"notebook of {project.root}; known: {', '.join(sorted(known)) or 'none'} (fix the name)")
