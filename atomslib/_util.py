@@ -7,10 +7,12 @@ folder, fsync, rename) so an interrupted job never leaves a half-written file be
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -98,19 +100,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder (fsync, rename), with the mode an
     ordinary write would give (`shareable_mode`), so readers see the old file or the new, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, shareable_mode())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)   # name the file being written (ENOSPC from write() names none)
         raise
+
+
+_TMP_SUFFIX = ".tmp"
+# mkstemp's names: prefix + 8 characters of [a-z0-9_] + suffix
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(_TMP_SUFFIX) + "$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Remove the hidden temp files that `atomic_write_bytes` leaves when a kill interrupts it, for the
+    files `names` (relative to `folder`), or for every file of `folder` when None. Call it only while
+    no other process writes those files (e.g. holding `atomslib.lock.hold(folder)`). Returns them."""
+    folder = Path(folder)
+    found: list[Path] = []
+    if names is None:
+        found = [p for p in folder.glob(".*" + _TMP_SUFFIX) if _TMP_RE.match(p.name)]
+    else:
+        for n in names:
+            target = folder / n
+            found += [p for p in target.parent.glob(f".{glob.escape(target.name)}.*{_TMP_SUFFIX}")
+                      if (m := _TMP_RE.match(p.name)) and m["name"] == target.name]
+    for p in found:
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file():
+                p.unlink()
+    return found
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -170,9 +200,22 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def device_of(device: str | torch.device | None) -> torch.device:
-    """Resolve a user device string; 'cuda' without a GPU is a clear error."""
-    dev = torch.device(device or "cpu")
+    """Resolve a user device string; an unknown one, or 'cuda' without a GPU, is a clear error."""
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no GPU here; use device='cpu' "
                          "or install a CUDA build of torch (see environment.yml)")
     return dev
+
+
+def cli_device(s: str) -> str:
+    """argparse `type=` for --device: an unknown device is an error naming the option."""
+    import argparse
+    try:
+        torch.device(s)
+    except (RuntimeError, TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    return s

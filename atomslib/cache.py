@@ -13,15 +13,20 @@ Layout of a cache folder (written by `atomslib.harvest`):
     moments.safetensors        per layer L: L.sum_HH, L.sum_H, L.n, L.n_excluded (MomentAccumulator state)
     harvest_log.json           timing of the run(s) (not part of the cache identity)
 
-Every read is checked: a missing or truncated file (size), a changed byte (sha256, on the first
-read of each file by an `ActivationCache`), a manifest of another format or request, or a
-non-finite activation raise `CacheError` with what to do; nothing is silently used.
+Every read is checked: a manifest whose totals disagree with its shard list (on opening), a
+missing or truncated file (size, on opening), a changed byte (sha256, on the first read of each
+file by an `ActivationCache`), a manifest of another format or request, or a non-finite activation
+raise `CacheError` with what to do; nothing is silently used. A damaged cache is repaired by
+running the same harvest again (it re-validates the cache and re-harvests only the missing or
+corrupt shards), or by `atoms cache repair DIR` (`atomslib.cache_repair`), which reads the request
+from the manifest.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,6 +69,77 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def repair_hint(path: str | os.PathLike) -> str:
+    """The fix for a damaged cache, as error messages give it."""
+    return (f"repair it with `atoms cache repair {path}` (or run the same harvest again: it re-harvests only "
+            f"the missing or corrupt shards)")
+
+
+def shard_file(i: int) -> str:
+    """File name of shard `i`."""
+    return f"shard-{i:05d}.safetensors"
+
+
+def manifest_problems(m: dict[str, Any]) -> list[str]:
+    """Where a complete manifest's totals disagree with its own shard list (cheap: no file is read)."""
+    probs: list[str] = []
+    try:
+        shards, T = m["shards"], int(m["request"]["ctx_len"])
+        if m.get("ctx_len") != T:
+            probs.append(f"ctx_len is {m.get('ctx_len')!r} but the request's is {T}")
+        if m.get("dtype") != m["request"].get("dtype"):
+            probs.append(f"dtype is {m.get('dtype')!r} but the request's is {m['request'].get('dtype')!r}")
+        if len(shards) != m["n_shards"]:
+            probs.append(f"it lists {len(shards)} shards but n_shards is {m['n_shards']}")
+        start = 0
+        for i, e in enumerate(shards):
+            if e["file"] != shard_file(i) or e["context_start"] != start:
+                probs.append(f"shard entry {i} ({e['file']}, from context {e['context_start']}) is not shard {i} "
+                             f"(from context {start})")
+                break
+            start += e["n_contexts"]
+        if start != m["n_contexts"]:
+            probs.append(f"its shards hold {start} contexts but n_contexts is {m['n_contexts']}")
+        if m["n_tokens"] != m["n_contexts"] * T:
+            probs.append(f"n_tokens is {m['n_tokens']} but n_contexts x ctx_len is {m['n_contexts'] * T}")
+        for layer in m["layers"]:
+            c, key = m["counts"][str(layer)], str(layer)
+            for k in ("n_kept", "n_outlier"):
+                total = sum(e[k][key] for e in shards)
+                if total != c[k]:
+                    probs.append(f"layer {layer}: {k} is {c[k]} but its shards hold {total}")
+            if c["n_kept"] + c["n_first"] + c["n_outlier"] != m["n_tokens"]:
+                probs.append(f"layer {layer}: kept + first + outlier tokens ({c['n_kept']} + {c['n_first']} + "
+                             f"{c['n_outlier']}) is not n_tokens ({m['n_tokens']})")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        probs.append(f"a field is missing or garbled ({type(e).__name__}: {e})")
+    return probs
+
+
+def file_problem(folder: Path, entry: dict[str, Any], *, digest: bool = True) -> str | None:
+    """Why the file of a manifest entry cannot be used (missing, size, sha256 when `digest`), or None."""
+    from ._util import sha256_file
+
+    p = Path(folder) / str(entry.get("file"))
+    if not p.is_file():
+        return f"{p} is missing"
+    if p.stat().st_size != entry.get("bytes"):
+        return f"{p} is truncated or altered ({p.stat().st_size} bytes, manifest says {entry.get('bytes')})"
+    if digest and sha256_file(p) != entry.get("sha256"):
+        return f"{p} is corrupt (sha256 differs from the manifest)"
+    return None
+
+
+def verify_files(folder: str | os.PathLike, m: dict[str, Any]) -> list[str]:
+    """Every problem of a complete cache short of decoding it: manifest totals, then each file's
+    presence, size and sha256 (reads every byte)."""
+    probs = manifest_problems(m)
+    for entry in list(m.get("shards") or []) + ([m["moments"]] if isinstance(m.get("moments"), dict) else []):
+        if isinstance(entry, dict) and (why := file_problem(Path(folder), entry)):
+            probs.append(why)
+    return probs
+
+
 class ActivationCache:
     """A harvested cache folder. Cheap to open (manifest + file sizes); contents verified on read.
 
@@ -80,13 +156,20 @@ class ActivationCache:
         try:
             m = json.loads(mf.read_text())
         except (OSError, ValueError) as e:
-            raise CacheError(f"{mf} is unreadable or corrupt ({e}); re-run the harvest with resume=False") from e
+            raise CacheError(f"{mf} is unreadable or corrupt ({e}); re-run the harvest with resume=False "
+                             f"(`atoms harvest ... --no-resume`)") from e
         if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
             raise CacheError(f"{mf} is not a {FORMAT} v{VERSION} manifest (got format={m.get('format') if isinstance(m, dict) else None!r}); "
                              f"re-harvest into a fresh folder")
         if not m.get("complete"):
             raise CacheError(f"the harvest in {self.path} is incomplete ({len(m.get('shards', []))} of "
-                             f"{m.get('n_shards')} shards); resume it by running the same harvest again")
+                             f"{m.get('n_shards')} shards); resume it by running the same harvest again, or "
+                             f"`atoms cache repair {self.path}`")
+        probs = manifest_problems(m)
+        if probs:
+            more = f" (and {len(probs) - 1} more)" if len(probs) > 1 else ""
+            raise CacheError(f"{mf} disagrees with its own shard list: {probs[0]}{more}; it was edited or damaged: "
+                             + repair_hint(self.path))
         if expect:
             diff = {k: (m["request"].get(k), v) for k, v in expect.items() if m["request"].get(k) != v}
             if diff:
@@ -144,13 +227,10 @@ class ActivationCache:
 
     # ---- file access ------------------------------------------------------------------------
     def _check_size(self, entry: dict[str, Any]) -> Path:
-        p = self.path / entry["file"]
-        if not p.is_file():
-            raise CacheError(f"{p} is missing from the cache; re-run the harvest (it resumes and rewrites it)")
-        if p.stat().st_size != entry["bytes"]:
-            raise CacheError(f"{p} is truncated or altered ({p.stat().st_size} bytes, manifest says {entry['bytes']}); "
-                             f"delete it and re-run the same harvest to rewrite it")
-        return p
+        why = file_problem(self.path, entry, digest=False)
+        if why:
+            raise CacheError(f"{why}: {repair_hint(self.path)}")
+        return self.path / entry["file"]
 
     def _read(self, entry: dict[str, Any], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Tensors of one file; the first read verifies the whole file's sha256."""
@@ -162,8 +242,7 @@ class ActivationCache:
             if entry["file"] not in self._verified:
                 data = p.read_bytes()
                 if _digest(data) != entry["sha256"]:
-                    raise CacheError(f"{p} is corrupt (sha256 differs from the manifest); delete it and re-run "
-                                     f"the same harvest to rewrite it")
+                    raise CacheError(f"{p} is corrupt (sha256 differs from the manifest): {repair_hint(self.path)}")
                 self._verified.add(entry["file"])
                 t = load(data)
                 return t if names is None else {k: t[k] for k in names}
@@ -172,14 +251,14 @@ class ActivationCache:
         except CacheError:
             raise
         except Exception as e:   # safetensors raises several types on garbled data
-            raise CacheError(f"{p} cannot be read ({type(e).__name__}: {e}); delete it and re-run the harvest") from e
+            raise CacheError(f"{p} cannot be read ({type(e).__name__}: {e}): {repair_hint(self.path)}") from e
 
     def _shard_acts(self, i: int, layer: int, dtype: torch.dtype) -> torch.Tensor:
         x = self._read(self.manifest["shards"][i], [f"acts.{layer}"])[f"acts.{layer}"]
         entry = self.manifest["shards"][i]
         if x.ndim != 2 or x.shape != (entry["n_kept"][str(layer)], self.d_model):
             raise CacheError(f"{self.path / entry['file']} holds acts.{layer} of shape {tuple(x.shape)}, expected "
-                             f"({entry['n_kept'][str(layer)]}, {self.d_model}); re-harvest")
+                             f"({entry['n_kept'][str(layer)]}, {self.d_model}): {repair_hint(self.path)}")
         if not bool(torch.isfinite(x).all()):
             raise CacheError(f"{self.path / entry['file']} has NaN/inf activations at layer {layer}; this cache "
                              f"cannot be used: re-harvest (with dtype='float32' if it was float16)")
@@ -199,7 +278,7 @@ class ActivationCache:
                 totals[str(layer)] += entry["n_kept"][str(layer)]
         for layer in self.layers:
             if totals[str(layer)] != self.n_kept(layer):
-                raise CacheError(f"manifest counts disagree with its shards at layer {layer}; re-harvest")
+                raise CacheError(f"manifest counts disagree with its shards at layer {layer}: {repair_hint(self.path)}")
         self._read(self.manifest["moments"])
         return self
 
@@ -238,7 +317,7 @@ class ActivationCache:
                 raise CacheError(f"{self.path / MOMENTS}: {e}") from e
             if acc.n != self.n_kept(layer):
                 raise CacheError(f"{self.path / MOMENTS} counts {acc.n} tokens at layer {layer} but the shards hold "
-                                 f"{self.n_kept(layer)}; re-run the harvest with resume=False")
+                                 f"{self.n_kept(layer)}: {repair_hint(self.path)}")
             self._acc[layer] = acc
         return self._acc[layer]
 

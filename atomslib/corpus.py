@@ -128,6 +128,9 @@ def load_corpus(name: str = WIKI_OFFLINE, *, split: str = "train", heldout_fract
         fp = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     elif any(c in spec.name for c in "*?[") or Path(spec.name).expanduser().exists():
         keys, texts, fp = _load_local(spec)
+    elif _looks_local(spec.name):
+        raise FileNotFoundError(f"corpus file {spec.name!r} does not exist (looked for {Path(spec.name).expanduser().absolute()}); "
+                                f"check the path, or pass a Hugging Face dataset id as owner/name")
     elif spec.name in HF_ALIASES or "/" in spec.name:
         keys, texts, fp = _load_hub(spec)
     else:
@@ -137,6 +140,12 @@ def load_corpus(name: str = WIKI_OFFLINE, *, split: str = "train", heldout_fract
     if not idx:
         raise ValueError(f"corpus {spec.name!r} split {spec.split!r} has no documents; use split='all' or more documents")
     return Corpus([texts[i] for i in idx], [keys[i] for i in idx], spec, fp)
+
+
+def _looks_local(name: str) -> bool:
+    """A path, not a hub id: a file suffix, a leading ./ ../ / or ~, or more than one '/'."""
+    return (name.endswith((".txt", ".jsonl", ".json")) or name.startswith((".", "/", "~"))
+            or name.count("/") > 1 or os.sep != "/" and os.sep in name)
 
 
 def _load_local(spec: CorpusSpec) -> tuple[list[str], list[str], str]:

@@ -24,6 +24,7 @@ import torch
 
 from .cache import ActivationCache
 from .harvest import harvest
+from .lock import hold
 from .tsae import TSAE, TSAEConfig
 
 KINDS = ("neurons", "features", "atoms")
@@ -60,13 +61,16 @@ def harvest_caches(*, model: str, layers, site: str, tokens: int, heldout_tokens
     """
     layers = resolve_layers(layers, model)
     root = cache_root(cache_dir) / "acts"
+    wait = kw.pop("wait", math.inf)
     out = []
     for split, n in (("train", tokens), ("heldout", heldout_tokens)):
         req = dict(model=model, layers=layers, site=site, tokens=int(n), corpus=corpus, split=split, seed=seed,
                    ctx_len=ctx_len, **kw)
         folder = root / f"{_slug(model)}-{site}-{split}-{int(n)}-{_key(req)}"
+        # wait: notebooks run side by side (atoms run --jobs N) share these caches; the second waits for the first
         out.append(harvest(model=model, layers=layers, site=site, tokens=int(n), out=folder, corpus=corpus,
-                           split=split, device=device, seed=seed, ctx_len=ctx_len, progress=progress, **kw))
+                           split=split, device=device, seed=seed, ctx_len=ctx_len, progress=progress,
+                           wait=wait, **kw))
     return Caches(*out)
 
 
@@ -96,19 +100,21 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
     ident = {"cache": manifest_id, "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__}
     ck = cache_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
     reader = cache.reader(layer, batch_size=cfg.batch_size, max_tokens=max_tokens)
-    if (ck / "DONE").is_file():
-        try:
-            return TSAE.load(ck)
-        except Exception:  # a damaged final model: train again from the checkpoint, never use it silently
-            (ck / "DONE").unlink()
-    from .train import train_tsae
-    aip = cache.aip(layer) if cfg.whiten else None
-    model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
-    from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
-    model.fit_info["harvest"] = harvest_provenance(cache, layer)
-    model.save(ck)
-    (ck / "DONE").write_text("complete\n")
-    return model
+    # Held while loading or training: a notebook running beside this one waits, then loads the result.
+    with hold(ck, "train_units", wait=math.inf):
+        if (ck / "DONE").is_file():
+            try:
+                return TSAE.load(ck)
+            except Exception:  # a damaged final model: train again from the checkpoint, never use it silently
+                (ck / "DONE").unlink()
+        from .train import train_tsae
+        aip = cache.aip(layer) if cfg.whiten else None
+        model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
+        from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
+        model.fit_info["harvest"] = harvest_provenance(cache, layer)
+        model.save(ck)
+        (ck / "DONE").write_text("complete\n")
+        return model
 
 
 @torch.no_grad()
@@ -350,28 +356,40 @@ def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8
 # Chapters 2 and 5: layer lists.
 
 def resolve_layers(layers, model: str = "smollm2-135m") -> list[int]:
-    """`layers` as a sorted list of distinct block indices. An int or a list passes through;
-    the string "all" means every block of `model`, read from its config (no weights loaded; a hub
-    id needs its config in the local Hugging Face cache or the network)."""
+    """`layers` as a sorted list of distinct block indices. An int or a list passes through, a
+    negative index counting from the end (-1: the last block); the string "all" means every block of
+    `model`. The number of blocks is read from its config (no weights loaded; a hub id needs its
+    config in the local Hugging Face cache or the network)."""
     if isinstance(layers, str):
         if layers.strip().lower() != "all":
             raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}")
-        from transformers import AutoConfig
-
-        from .models import DEFAULT_MODEL, smollm2_folder
-        src = smollm2_folder(progress=False) if model == DEFAULT_MODEL else model
-        cfg = AutoConfig.from_pretrained(src)
-        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        return list(range(int(cfg.num_hidden_layers)))
+        return list(range(_n_blocks(model)))
     if isinstance(layers, int):
-        return [int(layers)]
+        layers = [layers]
     try:
         out = sorted({int(x) for x in layers})
     except (TypeError, ValueError):
         raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}") from None
+    if out and out[0] < 0:   # normalised here, once, so caches, units and results all name the same block
+        n = _n_blocks(model)
+        if out[0] < -n:
+            raise ValueError(f"layer {out[0]} is out of range: {model} has {n} blocks (layers 0..{n - 1}, or -1 "
+                             f"for the last)")
+        out = sorted({x % n for x in out})
     if not out:
         raise ValueError("layers is empty; pass at least one block index")
     return out
+
+
+def _n_blocks(model: str) -> int:
+    """Number of transformer blocks of `model`, from its config alone."""
+    from transformers import AutoConfig
+
+    from .models import DEFAULT_MODEL, smollm2_folder
+    src = smollm2_folder(progress=False) if model == DEFAULT_MODEL else model
+    cfg = AutoConfig.from_pretrained(src)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(cfg.num_hidden_layers)
 
 
 def variance_share_of_top(m: torch.Tensor, frac: float = 0.01) -> float:

@@ -16,8 +16,11 @@ Token exclusion (decided per batch, per layer, recorded per layer in the manifes
 Reliability: batching depends only on the request, so the output is a pure function of it
 (on one machine and torch build). Each shard, the moment checkpoint and the manifest are
 written atomically in that order; an interrupted harvest resumes after the last shard listed in
-the manifest and ends byte-identical to an uninterrupted one. A complete cache of the same
-request is returned at once without loading the model.
+the manifest and ends byte-identical to an uninterrupted one. A resumed harvest re-validates what
+it reuses (manifest totals, each file's sha256) and re-harvests only the shards that are missing or
+corrupt, so running it again repairs a damaged cache; a complete, intact cache of the same request
+is returned without loading the model. The output folder is locked (`atomslib.lock`) for the run
+and checked for write access and free space before any compute.
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ import hashlib
 import json
 import platform
 import re
-import shutil
 import sys
 import time
 import types
@@ -37,9 +39,12 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json
-from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError
+from ._util import atomic_write_bytes, atomic_write_json, cli_device
+from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
+from .cache_repair import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
+                           write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
+from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
 from .models import DEFAULT_MODEL, HOOK_SITES, ActivationRecorder, check_layer, check_site, model_spec
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
@@ -54,7 +59,7 @@ class HarvestConfig:
     """Everything that determines a harvest's output (its identity is `request()`)."""
 
     layers: tuple[int, ...] = (3, 15)
-    """Block indices to record (sorted, deduplicated)."""
+    """Block indices to record (sorted, deduplicated; `harvest` turns -1 into the last block's index)."""
     site: str = "resid_post"
     """Hook site, one of HOOK_SITES: resid_post, mlp_in, mlp_out."""
     tokens: int = 20_000
@@ -138,28 +143,12 @@ def _default_out(request: dict[str, Any]) -> Path:
     return cache_root() / "harvests" / key
 
 
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    p = out / MANIFEST
-    if not p.is_file():
-        return None
-    try:
-        m = json.loads(p.read_text())
-        return m if isinstance(m, dict) and m.get("format") == FORMAT else None
-    except (OSError, ValueError):
-        return None
-
-
-def _clear(out: Path) -> None:
-    """Remove only the files a harvest writes (never anything else in `out`)."""
-    for p in list(out.glob("shard-*.safetensors")) + [out / MOMENTS, out / MANIFEST]:
-        p.unlink(missing_ok=True)
-
-
 def _check_disk(out: Path, need: int) -> None:
-    free = shutil.disk_usage(out).free
-    if need * 1.05 + (64 << 20) > free:
-        raise CacheError(f"the harvest needs about {need / 2**30:.2f} GiB in {out} but only {free / 2**30:.2f} GiB "
-                         f"are free; lower tokens=, use dtype='float16', fewer layers, or another out=")
+    try:
+        check_output_dir(out, need_bytes=need, what="the harvest into",
+                         fix="lower tokens=, use dtype='float16', fewer layers, or another out=")
+    except NotEnoughSpace as e:
+        raise CacheError(str(e)) from None
 
 
 def _select(x: torch.Tensor, T: int, exclude_first: bool, ratio: float | None):
@@ -180,14 +169,17 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
             ctx_len: int = 128, batch_size: int = 8, dtype: str = "float32", device: str = "cpu",
             model_dtype: str | None = None, exclude_first: bool = True, outlier_ratio: float | None = 50.0,
             seed: int = 0, resume: bool = True, progress: bool = True, shard_tokens: int | None = None,
-            on_shard: Callable[[int, int], None] | None = None, backend: str = "hooks") -> ActivationCache:
+            on_shard: Callable[[int, int], None] | None = None, backend: str = "hooks",
+            wait: float | None = None) -> ActivationCache:
     """Run `model` over a corpus split once and store the activations of `site` at `layers` in `out`.
 
     model: a name for `load_model` (default the embedded SmolLM2-135M) or an already loaded HF
         model (then pass `tokenizer=`; its device and dtype are used). out: the cache folder (default
         `$ATOMS_CACHE/harvests/<hash of the request>`). resume: reuse a complete cache of the same
-        request, continue an interrupted one; False recomputes from scratch. on_shard(i, n) is
-        called after shard i is durably written. backend: "hooks" (plain torch hooks on the HF
+        request (re-validated: missing or corrupt shards are harvested again), continue an interrupted
+        one; False recomputes from scratch. on_shard(i, n) is called after shard i is durably
+        written. wait: seconds to wait while another process holds `out` (math.inf: no limit; None:
+        $ATOMS_LOCK_WAIT, else refuse at once, see `atomslib.lock.hold`). backend: "hooks" (plain torch hooks on the HF
         modules) or "transformer_lens" (a TransformerLens TransformerBridge, `model` may be one; see
         `atomslib.interop_tlens`). Other arguments: see `HarvestConfig`.
     Returns the `ActivationCache` (the AIP moments of each layer are in it: `cache.aip(layer)`).
@@ -213,35 +205,53 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
         name = str(model)
     else:
         raise TypeError(f"model must be a model name/folder or a loaded HF model, got {type(model).__name__}")
+    if out is not None:
+        try:
+            check_output_dir(out)                               # before any model is loaded
+        except OutputDirError:   # a read-only folder may still hold the complete cache asked for
+            cached = None if not resume or min(cfg.layers) < 0 else intact_cache(out, _request(cfg, name, backend))
+            if cached is None:
+                raise
+            return cached
+    t_start = time.time()
+    if any(layer < 0 for layer in cfg.layers):   # -1 = the last block: normalised once, here, for good
+        if not isinstance(model, torch.nn.Module):
+            from .models import load_model
+            model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
+        blocks = sorted({check_layer(model, layer) for layer in cfg.layers})
+        cfg.layers = tuple(blocks) if len(blocks) == len(cfg.layers) else cfg.layers   # _Run refuses doubles
+    request = _request(cfg, name, backend)
+    out = Path(out).expanduser() if out is not None else _default_out(request)
+    with guard_output(out, "atoms harvest", wait=wait):
+        old = read_manifest(out)
+        if old is not None and resume:
+            if old.get("request") != request:
+                diff = sorted(k for k in set(request) | set(old.get("request", {}))
+                              if request.get(k) != old.get("request", {}).get(k))
+                raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
+                                 f"pass another out=, or resume=False to overwrite it")
+            if old.get("complete") and not verify_files(out, old):
+                return ActivationCache(out)
+        elif (out / MANIFEST).exists() and resume:
+            raise CacheError(f"{out / MANIFEST} is unreadable or of another format; pass resume=False to overwrite it")
+        if not resume:
+            remove_cache_files(out)
+            old = None
+        if not isinstance(model, torch.nn.Module):
+            from .models import load_model
+            model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
+        recorder = ActivationRecorder
+        if backend != "hooks":   # the bridge wraps a model in place: a copy of the caller's, or our own
+            from .interop_tlens import bridge_backend
+            model, recorder = bridge_backend(bridge if bridge is not None else model, tokenizer, copy_model=user_model)
+        return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+
+
+def _request(cfg: HarvestConfig, name: str, backend: str) -> dict[str, Any]:
     request = cfg.request(name)
     if backend != "hooks":   # hooks requests (and their default folders) stay as they were
         request["backend"] = backend
-    out = Path(out).expanduser() if out is not None else _default_out(request)
-    old = _read_manifest(out)
-    if old is not None and resume:
-        if old.get("request") != request:
-            diff = sorted(k for k in set(request) | set(old.get("request", {}))
-                          if request.get(k) != old.get("request", {}).get(k))
-            raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
-                             f"pass another out=, or resume=False to overwrite it")
-        if old.get("complete"):
-            return ActivationCache(out)
-    elif (out / MANIFEST).exists() and resume:
-        raise CacheError(f"{out / MANIFEST} is unreadable or of another format; pass resume=False to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _clear(out)
-        old = None
-
-    t_start = time.time()
-    if not isinstance(model, torch.nn.Module):
-        from .models import load_model
-        model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
-    recorder = ActivationRecorder
-    if backend != "hooks":   # the bridge wraps a model in place: a copy of the caller's, or our own
-        from .interop_tlens import bridge_backend
-        model, recorder = bridge_backend(bridge if bridge is not None else model, tokenizer, copy_model=user_model)
-    return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+    return request
 
 
 class _Run:
@@ -290,105 +300,86 @@ class _Run:
         per_tok = len(self.layers) * (self.H * self.store.itemsize + 4) + 8
         return n_ctx * self.cfg.ctx_len * per_tok + len(self.layers) * self.H * (self.H + 1) * 8 * 2
 
-    def _resume_state(self):
-        """Shards already done (verified) and the moment accumulators brought up to them."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        from .aip import MomentAccumulator
-        from .cache import _digest
-
-        done: list[dict[str, Any]] = []
-        for e in (self.old or {}).get("shards", []):
-            p = self.out / e["file"]
-            if not p.is_file() or p.stat().st_size != e["bytes"] or _digest(p.read_bytes()) != e["sha256"]:
-                break
-            done.append(e)
-        accs = {layer: MomentAccumulator(self.H, device=self.device) for layer in self.layers}
-        mp = self.out / MOMENTS
-        replay_from = 0
-        if done and mp.is_file():
-            try:
-                with safe_open(str(mp), framework="pt") as f:
-                    n_done = int((f.metadata() or {}).get("n_shards", -1))
-                if n_done == len(done):   # the checkpoint matches: no replay
-                    t = load_file(str(mp))
-                    for layer, acc in accs.items():
-                        acc.load_state_dict({k: t[f"{layer}.{k}"] for k in ("sum_HH", "sum_H", "n", "n_excluded")})
-                    replay_from = len(done)
-            except Exception:
-                replay_from = 0
-                accs = {layer: MomentAccumulator(self.H, device=self.device) for layer in self.layers}
-        # A crash between a shard and its moment checkpoint: rebuild the moments from the shards,
-        # with the same update calls as the original run (one per shard), hence the same bits.
-        for e in done[replay_from:]:
-            t = load_file(str(self.out / e["file"]))
-            for layer in self.layers:
-                accs[layer].update(t[f"acts.{layer}"].to(self.device))
-                accs[layer].n_excluded += e["n_outlier"][str(layer)]
-        return done, accs
-
     def run(self) -> ActivationCache:
         from tqdm.auto import tqdm
 
         cfg, T, L = self.cfg, self.cfg.ctx_len, self.layers
-        done, accs = self._resume_state()
-        start = len(done)
-        c_start = start * self.shard_ctx
-        _check_disk(self.out, self._bytes_needed(self.n_ctx - c_start))
-        bar = tqdm(total=self.n_ctx * T, initial=c_start * T, unit="tok", unit_scale=True, disable=not self.progress,
-                   desc=f"harvest {cfg.site} L{','.join(map(str, L))}", file=sys.stderr)
-        ids_all = self.packed.input_ids
+        # Shards to (re)harvest, the reusable ones, how many the manifest claims, and their moments.
+        plan = resume_plan(self.out, self.old, L, self.H, self.device, self.n_shards, self.shard_ctx, self.n_ctx)
+        entries, todo, listed, accs = plan.entries, plan.todo, plan.claimed, plan.accs
+        if plan.problems and self.progress:
+            print(f"atoms harvest: repairing {self.out}: {plan.summary()}", file=sys.stderr)
+        n_todo = sum(min(self.n_ctx, (s + 1) * self.shard_ctx) - s * self.shard_ctx for s in todo)
+        _check_disk(self.out, self._bytes_needed(n_todo))
+        bar = tqdm(total=self.n_ctx * T, initial=(self.n_ctx - n_todo) * T, unit="tok", unit_scale=True,
+                   disable=not self.progress, desc=f"harvest {cfg.site} L{','.join(map(str, L))}", file=sys.stderr)
         t0, cpu0 = time.time(), time.process_time()
         with bar, torch.inference_mode(), self.recorder(self.model, cfg.site, L) as rec:
-            for s in range(start, self.n_shards):
-                c0, c1 = s * self.shard_ctx, min(self.n_ctx, (s + 1) * self.shard_ctx)
-                parts: dict[int, dict[str, list]] = {layer: {"acts": [], "index": [], "outliers": [], "medians": []} for layer in L}
-                for b0 in range(c0, c1, cfg.batch_size):
-                    b1 = min(c1, b0 + cfg.batch_size)
-                    acts = rec(ids_all[b0:b1].to(self.device))
-                    base = (b0 - c0) * T
-                    for layer in L:
-                        x = acts[layer].reshape(-1, self.H)
-                        keep, outl, med = _select(x, T, cfg.exclude_first, cfg.outlier_ratio)
-                        p = parts[layer]
-                        p["acts"].append(x[keep].to(self.store).cpu())
-                        p["index"].append((keep.nonzero().squeeze(1) + base).to(torch.int32).cpu())
-                        p["outliers"].append((outl.nonzero().squeeze(1) + base).to(torch.int32).cpu())
-                        p["medians"].append(med.float().reshape(1).cpu())
-                    bar.update((b1 - b0) * T)
-                done.append(self._write_shard(s, c0, c1, parts, accs))
-                self._write_moments(accs, len(done))
-                atomic_write_json(self.out / MANIFEST, {**self.base, "shards": done})
+            for s in todo:   # ascending: repairs of listed shards first, then the shards never written
+                entry, xs = self._write_shard(s, self._forward(s, rec, bar))
+                if s < listed:
+                    # A repair of a shard the manifest claims: the same request gives the same bytes, so
+                    # the moments already count it; if the bytes differ, rebuild the moments.
+                    if entry["sha256"] != plan.listed_sha.get(entry["file"]):
+                        accs = None
+                    entries[s] = entry
+                else:
+                    if accs is None:
+                        accs = replay_moments(self.out, entries[:s], L, self.H, self.device)
+                    add_shard(accs, xs, entry)
+                    entries[s] = entry
+                    write_moments(self.out, accs, s + 1)
+                    atomic_write_json(self.out / MANIFEST, {**self.base, "shards": entries[:s + 1]})
                 if self.on_shard is not None:
                     self.on_shard(s, self.n_shards)
-        return self._finish(done, accs, start, time.time() - t0, time.process_time() - cpu0)
+        if accs is None:
+            write_moments(self.out, replay_moments(self.out, entries, L, self.H, self.device), len(entries))
+        return self._finish(entries, todo, n_todo, time.time() - t0, time.process_time() - cpu0)
 
-    def _write_shard(self, s, c0, c1, parts, accs) -> dict[str, Any]:
+    def _forward(self, s: int, rec, bar) -> dict[int, dict[str, list]]:
+        """Run the contexts of shard `s`; the kept rows, positions and medians of each layer."""
+        cfg, T = self.cfg, self.cfg.ctx_len
+        c0, c1 = s * self.shard_ctx, min(self.n_ctx, (s + 1) * self.shard_ctx)
+        parts: dict[int, dict[str, list]] = {layer: {"acts": [], "index": [], "outliers": [], "medians": []}
+                                             for layer in self.layers}
+        for b0 in range(c0, c1, cfg.batch_size):
+            b1 = min(c1, b0 + cfg.batch_size)
+            acts = rec(self.packed.input_ids[b0:b1].to(self.device))
+            base = (b0 - c0) * T
+            for layer in self.layers:
+                x = acts[layer].reshape(-1, self.H)
+                keep, outl, med = _select(x, T, cfg.exclude_first, cfg.outlier_ratio)
+                p = parts[layer]
+                p["acts"].append(x[keep].to(self.store).cpu())
+                p["index"].append((keep.nonzero().squeeze(1) + base).to(torch.int32).cpu())
+                p["outliers"].append((outl.nonzero().squeeze(1) + base).to(torch.int32).cpu())
+                p["medians"].append(med.float().reshape(1).cpu())
+            bar.update((b1 - b0) * T)
+        return parts
+
+    def _write_shard(self, s, parts) -> tuple[dict[str, Any], dict[int, torch.Tensor]]:
         from safetensors.torch import save
 
-        n_ctx = c1 - c0
+        c0, c1 = s * self.shard_ctx, min(self.n_ctx, (s + 1) * self.shard_ctx)
         tensors: dict[str, torch.Tensor] = {
             "token_ids": self.packed.input_ids[c0:c1].to(torch.int32),
             "doc_ids": self.packed.doc_ids[c0:c1].to(torch.int32),
             "context_index": torch.arange(c0, c1, dtype=torch.int64)}
-        entry: dict[str, Any] = {"file": f"shard-{s:05d}.safetensors", "context_start": c0, "n_contexts": n_ctx,
+        entry: dict[str, Any] = {"file": f"shard-{s:05d}.safetensors", "context_start": c0, "n_contexts": c1 - c0,
                                  "n_kept": {}, "n_outlier": {}}
+        xs = {}
         for layer, p in parts.items():
             x = torch.cat(p["acts"])
             if not bool(torch.isfinite(x).all()):
                 hint = (" in float16 (values beyond ±65504): use dtype='float32' or a lower outlier_ratio"
                         if self.store == torch.float16 else "; the model produced NaN/inf (check model_dtype)")
                 raise CacheError(f"non-finite activations at layer {layer}, shard {s}{hint}")
-            tensors[f"acts.{layer}"] = x
+            tensors[f"acts.{layer}"] = xs[layer] = x
             tensors[f"index.{layer}"] = torch.cat(p["index"])
             tensors[f"outliers.{layer}"] = torch.cat(p["outliers"])
             tensors[f"medians.{layer}"] = torch.cat(p["medians"])
             entry["n_kept"][str(layer)] = x.shape[0]
             entry["n_outlier"][str(layer)] = tensors[f"outliers.{layer}"].numel()
-            # Moments from the stored rows (one update per shard), so a replay from disk is bit-identical.
-            accs[layer].update(x.to(self.device))
-            accs[layer].n_excluded += entry["n_outlier"][str(layer)]
         data = save({k: v.contiguous() for k, v in tensors.items()},
                     # One metadata key: safetensors writes a dict's keys in random order, which
                     # would break byte-identical resumes.
@@ -396,17 +387,9 @@ class _Run:
         atomic_write_bytes(self.out / entry["file"], data)
         entry["bytes"] = len(data)
         entry["sha256"] = hashlib.sha256(data).hexdigest()
-        return entry
+        return entry, xs   # moments come from the stored rows (one update per shard): a replay is bit-identical
 
-    def _write_moments(self, accs, n_shards: int) -> bytes:
-        from safetensors.torch import save
-
-        tensors = {f"{layer}.{k}": v for layer, acc in accs.items() for k, v in acc.state_dict().items()}
-        data = save(tensors, metadata={"n_shards": str(n_shards)})
-        atomic_write_bytes(self.out / MOMENTS, data)
-        return data
-
-    def _finish(self, done, accs, start, elapsed, cpu_s) -> ActivationCache:
+    def _finish(self, done, todo, n_todo, elapsed, cpu_s) -> ActivationCache:
         cfg = self.cfg
         n_first = self.n_ctx if cfg.exclude_first else 0
         counts = {str(layer): {"n_kept": sum(e["n_kept"][str(layer)] for e in done), "n_first": n_first,
@@ -415,10 +398,11 @@ class _Run:
         manifest = {**self.base, "complete": True, "shards": done, "counts": counts,
                     "moments": {"file": MOMENTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
         atomic_write_json(self.out / MANIFEST, manifest)
-        new_tok = (self.n_ctx - start * self.shard_ctx) * cfg.ctx_len
+        new_tok = n_todo * cfg.ctx_len
         rate = new_tok / max(elapsed, 1e-9)
         log = _read_log(self.out)
-        log.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "resumed_at_shard": start,
+        log.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                    "resumed_at_shard": todo[0] if todo else self.n_shards, "shards_run": len(todo),
                     "tokens_run": new_tok, "forward_s": round(elapsed, 3), "total_s": round(time.time() - self.t_start, 3),
                     "tokens_per_s": round(rate, 1), "forward_cpu_s": round(cpu_s, 3), "device": str(self.device)})
         atomic_write_json(self.out / _LOG, log)
@@ -479,24 +463,39 @@ def configure_harvest_parser(p) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=list(_DTYPES), help="storage dtype")
     p.add_argument("--model-dtype", default=None, choices=list(_DTYPES), help="parameter dtype (bfloat16 for big models)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=cli_device, help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--keep-first", action="store_true", help="keep position 0 (the attention sink)")
-    p.add_argument("--outlier-ratio", default="50", help="drop tokens with norm > R x median ('none' keeps all)")
+    p.add_argument("--outlier-ratio", default="50", type=_outlier_ratio,
+                   help="drop tokens with norm > R x median ('none' keeps all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-tokens", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", default="hooks", choices=["hooks", "transformer_lens"],
                    help="plain torch hooks (default) or a TransformerLens TransformerBridge (same activations)")
+    add_wait_option(p)
+
+
+def _outlier_ratio(s: str) -> float | None:
+    import argparse
+    if s.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        r = float(s)
+    except ValueError:
+        r = float("nan")
+    if not r > 1:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a ratio > 1; pass e.g. 50, or none to keep every token")
+    return r
 
 
 def cli_harvest(args) -> int:
-    ratio = None if str(args.outlier_ratio).lower() in ("none", "off", "0") else float(args.outlier_ratio)
     cache = harvest(args.model, _parse_layers(args.layers), args.site, args.tokens, args.out, corpus=args.corpus,
                     split=args.split, ctx_len=args.ctx_len, batch_size=args.batch_size, dtype=args.dtype,
                     device=args.device, model_dtype=args.model_dtype, exclude_first=not args.keep_first,
-                    outlier_ratio=ratio, seed=args.seed, resume=not args.no_resume, progress=not args.quiet,
-                    shard_tokens=args.shard_tokens, backend=getattr(args, "backend", "hooks"))
+                    outlier_ratio=args.outlier_ratio, seed=args.seed, resume=not args.no_resume,
+                    progress=not args.quiet, shard_tokens=args.shard_tokens, backend=getattr(args, "backend", "hooks"),
+                    wait=args.wait)
     print(cache.path)
     return 0
 

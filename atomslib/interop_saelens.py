@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ._util import shareable_mode
+from .lock import check_output_dir
 from .interop_saelens_train import train_saelens_jumprelu  # noqa: F401 -- re-exported (its own module)
 from .tsae import CONFIG_FILE, FORMAT, SAEOutput, TSAE, TSAEConfig
 
@@ -136,6 +137,10 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
     Returns ``out``. The folder is written next to ``out`` and renamed into place, and checked by
     loading it back with SAELens before the rename.
     """
+    out = check_output_dir(out)          # before anything is loaded: a file, read-only, not writable
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (overwrite and (out / SAELENS_CFG).is_file()))):
+        raise FileExistsError(f"{out} exists and is not an empty folder; pass another OUT, "
+                              f"or overwrite=True (--overwrite) to replace a SAELens folder there")
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -187,10 +192,6 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
         state["threshold"] = thr.to(units.W_enc.dtype)
     sae.load_state_dict({k: v.cpu().contiguous().clone() for k, v in state.items()}, strict=True)
 
-    out = Path(out).expanduser()
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (overwrite and (out / SAELENS_CFG).is_file()))):
-        raise FileExistsError(f"{out} exists and is not an empty folder; pass another OUT, "
-                              f"or overwrite=True (--overwrite) to replace a SAELens folder there")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     os.chmod(tmp, shareable_mode(directory=True))  # mkdtemp makes it 0700: others could not read the export

@@ -59,7 +59,8 @@ from typing import Any
 import yaml
 
 from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json
+from ._util import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from .lock import WAIT_ENV, FolderLocked, OutputDirError, add_wait_option, check_output_dir, guard_output
 # Re-exported: notebooks, tests, bench/ and run_ray.py reach all of these as `atomslib.run.NAME`.
 from .grid import (GRID_DIR, GridPoints, expand_grid, grid_label, grid_slug,  # noqa: F401
                    make_grid_tasks, merge_grid)
@@ -86,15 +87,33 @@ def _describe_failure(task: Task, err: BaseException, partial: Path) -> str:
 def execute_task(task: Task) -> TaskResult:
     """Run one task with papermill: skip if current, else execute, check and stamp its outputs.
 
-    The executed notebook is written to `NN_name.partial.ipynb` while it runs and renamed into place
-    on success; the previous results file is set aside and restored if the run fails.
+    The task's outputs are locked for the run (`atomslib.lock`, one lock per executed notebook, so
+    other notebooks may run into the same folder meanwhile); the output folder and the task's
+    `cache_dir` are checked for write access first. The executed notebook is written to
+    `NN_name.partial.ipynb` while it runs and renamed into place on success; the previous results
+    file is set aside and restored if the run fails.
     """
+    nb_path, res_path = Path(task.notebook_path), Path(task.results_path)
+    res = TaskResult(task.name, "skipped", 0.0, task.key, notebook_path=str(nb_path), results_path=str(res_path))
+    try:
+        cache_dir = task.params.get("cache_dir")
+        if cache_dir:
+            check_output_dir(Path(task.out_dir) / cache_dir, what="cache_dir")
+        with guard_output(nb_path.parent, f"atoms run {task.name}", name=f".{nb_path.stem}.lock",
+                          outputs=[nb_path.name], label="--out"):
+            remove_stale_temporaries(res_path.parent, [res_path.name])
+            return _execute_locked(task, res)
+    except (FolderLocked, OutputDirError) as e:
+        res.status, res.message = "failed", f"notebook {task.name}: {e}"
+        return res
+
+
+def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
     import nbformat
     import papermill as pm
 
     t0 = time.monotonic()
     nb_path, res_path = Path(task.notebook_path), Path(task.results_path)
-    res = TaskResult(task.name, "skipped", 0.0, task.key, notebook_path=str(nb_path), results_path=str(res_path))
     if not task.force and is_current(nb_path, res_path, task.key):
         return res
     res_path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +259,7 @@ def run_notebook(name: str | os.PathLike, params: Mapping[str, Any] | None = Non
     project = find_project(root)
     prof = load_profile(profile, root=project.root)
     out = Path(out_dir).resolve() if out_dir else project.default_out
+    check_output_dir(out, what="--out")
     src = read_notebook(find_source(project, name))
     res = execute_task(make_task(src, prof, params, project=project, out_dir=out, force=force, progress=progress))
     if res.status == "failed":
@@ -297,6 +317,7 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
     project = find_project(root)
     prof = load_profile(profile, root=project.root)
     out = Path(out_dir).resolve() if out_dir else project.default_out
+    check_output_dir(out, what="--out")
     out.mkdir(parents=True, exist_ok=True)
     ex = get_executor(executor, jobs=jobs, address=address, **dict(executor_options or {}))
     results: list[TaskResult] = []
@@ -391,9 +412,12 @@ def configure_run_parser(p: argparse.ArgumentParser) -> None:
                    "or harvested by each worker into its own local cache (local)")
     p.add_argument("--root", help="project root (default: found from the current folder)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
+    add_wait_option(p)   # also for the notebooks' own harvests and trainings (through $ATOMS_LOCK_WAIT)
 
 
 def cli_run(args: argparse.Namespace) -> int:
+    if args.wait is not None:
+        os.environ[WAIT_ENV] = str(args.wait)
     overrides = parse_assignments(args.param)
     if args.model:
         overrides["model"] = args.model

@@ -101,7 +101,14 @@ def load_profile(name: str | os.PathLike | Profile = "default", *, root: str | o
     if not path.is_file():
         avail = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"profile {s!r} not found at {path}; available: {', '.join(avail) or 'none'}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"profile {path} is not valid YAML{where} ({what}); fix that line (indentation, a "
+                         f"missing ':' or an unclosed bracket or quote)") from None
     if not isinstance(data, dict):
         raise ValueError(f"profile {path} must be a mapping with description/common/notebooks")
     unknown = set(data) - {"description", "extends", "common", "notebooks", "grid"}
@@ -112,17 +119,56 @@ def load_profile(name: str | os.PathLike | Profile = "default", *, root: str | o
                    dict(data.get("grid") or {}))
     if data.get("extends"):
         base_name = str(data["extends"])
-        if base_name in _seen + (prof.name,):
+        base_path = _base_path(path, base_name, root)
+        if str(base_path.resolve()) in _seen + (str(path.resolve()),):
             raise ValueError(f"profile {path}: 'extends' makes a cycle through {base_name!r}")
-        base = load_profile(base_name if os.sep in base_name else path.parent / f"{base_name}.yaml",
-                            root=root, _seen=_seen + (prof.name,))
+        base = load_profile(base_path, root=root, _seen=_seen + (str(path.resolve()),))
         nbs = {k: dict(v) for k, v in base.notebooks.items()}
         for k, v in prof.notebooks.items():
             nbs.setdefault(k, {}).update(v)
         grid = {k: v for k, v in {**base.grid, **prof.grid}.items() if v is not None}  # `NN_name: null` drops a grid
         prof = Profile(prof.name, prof.description or base.description, {**base.common, **prof.common}, nbs, path, grid)
     prof.common["profile"] = prof.name  # always the profile actually used
+    if not _seen:
+        _check_notebook_names(prof, root)
     return prof
+
+
+def _base_path(path: Path, base: str, root: str | os.PathLike | None) -> Path:
+    """Where `extends: base` of the profile at `path` points: a path (relative to the profile's
+    folder), else a profile of that name next to it, else the project's profile of that name."""
+    if base.endswith((".yaml", ".yml")) or "/" in base or os.sep in base:
+        return (path.parent / Path(base).expanduser()).resolve()
+    sibling = path.parent / f"{base}.yaml"
+    if sibling.is_file() and sibling.resolve() != path.resolve():
+        return sibling
+    try:
+        project = find_project(root).profiles_dir
+    except FileNotFoundError:
+        return sibling
+    if not (project / f"{base}.yaml").is_file():
+        avail = sorted(p.stem for p in project.glob("*.yaml"))
+        raise FileNotFoundError(f"profile {path} extends {base!r}, which is neither {sibling} nor a profile of the "
+                                f"project ({project}); available there: {', '.join(avail) or 'none'}")
+    return project / f"{base}.yaml"
+
+
+def _check_notebook_names(prof: Profile, root: str | os.PathLike | None) -> None:
+    """A `notebooks:` or `grid:` key that names no notebook (a typo) is an error: its overrides would
+    silently not apply. Known: the project's notebooks and toc chapters, and the book's own notebooks
+    (a project may run a few chapters with the shipped profiles)."""
+    try:
+        project = find_project(root)
+    except FileNotFoundError:
+        return
+    known = {p.stem for p in list_sources(project)}
+    if project.toc.is_file():   # planned chapters (placeholders) may carry overrides already
+        known |= set(re.findall(r"generated/(\d\d_[A-Za-z0-9_]+)", project.toc.read_text()))
+    book = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.md")}
+    unknown = sorted((set(prof.notebooks) | set(prof.grid)) - known - book)
+    if unknown:
+        raise ValueError(f"profile {prof.path}: {', '.join(map(repr, unknown))} under notebooks:/grid: is not a "
+                         f"notebook of {project.root}; known: {', '.join(sorted(known)) or 'none'} (fix the name)")
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:

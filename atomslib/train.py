@@ -26,7 +26,8 @@ import torch
 
 from ._sae_step import Params, Workspace, sae_step
 from ._train_data import IterStream, make_stream
-from ._util import atomic_save_safetensors, check_acts, device_of
+from ._util import atomic_save_safetensors, check_acts, cli_device, device_of
+from .lock import add_wait_option, locks_output
 from .tsae import TSAE, TSAEConfig
 
 Tensor = torch.Tensor
@@ -131,7 +132,8 @@ class _Run:
         return x.mul_(self.scale)
 
     # ---- checkpoint ----------------------------------------------------------------------------
-    def save(self, directory: Path, stream_state: dict, fingerprint: dict, log: TrainLog, total: int) -> None:
+    def save(self, directory: Path, stream_state: dict, fingerprint: dict, log: TrainLog, total: int,
+             interval: dict | None = None) -> None:
         tensors = {f"param.{k}": p.detach() for k, p in zip(self.names, self.params())}
         for k, p in zip(self.names, self.params()):
             st = self.opt.state.get(p, {})
@@ -142,7 +144,9 @@ class _Run:
         if self.A is not None:
             tensors["transform.A"], tensors["transform.A_inv"] = self.A, self.A_inv
         state = {"version": STATE_VERSION, "step": self.step, "total_steps": total, "scale": self.scale,
-                 "config": self.cfg.to_dict(), "stream": stream_state, "data": fingerprint, "log": log.to_dict()}
+                 "config": self.cfg.to_dict(), "stream": stream_state, "data": fingerprint, "log": log.to_dict(),
+                 # the log's running totals since its last record, so a resumed log equals an uninterrupted one
+                 "interval": {k: v for k, v in (interval or {}).items() if k not in ("t0", "tok")}}
         directory.mkdir(parents=True, exist_ok=True)
         # One file, one atomic rename: a checkpoint is either wholly the old one or wholly the new.
         atomic_save_safetensors(directory / STATE_FILE, tensors, metadata={"state": json.dumps(state)})
@@ -195,6 +199,7 @@ def _init_from_sample(run: _Run, sample: Tensor, unit_scale: float) -> None:
         run.model.threshold.mul_(unit_scale)
 
 
+@locks_output("checkpoint_dir", "atoms train", need_bytes=lambda acts, cfg, **_: _checkpoint_bytes(cfg))
 def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: str | Path | None = None,
                resume: bool = True, progress: bool = True, eval_acts: Tensor | None = None,
                log: TrainLog | Callable[[dict], Any] | None = None) -> TSAE:
@@ -204,7 +209,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         is fine). Iterables are read in their own order and must yield the same rows each pass.
     aip: an :class:`atomslib.aip.AIP` (or its (H, H) whitening matrix W) when ``cfg.whiten``.
     checkpoint_dir: where to checkpoint (and, with ``resume``, to resume from); it also ends up
-        holding the final model (``TSAE.load(checkpoint_dir)``).
+        holding the final model (``TSAE.load(checkpoint_dir)``). It is locked while training
+        (``atomslib.lock``) and checked for write access and free space before the first step.
     eval_acts: (n, H) held-out activations; their raw-space R² and L0 are logged.
     log: a :class:`TrainLog` to fill, or a callable given each record (it may raise to stop).
 
@@ -239,8 +245,10 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
 
     run = _Run(cfg, dev)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    resumed_interval: dict = {}
     if ckdir is not None and resume and (ckdir / STATE_FILE).is_file():
         state = run.load(ckdir / STATE_FILE, stream.fingerprint())
+        resumed_interval = state.get("interval") or {}
         stream.restore(state["stream"])
         trainlog.history[:] = state["log"]["history"]
         trainlog.meta.update(state["log"]["meta"])
@@ -265,7 +273,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
     m = run.model
     params = run.params()
     interval = {"sse": 0.0, "sst": 0.0, "loss": 0.0, "rec": 0.0, "spl": 0.0, "l0": 0.0, "n": 0, "sparse": 0,
-                "t0": time.perf_counter(), "tok": 0}
+                "t0": time.perf_counter(), "tok": 0, **resumed_interval}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -324,7 +332,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
             if callback is not None:
                 callback(rec)
         if ckdir is not None and (last or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0)):
-            run.save(ckdir, stream.state(), fingerprint, trainlog, total)
+            run.save(ckdir, stream.state(), fingerprint, trainlog, total, interval)
     if bar is not None:
         bar.close()
     trainlog.meta["seconds_last_session"] = time.perf_counter() - t_start
@@ -435,12 +443,19 @@ def configure_train_parser(p) -> None:
     p.add_argument("--whiten", action="store_true", help="train in the AIP-whitened space (the cache's AIP)")
     p.add_argument("--ridge", type=float, default=0.0, help="ridge of the AIP used by --whiten")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=cli_device, help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other TSAEConfig field, e.g. --set bandwidth=0.05 (repeatable)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_wait_option(p)
+
+
+def _checkpoint_bytes(cfg: Any) -> int:
+    """Disk a checkpoint needs: 2 x (parameters + 2 Adam moments) + a model snapshot + a transform."""
+    n = 2 * cfg.n_units * cfg.d_model + 2 * cfg.n_units + cfg.d_model if isinstance(cfg, TSAEConfig) else 0
+    return n * cfg.torch_dtype.itemsize * 7 + 16 * cfg.n_units + 16 * cfg.d_model ** 2 if n else 0
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -457,6 +472,12 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def cli_train(args) -> int:
+    from .lock import guard_output
+    with guard_output(args.out, "atoms train", wait=args.wait, label="--out"):   # also over the saves below
+        return _cli_train(args)
+
+
+def _cli_train(args) -> int:
     from .cache import ActivationCache
     from ._util import atomic_write_json
 

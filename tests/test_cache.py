@@ -123,3 +123,34 @@ def test_non_finite_activations_are_refused(copy):
     assert cache.load(3).shape[0] == cache.n_kept(3)                 # the other layer is fine
     with pytest.raises(CacheError, match="NaN/inf activations at layer 15"):
         cache.load(15)
+
+
+def test_manifest_that_disagrees_with_its_shards_is_refused_on_open(copy, capsys):
+    mf = copy / "manifest.json"
+    good = json.loads(mf.read_text())
+
+    def edited(**change):
+        m = json.loads(json.dumps(good))
+        for k, v in change.items():
+            if k == "drop_shard":
+                del m["shards"][v]
+            elif k == "request_ctx_len":
+                m["request"]["ctx_len"] = v
+            else:
+                m[k] = v
+        mf.write_text(json.dumps(m))
+
+    for change, why in [({"drop_shard": 1}, "it lists 3 shards but n_shards is 4"),
+                        ({"n_tokens": 4096}, "n_tokens is 4096"),
+                        ({"ctx_len": 64}, "ctx_len is 64 but the request's is 128"),
+                        ({"request_ctx_len": 64, "ctx_len": 64}, "n_tokens is 2048 but n_contexts x ctx_len is 1024")]:
+        edited(**change)
+        with pytest.raises(CacheError, match=f"disagrees with its own shard list: {why}.*atoms cache repair"):
+            ActivationCache(copy)                       # opening checks (cheap): no load, no reader, no training
+    edited(drop_shard=1)
+    from atomslib.cli import main
+    assert main(["train", str(copy), "--layer", "3", "--out", str(copy.parent / "t"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "disagrees with its own shard list" in err and "Traceback" not in err
+    mf.write_text(json.dumps(good))
+    assert ActivationCache(copy).validate().n_tokens == 2048

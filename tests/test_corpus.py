@@ -115,3 +115,12 @@ def test_pack_contexts_prepends_bos_when_asked(smol):
     _, tok = smol
     p = pack_contexts(["one two three four five six seven eight nine ten"] * 4, tok, ctx_len=8, n_tokens=16, bos=True)
     assert (p.input_ids[:, 0] == tok.bos_token_id).all() and (p.doc_ids[:, 0] == -1).all()
+
+
+def test_missing_local_file_is_reported_as_a_missing_file(tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    for name in ("data/my-texts.jsonl", "./notes.txt", str(tmp_path / "gone" / "a.json"), "~/no/such/dir/x"):
+        with pytest.raises(FileNotFoundError, match=r"corpus file .* does not exist .*check the path") as e:
+            load_corpus(name)
+        assert "Hugging Face dataset" not in str(e.value).split(";")[0] and "hub" not in str(e.value)
+    assert no_network == []

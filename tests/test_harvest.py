@@ -1,11 +1,14 @@
 """atomslib.harvest: content, determinism, kill-and-resume, refusals, exclusion, CLI."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import torch
 from atomslib import harvest as H
 from atomslib.cache import ActivationCache, CacheError
 from atomslib.harvest import ActivationRecorder, HarvestConfig, harvest
+from _disks import fill, small_disk  # noqa: F401  (fixture)
 from conftest_activations import SMALL_HARVEST, small_cache, smol  # noqa: F401,F811  (fixtures)
 
 pytestmark = pytest.mark.model
@@ -142,7 +146,7 @@ def test_refusals(smol, small_cache, tmp_path, monkeypatch):
         HarvestConfig(tokens=0)
     with pytest.raises(ValueError, match="tokenizer"):
         harvest(smol[0], tokens=128, out=tmp_path / "x")
-    monkeypatch.setattr(H.shutil, "disk_usage", lambda p: H.shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    monkeypatch.setattr("shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(CacheError, match=r"needs about .* GiB .* free; lower tokens="):
         harvest(smol, layers=(1,), tokens=128, out=tmp_path / "full", progress=False)
 
@@ -192,3 +196,178 @@ def test_mlp_in_site_and_cli(smol, tmp_path, monkeypatch, capsys):
     assert H._parse_layers("0-2,5") == [0, 1, 2, 5]
     rc = main(["harvest", "--layers", "2,99", "--tokens", "128", "--out", str(tmp_path / "bad"), "--quiet"])
     assert rc == 2 and "n_layers=30" in capsys.readouterr().err
+
+
+# ---- repair, concurrent runs, full disks, leftovers ---------------------------------------------------
+CLI_RESUME = ["harvest", "--layers", "1,3", "--tokens", "1024", "--ctx-len", "64", "--batch-size", "4",
+              "--shard-tokens", "256", "--quiet"]          # RESUME on the command line
+
+
+def test_rerun_repairs_a_deleted_or_flipped_shard(smol, reference, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "damaged"
+    shutil.copytree(reference.path, out)
+    (out / "shard-00001.safetensors").unlink()
+    p = out / "shard-00002.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-100] ^= 0xFF                                    # one flipped byte, same size
+    p.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"shard-00001.safetensors is missing: repair it with `atoms cache repair "):
+        ActivationCache(out)
+    ran = []
+    harvest(smol, out=out, on_shard=lambda i, n: ran.append(i), **RESUME)   # the same harvest, run again
+    assert ran == [1, 2]                                  # only the damaged shards were harvested again
+    same_cache(reference.path, out)
+    # A damaged moment checkpoint is rebuilt from the shards, bit-identically, without a forward pass.
+    (out / "moments.safetensors").write_bytes(b"garbage")
+    ran.clear()
+    harvest(smol, out=out, on_shard=lambda i, n: ran.append(i), **RESUME)
+    assert ran == []
+    same_cache(reference.path, out)
+    # `atoms cache verify|repair DIR`: the request comes from the manifest.
+    from atomslib.cli import main
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+    (out / "shard-00003.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["cache", "verify", str(out)]) == 1
+    assert "shard-00003.safetensors is missing" in capsys.readouterr().err
+    assert main(["cache", "repair", str(out), "--quiet"]) == 0
+    same_cache(reference.path, out)
+    assert main(["cache", "verify", str(out)]) == 0 and "intact" in capsys.readouterr().out
+
+
+def test_two_harvests_into_one_folder_one_refused_one_waits(reference, tmp_path):
+    out, started, go = tmp_path / "shared", tmp_path / "started", tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from atomslib.harvest import harvest
+        def pause(i, n):                      # hold the folder until the test says go
+            if i == 0:
+                pathlib.Path({str(started)!r}).touch()
+                while not pathlib.Path({str(go)!r}).exists():
+                    time.sleep(0.05)
+        harvest(out={str(out)!r}, on_shard=pause, **{RESUME!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cli = [sys.executable, "-m", "atomslib.cli", *CLI_RESUME, "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    waiter = None
+    try:
+        t0 = time.monotonic()
+        while not started.exists():
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            assert time.monotonic() - t0 < 300
+            time.sleep(0.1)
+        other = subprocess.run(cli + ["--seed", "1"], env=env, capture_output=True, text=True, timeout=300)
+        assert other.returncode == 2, other.stderr[-2000:]
+        assert f"is in use by PID {first.pid}" in other.stderr and "--wait" in other.stderr
+        assert "Traceback" not in other.stderr
+        log = tmp_path / "waiter.err"
+        with open(log, "w") as err:
+            waiter = subprocess.Popen(cli + ["--wait"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        t0 = time.monotonic()
+        while f"waiting for PID {first.pid}" not in log.read_text():
+            assert waiter.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() - t0 < 300
+            time.sleep(0.1)
+        go.touch()
+        assert first.wait(300) == 0
+        assert waiter.wait(300) == 0, log.read_text()[-2000:]
+        assert waiter.stdout.read().strip() == str(out)
+    finally:
+        for p in (first, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
+    same_cache(reference.path, out)                       # the survivor is valid: the first run's cache
+    assert ActivationCache(out).validate().manifest["request"]["seed"] == 0
+
+
+def test_sigint_is_a_message_and_the_harvest_resumes(smol, reference, tmp_path):
+    # A real SIGINT (Ctrl-C) to `atoms harvest` after its second shard: exit 130, a one-line
+    # message, the shards written so far kept; the same command then finishes byte-identically.
+    out = tmp_path / "ctrl-c"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from atomslib import harvest as H
+        from atomslib.cli import main
+        add = H.add_shard
+        def add_then_interrupt(accs, xs, entry):
+            add(accs, xs, entry)
+            if entry["file"] == "shard-00001.safetensors":
+                os.kill(os.getpid(), signal.SIGINT)
+        H.add_shard = add_then_interrupt
+        sys.exit(main({[*CLI_RESUME, "--out", str(out)]!r}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "interrupted; completed work is kept" in r.stderr and "Traceback" not in r.stderr
+    assert 1 <= len(json.loads((out / "manifest.json").read_text())["shards"]) <= 2
+    harvest(smol, out=out, **RESUME)
+    same_cache(reference.path, out)
+
+
+def test_full_disk_is_a_message_and_the_harvest_resumes(smol, reference, small_disk, tmp_path, monkeypatch, capsys):
+    from atomslib.cli import main
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+    out = (small_disk or tmp_path) / "cache"
+    write, filled = H.atomic_write_bytes, []
+
+    def fill_before_third_shard(path, data):
+        if Path(path).name == "shard-00002.safetensors" and not filled:
+            if small_disk is not None:
+                filled.append(fill(small_disk))            # the disk fills up for real: ENOSPC from the kernel
+            else:
+                filled.append(None)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write(path, data)
+
+    monkeypatch.setattr(H, "atomic_write_bytes", fill_before_third_shard)
+    assert main([*CLI_RESUME, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out / 'shard-00002.safetensors'}: no space left on the device" in err and "run the same command" in err
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 2    # the work done is kept
+    assert not list(out.glob(".*.tmp"))
+    if filled[0] is not None:
+        filled[0].unlink()
+    monkeypatch.setattr(H, "atomic_write_bytes", write)
+    assert main([*CLI_RESUME, "--out", str(out)]) == 0
+    same_cache(reference.path, out)
+
+
+def test_last_layer_minus_one_is_normalised_once(smol, tmp_path, monkeypatch):
+    kw = dict(tokens=128, ctx_len=64, batch_size=2, progress=False)
+    cache = harvest(smol, layers=(-1,), out=tmp_path / "last", **kw)
+    assert cache.manifest["request"]["layers"] == cache.manifest["layers"] == [29]
+    monkeypatch.setattr(H, "_Run", lambda *a, **k: pytest.fail("recomputed"))
+    assert harvest(smol, layers=(29,), out=tmp_path / "last", **kw).path == cache.path   # the same request
+    assert harvest(smol, layers=[-1], out=tmp_path / "last", **kw).path == cache.path
+    assert H._parse_layers("-1") == [-1]
+    from atomslib.experiments import resolve_layers   # the notebooks' edge: the same normalisation
+    assert resolve_layers([-1, 3]) == [3, 29] and resolve_layers(-2) == [28]
+    with pytest.raises(ValueError, match="layer -31 is out of range"):
+        resolve_layers([-31])
+
+
+def test_stale_temporaries_are_removed_by_the_next_run(smol, reference, tmp_path):
+    out = tmp_path / "tmpfiles"
+    shutil.copytree(reference.path, out)
+    stale = [out / ".manifest.json.k3j_9x2a.tmp", out / ".shard-00001.safetensors.abcdefgh.tmp"]
+    for p in stale:
+        p.write_bytes(b"half-written by a run that was killed")
+    mine = out / ".notes.tmp"                               # not the temporary of an atomic write
+    mine.write_text("keep")
+    harvest(smol, out=out, **RESUME)
+    assert not any(p.exists() for p in stale) and mine.exists()
+    assert not (out / ".atoms.lock").exists()               # the lock goes with its run
+
+
+def test_a_complete_cache_on_a_read_only_disk_is_still_reused(smol, reference, small_disk):
+    from atomslib.lock import OutputDirError
+    if small_disk is None:
+        pytest.skip("needs a tmpfs mount (root)")
+    shutil.copytree(reference.path, small_disk / "c")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert harvest(smol, out=small_disk / "c", **RESUME).path == small_disk / "c"     # nothing to write
+    with pytest.raises(OutputDirError, match=r"other is on a read-only file system"):
+        harvest(smol, out=small_disk / "other", **RESUME)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -101,6 +104,48 @@ def test_profile_errors_are_clear(project):
     (project / "data" / "profiles" / "loop.yaml").write_text("extends: loop\n")
     with pytest.raises(ValueError, match="cycle"):
         run.load_profile("loop", root=project)
+
+
+def test_profile_notebook_names_are_checked_and_extends_finds_the_projects_profiles(project, tmp_path):
+    profiles = project / "data" / "profiles"
+    (profiles / "typo.yaml").write_text("extends: quick\nnotebooks:\n  01_tiy: {x: 3}\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: '01_tiy' under notebooks:/grid: is not a notebook of .*"
+                                         r"known: 01_tiny \(fix the name\)"):
+        run.load_profile("typo", root=project)
+    (profiles / "gridtypo.yaml").write_text("grid:\n  02_nope: {x: [1, 2]}\n")
+    with pytest.raises(ValueError, match="'02_nope' under notebooks:/grid:"):
+        run.load_profile("gridtypo", root=project)
+    # A profile kept elsewhere extends the project's profile by name (and a sibling of that name, if any).
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("extends: quick\ncommon: {seed: 9}\n")
+    p = run.load_profile(mine, root=project)
+    assert p.name == "mine" and p.common["seed"] == 9 and p.common["x"] == 1
+    assert p.notebooks["01_tiny"] == {"x": 2, "fail": False}
+    (mine.parent / "quick.yaml").write_text("extends: quick\ncommon: {x: 7}\n")   # itself extends the project's
+    p = run.load_profile(mine, root=project)
+    assert p.common["x"] == 7 and p.common["seed"] == 9 and p.notebooks["01_tiny"] == {"x": 2, "fail": False}
+    mine.write_text("extends: nowhere\n")
+    with pytest.raises(FileNotFoundError, match="extends 'nowhere', which is neither .* available there: default"):
+        run.load_profile(mine, root=project)
+
+
+def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
+    # Another process runs 01_tiny into the same folder (it holds that notebook's lock): refused at
+    # once, naming its PID, before a kernel starts; other notebooks of the folder are not blocked.
+    out = project / "book" / "generated"
+    code = ("import sys, time\nfrom atomslib.lock import hold\nwith hold(sys.argv[1], 'atoms run 01_tiny', "
+            "name='.01_tiny.lock'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(run.NotebookFailed, match=rf"01_tiny: {out.resolve()} is in use by PID {holder.pid}"):
+            run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "01_tiny.ipynb").exists()
 
 
 def test_shipped_profiles_load():

@@ -1,7 +1,15 @@
 """Trainer: hand-written gradients, recovery of a planted dictionary, resume, determinism, errors."""
 from __future__ import annotations
 
+import errno
+import json
 import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +17,7 @@ import torch
 from atomslib._sae_step import Params, sae_step
 from atomslib.train import STATE_FILE, TrainLog, train_tsae
 from atomslib.tsae import TSAE, TSAEConfig
+from _disks import fill, read_only_dir, small_disk  # noqa: F401  (fixtures)
 from conftest_activations import small_cache, smol  # noqa: F401  (fixtures for the CLI test)
 
 F64 = torch.float64
@@ -291,6 +300,57 @@ def test_resume_after_interruption_is_bit_identical(planted, tmp_path, as_list):
     assert _same(ref, again) and _same(ref, TSAE.load(tmp_path))
 
 
+def test_resumed_log_equals_the_uninterrupted_one_between_records(planted, tmp_path):
+    # A checkpoint between two log records (every 7 steps, a record every 5): the log's running totals
+    # are in the checkpoint, so the record after a resume covers the whole interval, as without one.
+    _, acts = planted
+    acts = acts[:10_000]
+    cfg = _cfg(n_tokens=40_000, log_every=5, checkpoint_every=7)
+
+    def stop(rec):
+        if rec["step"] >= 20:
+            raise KeyboardInterrupt
+
+    ref = train_tsae(acts, cfg, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_tsae(acts, cfg, checkpoint_dir=tmp_path, progress=False, log=stop)
+    resumed = train_tsae(acts, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.train_log.meta["resumed_at"] == 14 and _same(ref, resumed)
+
+    def strip(log):
+        return [{k: v for k, v in r.items() if k != "tok_per_s"} for r in log.history]
+    assert strip(resumed.train_log) == strip(ref.train_log)
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    # kill -9 in the middle of a run (after the checkpoint of step 8): the checkpoint is whole (one
+    # atomic file) and the resumed run ends as an uninterrupted one, log included.
+    setup = textwrap.dedent("""
+        import os, signal, torch
+        from atomslib.train import train_tsae
+        from atomslib.tsae import TSAEConfig
+        torch.set_num_threads(1)
+        acts = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 2, 16)
+        cfg = TSAEConfig(d_model=16, n_units=48, batch_size=256, n_tokens=6000, log_every=3, checkpoint_every=4)
+    """)
+    kill = setup + textwrap.dedent(f"""
+        def die(rec):
+            if rec["step"] >= 9:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train_tsae(acts, cfg, checkpoint_dir={str(tmp_path)!r}, progress=False, log=die)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", kill], env=env, capture_output=True, timeout=300)
+    assert r.returncode == -9, r.stderr.decode()[-2000:]
+    ns: dict = {}
+    exec(setup, ns)                                      # the same data and config, in this process
+    ref = train_tsae(ns["acts"], ns["cfg"], progress=False)
+    resumed = train_tsae(ns["acts"], ns["cfg"], checkpoint_dir=tmp_path, progress=False)
+    assert resumed.train_log.meta["resumed_at"] == 8 and _same(ref, resumed)
+    assert [{k: v for k, v in r.items() if k != "tok_per_s"} for r in ref.train_log.history] == \
+        [{k: v for k, v in r.items() if k != "tok_per_s"} for r in resumed.train_log.history]
+
+
 def test_resume_refuses_another_config_or_data(planted, tmp_path):
     _, acts = planted
     acts = acts[:5000]
@@ -433,3 +493,83 @@ def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_pa
     assert not _same(ref, _run(acts, l0_coeff=3e-2))                          # resampling changed the model
     with pytest.raises(ValueError, match="resample_dead_every"):
         _cfg(resample_dead_every=0)
+
+
+# ---- `atoms train`: its output folder (locked, checked first, full disks) ------------------------------
+TRAIN_ARGS = ["--layer", "3", "--units", "64", "--tokens", "8000", "--batch-size", "1000", "--quiet"]
+
+
+@pytest.mark.model
+def test_cli_train_checks_its_output_before_training(small_cache, tmp_path, read_only_dir, monkeypatch, capsys):
+    from atomslib import train as T
+    from atomslib.cli import main
+
+    monkeypatch.setattr(T, "sae_step", lambda *a, **k: pytest.fail("training started before --out was checked"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out, why in [(read_only_dir / "tsae", "read-only file system|permission denied"),
+                     (a_file, "is an existing file, not a folder")]:
+        argv = ["train", str(small_cache.path), *TRAIN_ARGS, "--checkpoint-every", "0", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert re.search(why, err) and str(out) in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err and "GiB" not in err
+
+
+@pytest.mark.model
+def test_cli_train_into_a_folder_in_use_is_refused_and_a_dead_holders_lock_taken_over(small_cache, tmp_path,
+                                                                                       capsys):
+    from atomslib.cli import main
+    from atomslib.lock import lock_holder
+
+    out = tmp_path / "busy"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom atomslib.lock import hold\n"
+                               "with hold(sys.argv[1], 'atoms train'):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)\n", str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["train", str(small_cache.path), *TRAIN_ARGS, "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by PID {holder.pid} (atoms train" in err and "Traceback" not in err
+        assert not (out / STATE_FILE).exists()
+    finally:
+        holder.kill()                                   # SIGKILL: its lock file stays, naming a dead PID
+        holder.wait()
+    assert lock_holder(out)["pid"] == holder.pid
+    stale = out / f".{STATE_FILE}.k3j_9x2a.tmp"         # an atomic write interrupted by a kill
+    stale.write_bytes(b"half")
+    assert main(argv) == 0 and "saved to" in capsys.readouterr().out
+    assert not (out / ".atoms.lock").exists() and not stale.exists()
+
+
+@pytest.mark.model
+def test_cli_train_full_disk_is_a_message_and_resumes(small_cache, small_disk, tmp_path, monkeypatch, capsys):
+    from atomslib import train as T
+    from atomslib.cli import main
+
+    argv = ["train", str(small_cache.path), *TRAIN_ARGS, "--checkpoint-every", "2"]
+    assert main(argv + ["--out", str(tmp_path / "ref")]) == 0
+    out = (small_disk or tmp_path) / "tsae"
+    save, calls, filled = T.atomic_save_safetensors, [], []
+
+    def full_at_second_checkpoint(path, tensors, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            if small_disk is None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            filled.append(fill(small_disk))             # the disk fills up for real
+        return save(path, tensors, metadata)
+
+    monkeypatch.setattr(T, "atomic_save_safetensors", full_at_second_checkpoint)
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / STATE_FILE}: no space left on the device" in err and "run the same command again" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for f in filled:
+        f.unlink()
+    monkeypatch.setattr(T, "atomic_save_safetensors", save)
+    assert main(argv + ["--out", str(out)]) == 0                      # resumes from the first checkpoint
+    assert "resumed_at" in json.loads((out / "train_log.json").read_text())["meta"]
+    assert torch.equal(TSAE.load(out).W_dec, TSAE.load(tmp_path / "ref").W_dec)
