@@ -44,6 +44,17 @@ class PlantedSplit(NamedTuple):
     """(n_heldout, N) float64 true codes of the held-out rows."""
 
 
+def planted_seed(seed: int) -> int:
+    """The generator seed of the planted atoms of problem ``seed``: a 63-bit hash of it, so that it
+    never equals the small seed an SAE is initialised with (see :func:`planted_problem`)."""
+    import hashlib
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}: must be an integer")
+    digest = hashlib.blake2b(f"atomslib.identification.planted:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 5000, eps: float | None = None,
                     delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True, seed: int = 0) -> PlantedSplit:
     """Planted atoms (N, H) with exactly K active per token and a train / held-out split.
@@ -51,6 +62,12 @@ def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 50
     eps: the coherence of the atoms (None: i.i.d. Gaussian directions when N > H, orthonormal when
     N <= H); see :func:`atomslib.theory.synthetic_atoms`, which also checks K <= N and the Welch bound.
     The held-out rows come from the same distribution but are never trained on.
+
+    seed: the problem's seed. The atoms are drawn from a generator seeded by a hash of it
+    (:func:`planted_seed`), not by ``seed`` itself: ``synthetic_atoms(seed=s)`` and an SAE
+    initialised with ``TSAEConfig(seed=s)`` both draw ``randn(N, H)`` from ``Generator(s)``, so
+    with the same small seed an SAE would *start at the true atoms* (Gaussian atoms, N > H) and
+    "recover" them without learning anything.
     """
     for name, v in (("n_train", n_train), ("n_heldout", n_heldout)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -62,8 +79,8 @@ def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 50
     if eps is not None and isinstance(N, int) and isinstance(H, int) and H > 0 and eps < welch_bound(N, H):
         raise ValueError(f"eps={eps:g} is below the Welch bound {welch_bound(N, H):.4g} of N={N} atoms in H={H} "
                          f"dimensions: no such atom set exists; raise eps or H, or lower N")
-    s = synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_train + n_heldout, delta_range=delta_range, seed=seed,
-                        nonneg=nonneg)
+    s = synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_train + n_heldout, delta_range=delta_range,
+                        seed=planted_seed(seed), nonneg=nonneg)
     acts = s.acts.float()
     return PlantedSplit(s, acts[:n_train].contiguous(), acts[n_train:].contiguous(), s.codes[n_train:])
 

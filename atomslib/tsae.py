@@ -47,12 +47,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class TSAEConfig:
     """Architecture and training recipe of a threshold SAE (or ReLU SAE).
 
-    ``TSAEConfig(d_model=H, n_units=N)`` alone identifies planted atoms: on synthetic atom sets
-    (H 32-128, N/H 1.5-3, K 2-10 active atoms per token, coefficients in [1, 2] or [0.5, 3],
-    three seeds each) the defaults recover every atom at cos > 0.95 with MCC >= 0.98 and mean L0
-    within 10% of K, with no drift at 4x the token budget (tests/test_identification.py,
-    notebooks/02_identification.md). The one scale that matters is the L0 coefficient, which by
-    default is 1/H (see ``l0_coeff``).
+    ``TSAEConfig(d_model=H, n_units=N)`` alone is the recipe validated on planted atoms
+    (:mod:`atomslib.identification`, the chapter "Do trained TSAEs find the atoms?",
+    tests/test_identification.py): DeepMind's JumpReLU straight-through estimator (the step's
+    gradient reaches the threshold only), an L0 coefficient of 1/H, and dead units resampled from
+    high-error tokens. With a dictionary twice as wide as the planted one it recovers planted atoms
+    in general position; what it does not recover is said there too.
     Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
     random unit direction's projection of the data has RMS about 1, so the defaults carry over
     between layers and models.
@@ -71,10 +71,8 @@ class TSAEConfig:
     it removes more than lambda·H of squared error, i.e. about a fraction lambda of the token's
     squared norm. None (default) = 1/H: a unit must remove one unit of squared error, which is
     DeepMind's JumpReLU / SAELens step loss at its default coefficient 1 (their MSE is summed over
-    dimensions). Why this default: with the earlier 3e-4 a unit paid for itself by explaining 0.03%
-    of a token, the dense codes that mix atoms cost about as little as the sparse true ones, and
-    training fell into the dense minimum for some seeds (planted atoms H=64, N=96, K=3: L0 74,
-    MCC 0.39); at 1/H every seed identified. Larger = sparser."""
+    dimensions). Why: at the earlier default 3e-4 a unit paid for itself by explaining 0.03% of a
+    token, and on planted atoms training fell into dense codes (L0 many times K). Larger = sparser."""
     l1_coeff: float = 2e-3
     """lambda of the L1 term (activation="relu"): ||m - m_hat||²/H + lambda·sum_n z_n·||d_n||.
     (SmolLM2 layer 15, N=2304, 0.5M tokens: 1e-3 -> L0 274, R² 0.86; 2e-3 -> L0 55, R² 0.70;
@@ -93,10 +91,12 @@ class TSAEConfig:
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
-    ste_to_pre: bool = True
+    ste_to_pre: bool = False
     """Pass the straight-through gradient of the step to the pre-activation (and so to the
-    encoder) as well as to the threshold (Anthropic 2025). False = DeepMind's JumpReLU, where
-    only the threshold gets it."""
+    encoder) as well as to the threshold (Anthropic 2025). False (default) = DeepMind's JumpReLU,
+    where only the threshold gets it. Why False: on planted atoms True pushes every pre-activation
+    near a threshold down (the L0 term's gradient) and training settles on mixtures of atoms;
+    False identifies them (the identification chapter shows both)."""
     lr: float = 5e-3
     """Adam learning rate of the weights and biases."""
     threshold_lr: float | None = None
@@ -140,16 +140,16 @@ class TSAEConfig:
     renormalising after every step."""
     norm_estimate_tokens: int = 65_536
     """Tokens used to estimate the normalisation scale and the initial b_dec (the data mean)."""
-    dead_window_tokens: int = 1_000_000
+    dead_window_tokens: int = 100_000
     """A unit that has not fired for this many training tokens is counted as dead in the log
-    (and is re-initialised when resample_dead_every is set)."""
-    resample_dead_every: int | None = None
+    and is re-initialised at the next resampling (resample_dead_every)."""
+    resample_dead_every: int | None = 200_000
     """Every this many training tokens, re-initialise the dead units (silent for
     dead_window_tokens): each gets the direction of a token of the current batch drawn with
     probability proportional to its squared reconstruction error (Bricken et al. 2023), as its
     decoder row and, scaled, its encoder row; its bias, threshold and Adam moments restart.
-    Not during the final lr decay. None (default): never. Without it a unit that stops firing
-    gets no gradient and stays dead."""
+    Not during the final lr decay. None: never (a unit that stops firing gets no gradient and
+    stays dead). Default on: on planted atoms a dead unit is an atom left unfound."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active)."""

