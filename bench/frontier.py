@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json  # noqa: E402
+from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
 
 
 def held_out(model, X: torch.Tensor) -> tuple[float, float]:
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
             print(f"  {trainer:<9} {setting:<28} held-out R² {r2:.4f}  L0 {l0:7.1f}  {sec:6.1f} s  "
                   f"{args.tokens / sec:8,.0f} tok/s", flush=True)
     result = {"benchmark": "frontier", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "python": platform.python_version(),
                           "load_average_end": os.getloadavg()},
               "setup": {"model": "smollm2-135m", "site": "resid_post", "layers": layers, "train_tokens_per_layer": 20_000,
@@ -121,16 +122,6 @@ def main(argv=None) -> dict:
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
