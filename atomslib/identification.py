@@ -11,7 +11,10 @@ The theory chapter checks the TSAE theorem with an encoder *built* from the true
   matching, against the true support (pooled precision and recall; an unmatched unit that fires
   is a false positive);
 - **held-out R²** and mean **L0** (to set beside the true K);
-- the theorem's prediction for the cell (:func:`theorem_prediction`).
+- the theorem's prediction for the cell (:func:`theorem_prediction`);
+- the training objective of a trained model beside that of the theorem's encoder built from the
+  truth (:func:`sae_objective`, :func:`truth_tsae`): whether a failure is the optimiser's or the
+  objective's.
 
 Everything takes the learned units as a :class:`atomslib.tsae.TSAE` (atomslib's, or SAELens's
 converted exactly by ``atomslib.interop``), so every kind of unit is scored by one code path.
@@ -19,11 +22,14 @@ converted exactly by ``atomslib.interop``), so every kind of unit is scored by o
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from .theory import SyntheticAtoms, synthetic_atoms, tsae_threshold_interval, uniqueness_bound, welch_bound
+
+if TYPE_CHECKING:
+    from .tsae import TSAE
 
 Tensor = torch.Tensor
 
@@ -44,6 +50,17 @@ class PlantedSplit(NamedTuple):
     """(n_heldout, N) float64 true codes of the held-out rows."""
 
 
+def planted_seed(seed: int) -> int:
+    """The generator seed of the planted atoms of problem ``seed``: a 63-bit hash of it, so that it
+    never equals the small seed an SAE is initialised with (see :func:`planted_problem`)."""
+    import hashlib
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}: must be an integer")
+    digest = hashlib.blake2b(f"atomslib.identification.planted:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 5000, eps: float | None = None,
                     delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True, seed: int = 0) -> PlantedSplit:
     """Planted atoms (N, H) with exactly K active per token and a train / held-out split.
@@ -51,6 +68,12 @@ def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 50
     eps: the coherence of the atoms (None: i.i.d. Gaussian directions when N > H, orthonormal when
     N <= H); see :func:`atomslib.theory.synthetic_atoms`, which also checks K <= N and the Welch bound.
     The held-out rows come from the same distribution but are never trained on.
+
+    seed: the problem's seed. The atoms are drawn from a generator seeded by a hash of it
+    (:func:`planted_seed`), not by ``seed`` itself: ``synthetic_atoms(seed=s)`` and an SAE
+    initialised with ``TSAEConfig(seed=s)`` both draw ``randn(N, H)`` from ``Generator(s)``, so
+    with the same small seed an SAE would *start at the true atoms* (Gaussian atoms, N > H) and
+    "recover" them without learning anything.
     """
     for name, v in (("n_train", n_train), ("n_heldout", n_heldout)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -62,7 +85,7 @@ def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 50
     if eps is not None and isinstance(N, int) and isinstance(H, int) and H > 0 and eps < welch_bound(N, H):
         raise ValueError(f"eps={eps:g} is below the Welch bound {welch_bound(N, H):.4g} of N={N} atoms in H={H} "
                          f"dimensions: no such atom set exists; raise eps or H, or lower N")
-    s = synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_train + n_heldout, delta_range=delta_range, seed=seed,
+    s = synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_train + n_heldout, delta_range=delta_range, seed=planted_seed(seed),
                         nonneg=nonneg)
     acts = s.acts.float()
     return PlantedSplit(s, acts[:n_train].contiguous(), acts[n_train:].contiguous(), s.codes[n_train:])
@@ -219,3 +242,60 @@ def theorem_prediction(atoms: SyntheticAtoms) -> TheoremPrediction:
     mu = float(atoms.coherence_aip)
     iv = tsae_threshold_interval(mu, atoms.K, lo, hi)
     return TheoremPrediction(mu, float(atoms.coherence), uniqueness_bound(min(max(mu, 0.0), 1.0)), iv, iv is not None)
+
+
+def truth_tsae(D: Tensor, threshold: float, *, aip=None) -> "TSAE":
+    """The theorem's encoder built from the truth, as a :class:`atomslib.tsae.TSAE` (float64).
+
+    W_enc = D S̃ (rows; S̃ = I when ``aip`` is None, the Euclidean geometry), W_dec = D, zero biases
+    and one threshold for every unit. Rows of D must have unit norm under the geometry
+    (:func:`atomslib.theory.theorem_tsae` checks). Scored like any trained dictionary, it says what
+    the truth itself achieves under the TSAE's encoder, e.g. its value of the training objective
+    (:func:`sae_objective`)."""
+    from .theory import theorem_tsae
+    from .tsae import TSAE, TSAEConfig
+
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
+            and threshold >= 0):
+        raise ValueError(f"threshold={threshold!r}: must be a finite number >= 0 (in the units of the codes)")
+    enc = theorem_tsae(D, aip, float(threshold))
+    N, H = enc.W_dec.shape
+    units = TSAE(TSAEConfig(d_model=H, n_units=N, dtype="float64"), init=False)
+    with torch.no_grad():
+        units.W_enc.copy_(enc.W_enc)
+        units.W_dec.copy_(enc.W_dec)
+        units.b_enc.zero_()
+        units.b_dec.zero_()
+        units.threshold.fill_(float(threshold))
+    units.fit_info["built_from"] = "truth"
+    return units
+
+
+@torch.no_grad()
+def sae_objective(units, X: Tensor, *, l0_coeff: float, scale: float | None = None,
+                  batch_size: int = 8192) -> float:
+    """Mean per-token value of the threshold SAE's training objective on rows ``X``:
+    ||s·(m − m̂)||²/H + l0_coeff·L0, in the trainer's normalised space (``normalize="mean_norm"``:
+    s = sqrt(H) / E||m||, estimated on ``X`` unless ``scale`` is given; pass the training rows'
+    scale to compare several models on the same footing). Lower is better for the trainer:
+    comparing a trained model with :func:`truth_tsae` tells whether training stopped at a worse
+    point than the truth (an optimisation failure) or the objective itself prefers another
+    solution."""
+    if not (isinstance(l0_coeff, (int, float)) and not isinstance(l0_coeff, bool) and math.isfinite(l0_coeff)
+            and l0_coeff >= 0):
+        raise ValueError(f"l0_coeff={l0_coeff!r}: must be a finite number >= 0 (the trainer's default is 1/H)")
+    X = X.detach().double().cpu()
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty (n, H) tensor, got shape {tuple(X.shape)}")
+    H = X.shape[1]
+    if scale is None:
+        scale = math.sqrt(H) / float(X.norm(dim=1).mean())
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale!r}: must be a finite number > 0 (all-zero rows cannot be normalised)")
+    total = 0.0
+    for i in range(0, X.shape[0], batch_size):
+        x = X[i:i + batch_size]
+        out = units(x.to(units.W_enc.dtype))
+        err = (out.m_hat.double().cpu() - x).pow(2).sum(1) * scale ** 2 / H
+        total += float((err + l0_coeff * (out.codes != 0).sum(1).double().cpu()).sum())
+    return total / X.shape[0]
