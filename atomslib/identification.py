@@ -11,7 +11,10 @@ The theory chapter checks the TSAE theorem with an encoder *built* from the true
   matching, against the true support (pooled precision and recall; an unmatched unit that fires
   is a false positive);
 - **held-out R²** and mean **L0** (to set beside the true K);
-- the theorem's prediction for the cell (:func:`theorem_prediction`).
+- the theorem's prediction for the cell (:func:`theorem_prediction`);
+- the training objective of a trained model beside that of the theorem's encoder built from the
+  truth (:func:`sae_objective`, :func:`truth_tsae`): whether a failure is the optimiser's or the
+  objective's.
 
 Everything takes the learned units as a :class:`atomslib.tsae.TSAE` (atomslib's, or SAELens's
 converted exactly by ``atomslib.interop``), so every kind of unit is scored by one code path.
@@ -19,11 +22,14 @@ converted exactly by ``atomslib.interop``), so every kind of unit is scored by o
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from .theory import SyntheticAtoms, synthetic_atoms, tsae_threshold_interval, uniqueness_bound, welch_bound
+
+if TYPE_CHECKING:
+    from .tsae import TSAE
 
 Tensor = torch.Tensor
 
@@ -236,3 +242,60 @@ def theorem_prediction(atoms: SyntheticAtoms) -> TheoremPrediction:
     mu = float(atoms.coherence_aip)
     iv = tsae_threshold_interval(mu, atoms.K, lo, hi)
     return TheoremPrediction(mu, float(atoms.coherence), uniqueness_bound(min(max(mu, 0.0), 1.0)), iv, iv is not None)
+
+
+def truth_tsae(D: Tensor, threshold: float, *, aip=None) -> "TSAE":
+    """The theorem's encoder built from the truth, as a :class:`atomslib.tsae.TSAE` (float64).
+
+    W_enc = D S̃ (rows; S̃ = I when ``aip`` is None, the Euclidean geometry), W_dec = D, zero biases
+    and one threshold for every unit. Rows of D must have unit norm under the geometry
+    (:func:`atomslib.theory.theorem_tsae` checks). Scored like any trained dictionary, it says what
+    the truth itself achieves under the TSAE's encoder, e.g. its value of the training objective
+    (:func:`sae_objective`)."""
+    from .theory import theorem_tsae
+    from .tsae import TSAE, TSAEConfig
+
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
+            and threshold >= 0):
+        raise ValueError(f"threshold={threshold!r}: must be a finite number >= 0 (in the units of the codes)")
+    enc = theorem_tsae(D, aip, float(threshold))
+    N, H = enc.W_dec.shape
+    units = TSAE(TSAEConfig(d_model=H, n_units=N, dtype="float64"), init=False)
+    with torch.no_grad():
+        units.W_enc.copy_(enc.W_enc)
+        units.W_dec.copy_(enc.W_dec)
+        units.b_enc.zero_()
+        units.b_dec.zero_()
+        units.threshold.fill_(float(threshold))
+    units.fit_info["built_from"] = "truth"
+    return units
+
+
+@torch.no_grad()
+def sae_objective(units, X: Tensor, *, l0_coeff: float, scale: float | None = None,
+                  batch_size: int = 8192) -> float:
+    """Mean per-token value of the threshold SAE's training objective on rows ``X``:
+    ||s·(m − m̂)||²/H + l0_coeff·L0, in the trainer's normalised space (``normalize="mean_norm"``:
+    s = sqrt(H) / E||m||, estimated on ``X`` unless ``scale`` is given; pass the training rows'
+    scale to compare several models on the same footing). Lower is better for the trainer:
+    comparing a trained model with :func:`truth_tsae` tells whether training stopped at a worse
+    point than the truth (an optimisation failure) or the objective itself prefers another
+    solution."""
+    if not (isinstance(l0_coeff, (int, float)) and not isinstance(l0_coeff, bool) and math.isfinite(l0_coeff)
+            and l0_coeff >= 0):
+        raise ValueError(f"l0_coeff={l0_coeff!r}: must be a finite number >= 0 (the trainer's default is 1/H)")
+    X = X.detach().double().cpu()
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be a non-empty (n, H) tensor, got shape {tuple(X.shape)}")
+    H = X.shape[1]
+    if scale is None:
+        scale = math.sqrt(H) / float(X.norm(dim=1).mean())
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale!r}: must be a finite number > 0 (all-zero rows cannot be normalised)")
+    total = 0.0
+    for i in range(0, X.shape[0], batch_size):
+        x = X[i:i + batch_size]
+        out = units(x.to(units.W_enc.dtype))
+        err = (out.m_hat.double().cpu() - x).pow(2).sum(1) * scale ** 2 / H
+        total += float((err + l0_coeff * (out.codes != 0).sum(1).double().cpu()).sum())
+    return total / X.shape[0]

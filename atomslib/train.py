@@ -199,10 +199,21 @@ def _init_from_sample(run: _Run, sample: Tensor, unit_scale: float) -> None:
         run.model.threshold.mul_(unit_scale)
 
 
+@torch.no_grad()
+def _init_directions(run: _Run, D: Tensor) -> None:
+    """Decoder and tied encoder rows from raw-space directions D (N, H), unit norm in the training space."""
+    W = D.detach().to("cpu", torch.float64)
+    if run.A is not None:
+        W = W @ run.A.to(W)          # x = s·m A: a raw direction d is d A in the training space
+    W = W / W.norm(dim=1, keepdim=True)
+    run.model.W_dec.copy_(W.to(run.model.W_dec))
+    run.model.W_enc.copy_(W.to(run.model.W_enc))
+
+
 @locks_output("checkpoint_dir", "atoms train", need_bytes=lambda acts, cfg, **_: _checkpoint_bytes(cfg))
 def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: str | Path | None = None,
                resume: bool = True, progress: bool = True, eval_acts: Tensor | None = None,
-               log: TrainLog | Callable[[dict], Any] | None = None) -> TSAE:
+               log: TrainLog | Callable[[dict], Any] | None = None, init_dictionary: Tensor | None = None) -> TSAE:
     """Train a TSAE (``cfg.activation="threshold"``) or a ReLU SAE (``"relu"``) on ``acts``.
 
     acts: an (n, H) tensor, or a re-iterable of (b, H) batches (a list, a cache reader; float16
@@ -213,6 +224,10 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         (``atomslib.lock``) and checked for write access and free space before the first step.
     eval_acts: (n, H) held-out activations; their raw-space R² and L0 are logged.
     log: a :class:`TrainLog` to fill, or a callable given each record (it may raise to stop).
+    init_dictionary: (n_units, H) raw-space directions to start from instead of the seeded random
+        ones (decoder and tied encoder rows, unit norm in the training space; biases and thresholds
+        as usual), e.g. the true atoms of a planted problem to ask whether training stays there.
+        Ignored when resuming from a checkpoint.
 
     Returns the trained model in the raw activation space, with ``model.train_log``.
     """
@@ -230,6 +245,13 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         eval_acts = check_acts(eval_acts, "eval_acts")
         if eval_acts.shape[1] != H:
             raise ValueError(f"eval_acts has width {eval_acts.shape[1]} but TSAEConfig.d_model={H}")
+    if init_dictionary is not None:
+        init_dictionary = check_acts(init_dictionary, "init_dictionary")
+        if tuple(init_dictionary.shape) != (N, H):
+            raise ValueError(f"init_dictionary has shape {tuple(init_dictionary.shape)} but TSAEConfig (n_units={N}, "
+                             f"d_model={H}) needs ({N}, {H})")
+        if not bool((init_dictionary.norm(dim=1) > 0).all()):
+            raise ValueError("init_dictionary has an all-zero row: every unit needs a direction")
     trainlog = log if isinstance(log, TrainLog) else TrainLog()
     callback = log if callable(log) and not isinstance(log, TrainLog) else None
     if log is not None and not isinstance(log, TrainLog) and callback is None:
@@ -263,8 +285,11 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         rms = float(xs.norm(dim=1).mean()) / math.sqrt(H)
         unit = 1.0 if cfg.normalize == "mean_norm" else rms
         _init_from_sample(run, sample, unit)
+        if init_dictionary is not None:
+            _init_directions(run, init_dictionary)
         trainlog.meta.update({"total_steps": total, "batch_size": B, "n_tokens": n_tokens, "input_scale": run.scale,
-                              "whitened": run.A is not None, "unit": unit, "data": stream.fingerprint()})
+                              "whitened": run.A is not None, "unit": unit, "data": stream.fingerprint(),
+                              "init": "random" if init_dictionary is None else "init_dictionary"})
     unit = float(trainlog.meta.get("unit", 1.0))
     eps = cfg.bandwidth * unit
     fingerprint = stream.fingerprint()

@@ -53,6 +53,9 @@ class TSAEConfig:
     gradient reaches the threshold only), an L0 coefficient of 1/H, and dead units resampled from
     high-error tokens. With a dictionary twice as wide as the planted one it recovers planted atoms
     in general position; what it does not recover is said there too.
+    (Full recovery from a random start, once reported here, was an artefact: the planted atoms
+    and the initial decoder came from the same seeded generator, so training started at the truth;
+    ``planted_problem`` now hashes its seed.)
     Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
     random unit direction's projection of the data has RMS about 1, so the defaults carry over
     between layers and models.
