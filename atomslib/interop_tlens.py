@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .models import check_site
+from .models import check_site, resolve_layers
 
 __all__ = ["TL_HOOK_NAMES", "tl_hook_name", "site_of_hook_name", "is_bridge", "boot_bridge", "BridgeRecorder",
            "bridge_backend", "harvest_transformer_bridge"]
@@ -125,9 +125,7 @@ class BridgeRecorder:
         check_site(site)
         self.bridge, self.site, self.stop_early = bridge, site, stop_early
         n = int(bridge.cfg.n_layers)
-        self.layers = sorted({int(layer) % n if -n <= int(layer) < n else _bad_layer(layer, n) for layer in layers})
-        if not self.layers:
-            raise ValueError("layers is empty; pass at least one layer index")
+        self.layers = resolve_layers(layers, n)
         self.names = {layer: tl_hook_name(site, layer) for layer in self.layers}
         missing = [h for h in self.names.values() if h not in bridge.hook_dict]
         if missing:
@@ -152,10 +150,6 @@ class BridgeRecorder:
                 raise RuntimeError(f"the bridge did not record {name}; is it a standard decoder block list?")
             out[layer] = cache[name]
         return out
-
-
-def _bad_layer(layer: Any, n: int) -> int:
-    raise ValueError(f"layer {layer} is out of range: this model has n_layers={n} blocks (0..{n - 1}, or -1 for the last)")
 
 
 def bridge_backend(model: Any, tokenizer: Any = None, *, copy_model: bool = True):
