@@ -436,7 +436,8 @@ def _versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------- CLI
 
 def configure_harvest_parser(p) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default, offline), a local folder or a HF id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default) or 'gemma3-270m' (embedded, "
+                   "offline), a local folder or a HF id")
     p.add_argument("--layers", default="3,15", help="comma-separated block indices (-1: the last), ranges (0-5), "
                    "fractions of depth (0.5) or early/middle/late/all, resolved for the model (default 3,15)")
     p.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site (default resid_post)")

@@ -13,6 +13,11 @@ mlp_in         ``blocks.{l}.mlp.hook_post``        MLP hidden activation = input
 mlp_out        ``blocks.{l}.hook_mlp_out``         output of the MLP module (bridge: ``blocks.{l}.mlp.hook_out``)
 =============  =================================  =============================================
 
+Gemma 2 and 3 norm the MLP output again before adding it to the stream (``post_feedforward_layernorm``).
+atoms' ``mlp_out`` and the bridge's ``blocks.{l}.mlp.hook_out`` are *before* that norm (the MLP module's
+output, ``down_proj(mlp_in)``); the legacy ``HookedTransformer`` puts its ``hook_mlp_out`` *after* it
+(``ln2_post``). An SAE trained on a legacy Gemma ``hook_mlp_out`` is therefore not at atoms' ``mlp_out``.
+
 The backend is TransformerLens 3's ``TransformerBridge``, which wraps the Hugging Face model and
 keeps its weights as they are. The legacy ``HookedTransformer`` is not used: by default it folds
 the layer norms, centres the writing weights (removing the mean over d_model from the residual

@@ -136,7 +136,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def _offline_message(name: str) -> str:
     return (f"model {name!r} is a Hugging Face hub id that is not in the local Hugging Face cache, and the hub "
             f"cannot be reached (no network / HF_HUB_OFFLINE is set). Use the default model "
-            f"(model='{DEFAULT_MODEL}'), or a local folder holding config.json and the weights, "
+            f"(model='{DEFAULT_MODEL}') or another embedded one ({', '.join(EMBEDDED)}), or a local folder holding "
+            f"config.json and the weights, "
             f"or set HF_TOKEN and go online (unset HF_HUB_OFFLINE) to download it")
 
 
