@@ -23,7 +23,6 @@ import math
 import os
 import re
 import socket
-import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
