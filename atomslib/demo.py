@@ -162,11 +162,17 @@ def info() -> dict:
     for p in ("transformers", "gguf", "sae-lens", "transformer-lens", "jupyter-book", "papermill", "ray"):
         d[p] = ver(p)
     try:
-        from .models import cache_root, find_smollm2_gguf
+        from .assets import cache_root
         d["cache_root"] = str(cache_root())
-        d["default_model_gguf"] = str(find_smollm2_gguf())
     except Exception as e:  # info must never fail: it is what a user runs when something is missing
-        d["default_model_gguf"] = f"not found: {e}"
+        d["cache_root"] = f"unknown: {e}"
+    from .assets import EMBEDDED, locate
+    for name in EMBEDDED:   # the default model first, as before
+        key = "default_model_gguf" if name == "smollm2-135m" else f"{name}_gguf"
+        try:
+            d[key] = ", ".join(map(str, locate(name).parts))
+        except Exception as e:
+            d[key] = f"not found: {e}"
     try:
         from .corpus import wiki_offline_path
         d["default_corpus"] = str(wiki_offline_path())

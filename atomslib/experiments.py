@@ -25,6 +25,7 @@ import torch
 from .cache import ActivationCache
 from .harvest import harvest
 from .lock import hold
+from .models import resolve_layers   # the notebooks call ex.resolve_layers(layers, model)
 from .tsae import TSAE, TSAEConfig
 
 KINDS = ("neurons", "features", "atoms")
@@ -350,46 +351,6 @@ def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8
            "dead_fraction": float(criteria.dead_units(codes).double().mean()),
            "n_units": int(D.shape[0]), "n_samples": int(m.shape[0])}
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Chapters 2 and 5: layer lists.
-
-def resolve_layers(layers, model: str = "smollm2-135m") -> list[int]:
-    """`layers` as a sorted list of distinct block indices. An int or a list passes through, a
-    negative index counting from the end (-1: the last block); the string "all" means every block of
-    `model`. The number of blocks is read from its config (no weights loaded; a hub id needs its
-    config in the local Hugging Face cache or the network)."""
-    if isinstance(layers, str):
-        if layers.strip().lower() != "all":
-            raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}")
-        return list(range(_n_blocks(model)))
-    if isinstance(layers, int):
-        layers = [layers]
-    try:
-        out = sorted({int(x) for x in layers})
-    except (TypeError, ValueError):
-        raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}") from None
-    if out and out[0] < 0:   # normalised here, once, so caches, units and results all name the same block
-        n = _n_blocks(model)
-        if out[0] < -n:
-            raise ValueError(f"layer {out[0]} is out of range: {model} has {n} blocks (layers 0..{n - 1}, or -1 "
-                             f"for the last)")
-        out = sorted({x % n for x in out})
-    if not out:
-        raise ValueError("layers is empty; pass at least one block index")
-    return out
-
-
-def _n_blocks(model: str) -> int:
-    """Number of transformer blocks of `model`, from its config alone."""
-    from transformers import AutoConfig
-
-    from .models import DEFAULT_MODEL, smollm2_folder
-    src = smollm2_folder(progress=False) if model == DEFAULT_MODEL else model
-    cfg = AutoConfig.from_pretrained(src)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return int(cfg.num_hidden_layers)
 
 
 def variance_share_of_top(m: torch.Tensor, frac: float = 0.01) -> float:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import sys
 import time
 import types
@@ -45,7 +44,8 @@ from .cache_repair import (add_shard, intact_cache, read_manifest, remove_cache_
                            write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
 from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
-from .models import DEFAULT_MODEL, HOOK_SITES, ActivationRecorder, check_layer, check_site, model_spec
+from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, check_site, model_spec, resolve_layers
+from .recorder import ActivationRecorder
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
 
@@ -59,7 +59,8 @@ class HarvestConfig:
     """Everything that determines a harvest's output (its identity is `request()`)."""
 
     layers: tuple[int, ...] = (3, 15)
-    """Block indices to record (sorted, deduplicated; `harvest` turns -1 into the last block's index)."""
+    """Block indices to record (sorted, deduplicated). `harvest` takes more (-1 for the last block, fractions
+    of depth, early/middle/late: `atomslib.models.resolve_layers`) and records the absolute indices here."""
     site: str = "resid_post"
     """Hook site, one of HOOK_SITES: resid_post, mlp_in, mlp_out."""
     tokens: int = 20_000
@@ -93,7 +94,8 @@ class HarvestConfig:
         try:
             layers = tuple(sorted({int(layer) for layer in self.layers}))
         except (TypeError, ValueError):
-            raise TypeError(f"layers must be an int or a sequence of ints, got {self.layers!r}") from None
+            raise TypeError(f"layers must be an int or a sequence of ints (block indices) here, got {self.layers!r}; "
+                            f"harvest() resolves names and fractions of depth (atomslib.models.resolve_layers)") from None
         if not layers:
             raise ValueError("layers is empty; pass at least one block index, e.g. layers=(3, 15)")
         self.layers = layers
@@ -138,7 +140,7 @@ class HarvestConfig:
 
 
 def _default_out(request: dict[str, Any]) -> Path:
-    from .models import cache_root
+    from .assets import cache_root
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "harvests" / key
 
@@ -163,7 +165,7 @@ def _select(x: torch.Tensor, T: int, exclude_first: bool, ratio: float | None):
     return ~(first | outlier), outlier, med
 
 
-def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence[int] = (3, 15),
+def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | str | Sequence = (3, 15),
             site: str = "resid_post", tokens: int = 20_000, out: str | Path | None = None, *,
             tokenizer=None, corpus: str = WIKI_OFFLINE, split: str = "train", heldout_fraction: float = 0.1,
             ctx_len: int = 128, batch_size: int = 8, dtype: str = "float32", device: str = "cpu",
@@ -173,8 +175,11 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
             wait: float | None = None) -> ActivationCache:
     """Run `model` over a corpus split once and store the activations of `site` at `layers` in `out`.
 
-    model: a name for `load_model` (default the embedded SmolLM2-135M) or an already loaded HF
-        model (then pass `tokenizer=`; its device and dtype are used). out: the cache folder (default
+    model: a name for `load_model` (default the embedded SmolLM2-135M; `gemma3-270m`, a folder, a hub
+        id) or an already loaded HF model (then pass `tokenizer=`; its device and dtype are used).
+    layers: block indices (-1 the last), fractions of depth (0.5), early/middle/late or all, resolved for
+        this model by `atomslib.models.resolve_layers`; the request and manifest record the absolute
+        indices (so `middle` and its index name the same cache). out: the cache folder (default
         `$ATOMS_CACHE/harvests/<hash of the request>`). resume: reuse a complete cache of the same
         request (re-validated: missing or corrupt shards are harvested again), continue an interrupted
         one; False recomputes from scratch. on_shard(i, n) is called after shard i is durably
@@ -191,13 +196,8 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
     bridge, user_model = None, isinstance(model, torch.nn.Module)
     if backend != "hooks" and hasattr(model, "original_model"):   # a TransformerBridge: harvest what it wraps
         bridge, model = model, model.original_model
-    if isinstance(model, torch.nn.Module):   # a loaded model brings its own parameter dtype
-        model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    cfg = HarvestConfig(layers=layers, site=site, tokens=tokens, corpus=str(corpus), split=split,
-                        heldout_fraction=heldout_fraction, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype,
-                        exclude_first=exclude_first, outlier_ratio=outlier_ratio, seed=seed, shard_tokens=shard_tokens,
-                        model_dtype=model_dtype)
     if isinstance(model, torch.nn.Module):
+        model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")   # a loaded model brings its own
         if tokenizer is None:
             raise ValueError("a loaded model needs its tokenizer: harvest(model, ..., tokenizer=tok) or harvest((model, tok), ...)")
         name = model_spec(model).name
@@ -205,21 +205,21 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | Sequence
         name = str(model)
     else:
         raise TypeError(f"model must be a model name/folder or a loaded HF model, got {type(model).__name__}")
+    # Absolute block indices from here on (-1, fractions, names resolved once, from the model's depth).
+    layers = resolve_layers(layers, model if isinstance(model, torch.nn.Module) else name)
+    cfg = HarvestConfig(layers=tuple(layers), site=site, tokens=tokens, corpus=str(corpus), split=split,
+                        heldout_fraction=heldout_fraction, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype,
+                        exclude_first=exclude_first, outlier_ratio=outlier_ratio, seed=seed, shard_tokens=shard_tokens,
+                        model_dtype=model_dtype)
     if out is not None:
         try:
             check_output_dir(out)                               # before any model is loaded
         except OutputDirError:   # a read-only folder may still hold the complete cache asked for
-            cached = None if not resume or min(cfg.layers) < 0 else intact_cache(out, _request(cfg, name, backend))
+            cached = None if not resume else intact_cache(out, _request(cfg, name, backend))
             if cached is None:
                 raise
             return cached
     t_start = time.time()
-    if any(layer < 0 for layer in cfg.layers):   # -1 = the last block: normalised once, here, for good
-        if not isinstance(model, torch.nn.Module):
-            from .models import load_model
-            model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
-        blocks = sorted({check_layer(model, layer) for layer in cfg.layers})
-        cfg.layers = tuple(blocks) if len(blocks) == len(cfg.layers) else cfg.layers   # _Run refuses doubles
     request = _request(cfg, name, backend)
     out = Path(out).expanduser() if out is not None else _default_out(request)
     with guard_output(out, "atoms harvest", wait=wait):
@@ -435,25 +435,11 @@ def _versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _parse_layers(s: str) -> list[int]:
-    out: list[int] = []
-    for part in (x.strip() for x in s.split(",")):
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
-        if m:
-            out.extend(range(int(m[1]), int(m[2]) + 1))
-        elif part:
-            try:
-                out.append(int(part))
-            except ValueError:
-                raise ValueError(f"--layers {s!r}: {part!r} is not a layer; pass e.g. 3,15 or 0-5") from None
-    if not out:
-        raise ValueError(f"--layers {s!r} names no layer; pass e.g. 3,15 or 0-5")
-    return out
-
-
 def configure_harvest_parser(p) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default, offline), a local folder or a HF id")
-    p.add_argument("--layers", default="3,15", help="comma-separated block indices or ranges, e.g. 3,15 or 0-5 (default 3,15)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default) or 'gemma3-270m' (embedded, "
+                   "offline), a local folder or a HF id")
+    p.add_argument("--layers", default="3,15", help="comma-separated block indices (-1: the last), ranges (0-5), "
+                   "fractions of depth (0.5) or early/middle/late/all, resolved for the model (default 3,15)")
     p.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site (default resid_post)")
     p.add_argument("--tokens", type=int, default=20_000, help="token positions to harvest (default 20000)")
     p.add_argument("--out", default=None, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
@@ -490,7 +476,7 @@ def _outlier_ratio(s: str) -> float | None:
 
 
 def cli_harvest(args) -> int:
-    cache = harvest(args.model, _parse_layers(args.layers), args.site, args.tokens, args.out, corpus=args.corpus,
+    cache = harvest(args.model, args.layers, args.site, args.tokens, args.out, corpus=args.corpus,
                     split=args.split, ctx_len=args.ctx_len, batch_size=args.batch_size, dtype=args.dtype,
                     device=args.device, model_dtype=args.model_dtype, exclude_first=not args.keep_first,
                     outlier_ratio=args.outlier_ratio, seed=args.seed, resume=not args.no_resume,

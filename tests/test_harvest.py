@@ -18,7 +18,7 @@ from atomslib import harvest as H
 from atomslib.cache import ActivationCache, CacheError
 from atomslib.harvest import ActivationRecorder, HarvestConfig, harvest
 from _disks import fill, small_disk  # noqa: F401  (fixture)
-from conftest_activations import SMALL_HARVEST, small_cache, smol  # noqa: F401,F811  (fixtures)
+from conftest_activations import GEMMA, SMALL_HARVEST, gemma, small_cache, smol  # noqa: F401,F811  (fixtures)
 
 pytestmark = pytest.mark.model
 
@@ -193,9 +193,9 @@ def test_mlp_in_site_and_cli(smol, tmp_path, monkeypatch, capsys):
     cache = ActivationCache(out)
     assert cache.d_model == 1536 and cache.site == "mlp_in" and cache.manifest["corpus"]["split"] == "heldout"
     assert cache.n_kept(2) == 254 and cache.manifest["request"]["outlier_ratio"] is None
-    assert H._parse_layers("0-2,5") == [0, 1, 2, 5]
     rc = main(["harvest", "--layers", "2,99", "--tokens", "128", "--out", str(tmp_path / "bad"), "--quiet"])
-    assert rc == 2 and "n_layers=30" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "layers: layer 99 is out of range: smollm2-135m has n_layers=30" in err and "\n" == err[-1:]
 
 
 # ---- repair, concurrent runs, full disks, leftovers ---------------------------------------------------
@@ -342,9 +342,13 @@ def test_last_layer_minus_one_is_normalised_once(smol, tmp_path, monkeypatch):
     monkeypatch.setattr(H, "_Run", lambda *a, **k: pytest.fail("recomputed"))
     assert harvest(smol, layers=(29,), out=tmp_path / "last", **kw).path == cache.path   # the same request
     assert harvest(smol, layers=[-1], out=tmp_path / "last", **kw).path == cache.path
-    assert H._parse_layers("-1") == [-1]
+    # Fractions and names resolve to absolute blocks: 1.0 is the last block, the same request and cache;
+    # "late" is block 24 of 30, another request.
+    assert harvest(smol, layers=1.0, out=tmp_path / "last", **kw).path == cache.path
+    with pytest.raises(CacheError, match=r"another request \(differs in layers\)"):
+        harvest(smol, layers="late", out=tmp_path / "last", **kw)
     from atomslib.experiments import resolve_layers   # the notebooks' edge: the same normalisation
-    assert resolve_layers([-1, 3]) == [3, 29] and resolve_layers(-2) == [28]
+    assert resolve_layers([-1, 3]) == [3, 29] and resolve_layers(-2) == [28] and resolve_layers("middle") == [15]
     with pytest.raises(ValueError, match="layer -31 is out of range"):
         resolve_layers([-31])
 
@@ -371,3 +375,45 @@ def test_a_complete_cache_on_a_read_only_disk_is_still_reused(smol, reference, s
     assert harvest(smol, out=small_disk / "c", **RESUME).path == small_disk / "c"     # nothing to write
     with pytest.raises(OutputDirError, match=r"other is on a read-only file system"):
         harvest(smol, out=small_disk / "other", **RESUME)
+
+
+# ---- Gemma 3 270M: the same guarantees on the second embedded model ---------------------------------
+# Small: 8 contexts x 32 tokens (BOS first), 4 shards of 2 contexts, layers early and middle (3 and 9 of 18).
+GEMMA_RESUME = dict(layers=("early", "middle"), site="resid_post", tokens=256, ctx_len=32, batch_size=2,
+                    shard_tokens=64, progress=False)
+
+
+def test_gemma_harvest_is_deterministic_and_a_killed_one_resumes_identically(gemma, tmp_path):
+    model, tok = gemma
+    ref = harvest(gemma, out=tmp_path / "ref", **GEMMA_RESUME)
+    m = ref.manifest
+    assert m["model"]["name"] == GEMMA and m["model"]["architecture"] == "Gemma3ForCausalLM"
+    assert m["request"]["layers"] == m["layers"] == [3, 9] and m["request"]["model"] == GEMMA
+    assert (m["d_site"], m["n_shards"], m["n_tokens"]) == (640, 4, 256)
+    assert bool((ref.token_ids[:, 0] == tok.bos_token_id).all())        # Gemma's BOS opens every context
+    assert ref.counts(9) == {"n_first": 8, "n_kept": 256 - 8, "n_outlier": 0}
+    # The stored rows are the hooked activations (position 0 dropped).
+    with torch.inference_mode(), ActivationRecorder(model, "resid_post", [3, 9]) as rec:
+        acts = rec(ref.token_ids[:2].to(torch.int64))
+    torch.testing.assert_close(ref.load(9, max_tokens=62), acts[9][:, 1:].reshape(-1, 640), rtol=0, atol=0)
+    again = harvest(gemma, out=tmp_path / "again", **GEMMA_RESUME)
+    same_cache(ref.path, again.path)
+
+    # SIGKILL after the third shard, in another process that loads the model by name; then resume here.
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from atomslib.harvest import harvest
+        def die(i, n):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        harvest({GEMMA!r}, out={str(out)!r}, on_shard=die, **{GEMMA_RESUME!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=600)
+    assert r.returncode == -9, r.stderr.decode()[-2000:]
+    assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 3
+    ran = []
+    harvest(gemma, out=out, on_shard=lambda i, n: ran.append(i), **{**GEMMA_RESUME, "layers": [3, 9]})
+    assert ran == [3]                                                  # only the missing shard was computed
+    same_cache(ref.path, out)
