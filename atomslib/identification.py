@@ -253,20 +253,11 @@ def truth_tsae(D: Tensor, threshold: float, *, aip=None) -> "TSAE":
     the truth itself achieves under the TSAE's encoder, e.g. its value of the training objective
     (:func:`sae_objective`)."""
     from .theory import theorem_tsae
-    from .tsae import TSAE, TSAEConfig
 
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
             and threshold >= 0):
         raise ValueError(f"threshold={threshold!r}: must be a finite number >= 0 (in the units of the codes)")
-    enc = theorem_tsae(D, aip, float(threshold))
-    N, H = enc.W_dec.shape
-    units = TSAE(TSAEConfig(d_model=H, n_units=N, dtype="float64"), init=False)
-    with torch.no_grad():
-        units.W_enc.copy_(enc.W_enc)
-        units.W_dec.copy_(enc.W_dec)
-        units.b_enc.zero_()
-        units.b_dec.zero_()
-        units.threshold.fill_(float(threshold))
+    units = theorem_tsae(D, aip, float(threshold)).to_tsae()   # W_enc = D S̃, W_dec = D, zero biases
     units.fit_info["built_from"] = "truth"
     return units
 
