@@ -2,8 +2,10 @@
 with them (the chapter notebooks/08_identification.md runs the sweeps).
 
 The training tests pin what holds today: the TSAE defaults *keep* the true atoms when started at
-them (default budget and 4x), and from a random start they recover most but not all of them. They do
-not assert identification from a random start: it does not happen at these budgets (chapter 8).
+them (default budget and 4x); from a random start with as many units as atoms they recover most but
+not all of them, and with twice as many units they identify atoms in general position (MCC >= 0.98,
+>= 95% recovered, L0 near K, at the default budget and 4x). Packed low-coherence atom sets are not
+identified from a random start (chapter 8 shows it); no test pretends otherwise.
 """
 from __future__ import annotations
 
@@ -160,3 +162,15 @@ def test_defaults_from_a_random_start_recover_most_atoms():
     s = idf.identification_scores(p, units)
     assert s.mcc >= 0.9 and s.recovered_95 >= 0.7 and abs(s.l0 - K) / K <= 0.2, s
     assert math.isfinite(s.r2) and s.r2 > 0.8
+
+
+@pytest.mark.parametrize("H, N, K", [(48, 96, 4), (96, 144, 6)])
+@pytest.mark.parametrize("budget, seed", [(1, 0), (1, 1), (4, 0)])
+def test_defaults_identify_from_a_random_start_with_twice_the_units(H, N, K, budget, seed):
+    """The validated recipe: TSAEConfig defaults with 2N units, from a random start, on atoms in general
+    position the defaults were not tuned on; the default budget and 4x (no drift). MCC >= 0.98, >= 95% of
+    the atoms at cos > 0.95, L0 within 20% of K over the second half of training."""
+    p = idf.planted_problem(H, N, K, n_train=40000, n_heldout=2000, seed=seed)
+    units = train_tsae(p.train, TSAEConfig(d_model=H, n_units=2 * N, seed=seed, n_tokens=budget * DEFAULT_BUDGET),
+                       progress=False)
+    _check_identified(p, units, K)
