@@ -7,8 +7,12 @@ and several sparsity settings each:
 - atomslib: the plain L0 penalty at l0_coeff = c/H for c in --penalties (c = 1 is the default,
   the setting validated on planted atoms), and the target-L0 form at --target-l0;
 - SAELens: its tanh recipe (atomslib.interop.train_saelens_jumprelu's default) at l0_coeff in
-  --saelens-coeffs, and its quadratic (Gemma Scope 2) loss at the same --target-l0 — the same loss
-  as atomslib's target form, so that row pair is the comparison at matched L0.
+  --saelens-coeffs; with --saelens-target also its quadratic (Gemma Scope 2) loss at the same
+  --target-l0, the same loss as atomslib's target form (off by default: it is dominated by the tanh
+  points and costs a SAELens run per layer; bench/train_throughput.py compares that pair).
+
+The comparison at matched L0 (`matched_l0` in the JSON, and a table) sets each atomslib point
+against SAELens's frontier interpolated at the same L0.
 
 Each row: held-out R² (euclid) and mean L0 on the held-out tokens, seconds and tokens/s of the
 training, in one process on one machine, run alternately (atomslib, SAELens, ...). Slow: about
@@ -48,6 +52,36 @@ def held_out(model, X: torch.Tensor) -> tuple[float, float]:
     return 1.0 - sse / float((X64 - X64.mean(0)).pow(2).sum()), l0 / X.shape[0]
 
 
+def matched_l0(rows: list[dict]) -> list[dict]:
+    """Each atomslib point against SAELens's frontier at the same L0.
+
+    SAELens's frontier on a layer is the upper envelope of all its points (any setting; a point with
+    both a higher L0 and a lower R² than another is dropped), and its held-out R² at atomslib's L0 is
+    interpolated linearly in log L0 between the two envelope points that bracket it. Points outside
+    SAELens's L0 range are not compared (no extrapolation). Speed: atomslib's tokens/s over the mean of the two
+    bracketing SAELens runs' tokens/s (all in the same process and run).
+    """
+    import math
+
+    out = []
+    for layer in sorted({r["layer"] for r in rows}):
+        theirs = sorted((r for r in rows if r["layer"] == layer and r["trainer"] == "saelens"), key=lambda r: r["l0"])
+        theirs = [r for r in theirs if not any(o["l0"] <= r["l0"] and o["r2"] > r["r2"] for o in theirs)]
+        for a in (r for r in rows if r["layer"] == layer and r["trainer"] == "atomslib"):
+            pair = next(((lo, hi) for lo, hi in zip(theirs, theirs[1:]) if lo["l0"] <= a["l0"] <= hi["l0"]), None)
+            if pair is None or a["l0"] <= 0:
+                continue
+            lo, hi = pair
+            span = math.log(hi["l0"]) - math.log(lo["l0"])
+            w = 0.0 if span == 0 else (math.log(a["l0"]) - math.log(lo["l0"])) / span
+            r2_s = lo["r2"] + w * (hi["r2"] - lo["r2"])
+            out.append({"layer": layer, "setting": a["setting"], "l0": a["l0"], "r2_atomslib": a["r2"],
+                        "r2_saelens_at_same_l0": r2_s, "delta_r2": a["r2"] - r2_s,
+                        "saelens_between": [lo["setting"], hi["setting"]],
+                        "speedup": a["tok_per_s"] / ((lo["tok_per_s"] + hi["tok_per_s"]) / 2)})
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: one layer, tiny budget")
@@ -55,9 +89,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE (default 1M, chapter 3's)")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--capacity", type=float, default=4.0, help="units per model dimension (default 4)")
-    ap.add_argument("--penalties", default="0.5,1,2,4", help="atomslib l0_coeff as multiples of 1/H")
-    ap.add_argument("--saelens-coeffs", default="0.001,0.002,0.004,0.008", help="SAELens tanh l0_coeff values")
+    ap.add_argument("--penalties", default="0.5,1,2", help="atomslib l0_coeff as multiples of 1/H")
+    ap.add_argument("--saelens-coeffs", default="0.0005,0.001,0.002,0.004", help="SAELens tanh l0_coeff values "
+                    "(chosen to span atomslib's L0 range, so that every atomslib point has SAELens points on both sides)")
     ap.add_argument("--target-l0", type=float, default=32.0, help="both trainers' target-L0 row (0: none)")
+    ap.add_argument("--saelens-target", action="store_true", help="also SAELens's quadratic loss at --target-l0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "frontier.json"))
     args = ap.parse_args(argv)
@@ -90,7 +126,7 @@ def main(argv=None) -> dict:
                          {"sparsity_form": "target", "target_l0": args.target_l0}))
         for c in coeffs:
             jobs.append(("saelens", f"tanh {c:g}", {"l0_coeff": c}))
-        if args.target_l0:
+        if args.target_l0 and args.saelens_target:
             jobs.append(("saelens", f"quadratic, target L0 {args.target_l0:g}",
                          {"sparsity_loss": "quadratic", "target_l0": args.target_l0}))
         # Alternate the trainers so that load from other processes hits both alike.
@@ -118,7 +154,11 @@ def main(argv=None) -> dict:
               "setup": {"model": "smollm2-135m", "site": "resid_post", "layers": layers, "train_tokens_per_layer": 20_000,
                         "heldout_tokens_per_layer": 5_000, "tokens_per_sae": args.tokens, "batch": args.batch,
                         "capacity": args.capacity, "quick": args.quick},
-              "rows": rows}
+              "rows": rows, "matched_l0": matched_l0(rows)}
+    print("\nat matched L0 (SAELens interpolated in log L0 between its two neighbouring points):")
+    for m in result["matched_l0"]:
+        print(f"  layer {m['layer']:>2} {m['setting']:<20} L0 {m['l0']:6.1f}  R² atomslib {m['r2_atomslib']:.4f}  "
+              f"SAELens {m['r2_saelens_at_same_l0']:.4f}  ΔR² {m['delta_r2']:+.4f}  speed {m['speedup']:.1f}x")
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
