@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -61,8 +62,6 @@ def matched_l0(rows: list[dict]) -> list[dict]:
     SAELens's L0 range are not compared (no extrapolation). Speed: atomslib's tokens/s over the mean of the two
     bracketing SAELens runs' tokens/s (all in the same process and run).
     """
-    import math
-
     out = []
     for layer in sorted({r["layer"] for r in rows}):
         theirs = sorted((r for r in rows if r["layer"] == layer and r["trainer"] == "saelens"), key=lambda r: r["l0"])
