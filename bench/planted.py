@@ -1,0 +1,123 @@
+"""Identification of planted atoms on problems the defaults were not tuned on: atomslib vs SAELens.
+
+The check behind "`TSAEConfig(d_model, n_units)` alone identifies planted atoms" (issue 10's goal),
+run apart from the book so that it can use problems nobody tuned on: other widths H, other
+over-completeness N/H and sparsity K, other seeds than the book's chapter "Do trained TSAEs find the
+atoms?" (H 32, seeds 0-2) and the tests (H 48/96, seeds 0-1).
+
+Every problem is `atomslib.identification.planted_problem` (Gaussian atoms, exactly K active per
+token, coefficients uniform in [1, 2], 40,000 training and 5,000 held-out tokens). Each trainer gets
+the same data, width (--width units per planted atom) and token budget:
+
+- `atomslib`: `TSAEConfig(d_model=H, n_units=width·N, n_tokens=..., seed=...)`, nothing else set;
+- `atomslib B=2048`: the same with the batch size of the earlier default (what the default gained);
+- `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
+  1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
+
+Scores (held-out, `atomslib.identification.identification_scores`): MCC after Hungarian matching
+(`sae_lens.synthetic`), the share of atoms with a unit at cos > 0.95, mean L0 beside K, R².
+A row "identifies" when MCC >= 0.98, >= 95% recovered and |L0 - K| <= 0.2 K (the goal's bar).
+
+    python bench/planted.py [--quick] [--tokens 1000000] [--seeds 5,6]
+
+Writes bench/results/planted.json and prints a table. About 15 minutes on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from atomslib._util import atomic_write_json  # noqa: E402
+from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
+
+PROBLEMS = [(48, 96, 3), (48, 144, 3), (64, 128, 5), (64, 192, 4), (40, 120, 2)]
+"""(H, N, K) of the planted problems: none of them is a cell of the book's chapter or of the tests."""
+
+
+def identifies(s, K: int) -> bool:
+    return s.mcc >= 0.98 and s.recovered_95 >= 0.95 and abs(s.l0 - K) <= 0.2 * K
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: one problem, one seed, a tiny budget")
+    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE (default 1M, the book's)")
+    ap.add_argument("--seeds", default="5,6", help="problem (and initialisation) seeds")
+    ap.add_argument("--width", type=float, default=2.0, help="units per planted atom (default 2)")
+    ap.add_argument("--saelens-batches", default="512,1024", help="batch sizes of the SAELens runs")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "planted.json"))
+    args = ap.parse_args(argv)
+    seeds = [int(v) for v in args.seeds.split(",") if v]
+    problems = PROBLEMS
+    if args.quick:
+        problems, seeds, args.tokens = PROBLEMS[:1], seeds[:1], 40_960
+    torch.set_num_threads(args.threads)
+
+    from atomslib import identification as idf
+    from atomslib.interop_saelens_train import train_saelens_jumprelu
+    from atomslib.train import train_tsae
+    from atomslib.tsae import TSAEConfig
+
+    rows = []
+    for H, N, K in problems:
+        for seed in seeds:
+            p = idf.planted_problem(H, N, K, n_train=40_000, n_heldout=5_000, seed=seed)
+            n_units = int(round(args.width * N))
+            jobs = [("atomslib", lambda: train_tsae(p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens,
+                                                                        seed=seed), progress=False)),
+                    ("atomslib B=2048", lambda: train_tsae(p.train, TSAEConfig(
+                        d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=2048), progress=False))]
+            for b in [int(v) for v in args.saelens_batches.split(",") if v]:
+                jobs.append((f"SAELens tanh B={b}", lambda b=b: train_saelens_jumprelu(
+                    p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H,
+                    progress=False)))
+            for trainer, fit in jobs:
+                t = time.perf_counter()
+                units = fit()
+                sec = time.perf_counter() - t
+                s = idf.identification_scores(p, units)
+                rows.append({"H": H, "N": N, "K": K, "seed": seed, "n_units": n_units, "trainer": trainer,
+                             "mcc": s.mcc, "recovered_95": s.recovered_95, "recovered_99": s.recovered_99,
+                             "l0": s.l0, "r2": s.r2, "identifies": identifies(s, K), "seconds": sec})
+                print(f"H {H:>3} N {N:>4} K {K} seed {seed}  {trainer:<20} MCC {s.mcc:.3f}  "
+                      f"@0.95 {s.recovered_95:6.1%}  L0 {s.l0:5.2f}  R² {s.r2:.3f}  "
+                      f"{'identifies' if rows[-1]['identifies'] else '-':<10} {sec:5.1f} s", flush=True)
+    trainers = list(dict.fromkeys(r["trainer"] for r in rows))
+    summary = {t: {"identifies": sum(r["identifies"] for r in rows if r["trainer"] == t),
+                   "runs": sum(r["trainer"] == t for r in rows)} for t in trainers}
+    # The goal: wherever some SAELens recipe identifies, atomslib's defaults identify too.
+    keys = sorted({(r["H"], r["N"], r["K"], r["seed"]) for r in rows})
+    by = {(r["H"], r["N"], r["K"], r["seed"], r["trainer"]): r for r in rows}
+    saelens_only = [list(k) for k in keys
+                    if any(by[k + (t,)]["identifies"] for t in trainers if t.startswith("SAELens"))
+                    and not by[k + ("atomslib",)]["identifies"]]
+    print("\nruns that identify (MCC >= 0.98, >= 95% at cos > 0.95, L0 within 20% of K):")
+    for t, v in summary.items():
+        print(f"  {t:<20} {v['identifies']} of {v['runs']}")
+    print(f"problems where SAELens identifies and atomslib's defaults do not: {saelens_only or 'none'}")
+    result = {"benchmark": "planted", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "python": platform.python_version(),
+                          "load_average_end": os.getloadavg()},
+              "setup": {"problems": [list(p) for p in problems], "seeds": seeds, "tokens_per_sae": args.tokens,
+                        "width": args.width, "n_train": 40_000, "n_heldout": 5_000, "delta_range": [1.0, 2.0],
+                        "quick": args.quick},
+              "rows": rows, "summary": summary, "saelens_identifies_atomslib_does_not": saelens_only}
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
