@@ -50,8 +50,8 @@ class TSAEConfig:
     ``TSAEConfig(d_model=H, n_units=N)`` alone is the recipe validated on planted atoms
     (:mod:`atomslib.identification`, the chapter "Do trained TSAEs find the atoms?",
     tests/test_identification.py): DeepMind's JumpReLU straight-through estimator (the step's
-    gradient reaches the threshold only), an L0 coefficient of 1/H, and dead units resampled from
-    high-error tokens. With a dictionary twice as wide as the planted one it recovers planted atoms
+    gradient reaches the threshold only), an L0 coefficient of 1/H, dead units resampled from
+    high-error tokens, and batches of 512 tokens (enough optimiser steps in a 1M-token budget). With a dictionary twice as wide as the planted one it recovers planted atoms
     in general position; what it does not recover is said there too.
     (Full recovery from a random start, once reported here, was an artefact: the planted atoms
     and the initial decoder came from the same seeded generator, so training started at the truth;
