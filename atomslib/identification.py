@@ -37,6 +37,39 @@ RECOVERY_LEVELS = (0.95, 0.99)
 """Cosines at which a true atom counts as recovered by its best learned unit."""
 
 
+class IdentificationBar(NamedTuple):
+    """When a training counts as *identifying* the planted atoms (issue 10's bar, the one place it is set).
+
+    All three must hold: the dictionary matches the truth, nearly every atom has its own unit, and the
+    codes are as sparse as the truth (a dictionary that matches but fires many units per token has not
+    found the generative model)."""
+
+    mcc: float = 0.98
+    """lowest MCC (mean |cos| after Hungarian matching)"""
+    recovered_95: float = 0.95
+    """lowest share of true atoms whose best learned unit has cos > 0.95"""
+    l0_rel_tol: float = 0.2
+    """largest |L0 − K| / K of the mean held-out L0 against the true K"""
+
+    def failures(self, scores: "Identification", K: int) -> list[str]:
+        """What keeps `scores` from identifying (empty when it identifies), in words."""
+        out = []
+        if not scores.mcc >= self.mcc:
+            out.append(f"MCC {scores.mcc:.3f} < {self.mcc}")
+        if not scores.recovered_95 >= self.recovered_95:
+            out.append(f"recovered at cos > 0.95 {scores.recovered_95:.0%} < {self.recovered_95:.0%}")
+        if not abs(scores.l0 - K) <= self.l0_rel_tol * K:
+            out.append(f"L0 {scores.l0:.2f} not within {self.l0_rel_tol:.0%} of K = {K}")
+        return out
+
+    def identifies(self, scores: "Identification", K: int) -> bool:
+        return not self.failures(scores, K)
+
+
+IDENTIFICATION_BAR = IdentificationBar()
+"""The bar the book, the benchmark (bench/planted.py) and the tests apply."""
+
+
 class PlantedSplit(NamedTuple):
     """A planted problem: the truth, training activations and held-out activations with their codes."""
 

@@ -85,8 +85,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: one layer, tiny budget")
     ap.add_argument("--layers", default="3,15", help="SmolLM2-135M layers (comma-separated; default 3,15)")
-    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE (default 1M, chapter 3's)")
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--tokens", type=int, default=500_000, help="training tokens per SAE (default 500k, chapter 3's)")
+    ap.add_argument("--batch", type=int, default=512, help="batch of every run (default 512, TSAEConfig's)")
+    ap.add_argument("--atoms-batches", default="1024,2048", help="further batch sizes of atomslib's default recipe "
+                    "(L0 penalty 1/H): what the batch does to the frontier at the same token budget")
     ap.add_argument("--capacity", type=float, default=4.0, help="units per model dimension (default 4)")
     ap.add_argument("--penalties", default="0.5,1,2", help="atomslib l0_coeff as multiples of 1/H")
     ap.add_argument("--saelens-coeffs", default="0.0005,0.001,0.002,0.004", help="SAELens tanh l0_coeff values "
@@ -99,8 +101,9 @@ def main(argv=None) -> dict:
     layers = [int(v) for v in args.layers.split(",")]
     penalties = [float(v) for v in args.penalties.split(",") if v]
     coeffs = [float(v) for v in args.saelens_coeffs.split(",") if v]
+    batches = [int(v) for v in args.atoms_batches.split(",") if v]
     if args.quick:
-        layers, args.tokens, penalties, coeffs = layers[:1], 40_960, penalties[1:2], coeffs[1:2]
+        layers, args.tokens, penalties, coeffs, batches = layers[:1], 40_960, penalties[1:2], coeffs[1:2], []
     torch.set_num_threads(args.threads)
 
     from atomslib.experiments import harvest_caches
@@ -120,6 +123,8 @@ def main(argv=None) -> dict:
         jobs = []
         for c in penalties:
             jobs.append(("atomslib", f"L0 penalty {c:g}/H", {"l0_coeff": c / H}))
+        for b in batches:
+            jobs.append(("atomslib", f"L0 penalty 1/H, batch {b}", {"batch_size": b}))
         if args.target_l0:
             jobs.append(("atomslib", f"target L0 {args.target_l0:g}",
                          {"sparsity_form": "target", "target_l0": args.target_l0}))
@@ -135,14 +140,15 @@ def main(argv=None) -> dict:
         for trainer, setting, kw in order:
             t = time.perf_counter()
             if trainer == "atomslib":
-                model = train_tsae(X, TSAEConfig(d_model=H, n_units=N, n_tokens=args.tokens, batch_size=args.batch,
-                                                 **kw), progress=False)
+                model = train_tsae(X, TSAEConfig(d_model=H, n_units=N, n_tokens=args.tokens,
+                                                 **{"batch_size": args.batch, **kw}), progress=False)
             else:
                 model = train_saelens_jumprelu(X, H, N, n_tokens=args.tokens, batch_size=args.batch, progress=False,
                                                **kw)
             sec = time.perf_counter() - t
             r2, l0 = held_out(model, Xte)
             rows.append({"layer": layer, "trainer": trainer, "setting": setting, "recipe": kw, "r2": r2, "l0": l0,
+                         "batch": kw.get("batch_size", args.batch),
                          "seconds": sec, "tok_per_s": args.tokens / sec})
             print(f"  {trainer:<9} {setting:<28} held-out R² {r2:.4f}  L0 {l0:7.1f}  {sec:6.1f} s  "
                   f"{args.tokens / sec:8,.0f} tok/s", flush=True)
@@ -152,7 +158,7 @@ def main(argv=None) -> dict:
                           "load_average_end": os.getloadavg()},
               "setup": {"model": "smollm2-135m", "site": "resid_post", "layers": layers, "train_tokens_per_layer": 20_000,
                         "heldout_tokens_per_layer": 5_000, "tokens_per_sae": args.tokens, "batch": args.batch,
-                        "capacity": args.capacity, "quick": args.quick},
+                        "atoms_batches": batches, "capacity": args.capacity, "quick": args.quick},
               "rows": rows, "matched_l0": matched_l0(rows)}
     print("\nat matched L0 (SAELens interpolated in log L0 between its two neighbouring points):")
     for m in result["matched_l0"]:

@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="a short budget (for CI and a smoke check)")
     ap.add_argument("--tokens", type=int, default=None, help="token budget per trainer (default 409600; quick 81920)")
     ap.add_argument("--width", type=int, default=2304, help="SAE width N (default 2304 = 4 x 576)")
-    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=512, help="batch of both trainers (default 512, TSAEConfig's)")
     ap.add_argument("--cache", default=None, help="a harvested activation cache to read instead of harvesting")
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)

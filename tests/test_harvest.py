@@ -289,6 +289,9 @@ def test_sigint_is_a_message_and_the_harvest_resumes(smol, reference, tmp_path):
         import os, signal, sys
         from atomslib import harvest as H
         from atomslib.cli import main
+        # A shell that starts the tests in the background (`make test &`) hands its children SIGINT
+        # ignored, and Python then installs no handler: restore Ctrl-C's, as a terminal would give it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         add = H.add_shard
         def add_then_interrupt(accs, xs, entry):
             add(accs, xs, entry)
