@@ -50,6 +50,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -108,6 +109,32 @@ def execute_task(task: Task) -> TaskResult:
         return res
 
 
+def _ipc_kernel_manager() -> type:
+    """Jupyter's kernel manager on local Unix sockets instead of TCP ports on 127.0.0.1.
+
+    A notebook's kernel only ever talks to this process, so TCP buys nothing; on TCP every kernel start
+    also prints "Kernel is running over TCP without encryption", the one line a reader of `make book`
+    would wonder about. Windows has no IPC transport and keeps TCP."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    if os.name == "nt":
+        return KernelManager
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            # The sockets' path prefix. Jupyter's default, "kernel-ipc" in the working folder, would let
+            # two kernels started side by side (a Ray grid, two `atoms run`) collide; this one is unique.
+            return os.path.join(tempfile.gettempdir(), f"atoms-kernel-{uuid.uuid4().hex[:16]}")
+
+    return IPCKernelManager
+
+
 def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
     import nbformat
     import papermill as pm
@@ -127,7 +154,7 @@ def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
             src.write_text(task.notebook_json)
             nb = pm.execute_notebook(str(src), str(partial), parameters=task.params, cwd=task.out_dir,
                                      kernel_name=task.kernel_name, progress_bar=task.progress,
-                                     execution_timeout=task.timeout)
+                                     execution_timeout=task.timeout, kernel_manager_class=_ipc_kernel_manager())
         if not res_path.exists():
             raise RuntimeError(f"it ran but wrote no {res_path}; end it with atomslib.run.save_results(...)")
         results = json.loads(res_path.read_text())

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 from pathlib import Path
@@ -257,6 +258,18 @@ def test_run_writes_outputs_then_skips_then_force(project):
     r4 = run.run_notebook("01_tiny", {"x": 3}, profile="default", root=project)
     assert r4.status == "ok" and r4.key != r1.key
     assert json.loads((out / "results" / "01_tiny.json").read_text())["metrics"] == {"double": 6}
+
+
+def test_kernels_talk_over_private_unix_sockets_and_print_no_transport_warning(project, capfd, monkeypatch):
+    # TCP kernels print "Kernel is running over TCP without encryption" at every start; IPC ones
+    # do not. Their sockets go under a unique prefix in the temp folder and are removed afterwards.
+    monkeypatch.chdir(project)
+    before = set(Path(tempfile.gettempdir()).glob("atoms-kernel-*"))
+    assert run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False, force=True).status == "ok"
+    err = capfd.readouterr().err
+    assert "TCP" not in err, err
+    assert set(Path(tempfile.gettempdir()).glob("atoms-kernel-*")) == before
+    assert not list(project.glob("kernel-ipc*"))
 
 
 def test_failing_notebook_names_cell_and_keeps_previous_outputs(project):
