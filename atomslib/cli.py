@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "harvest": ("atomslib.harvest", "run a model over a corpus once and store hooked activations as validated shards"),
     "train": ("atomslib.train", "train a threshold SAE (atoms) or a ReLU SAE (features) on a harvested cache"),
     "run": ("atomslib.run", "execute the book's notebooks with papermill (one, or --all for a profile)"),
+    "page": ("atomslib.page", "render one executed notebook as a web page in the book's style (offline math, "
+             "citations), e.g. after atoms run NB -p KEY=VALUE"),
     "export": ("atomslib.interop", "export a trained TSAE / ReLU SAE to another library's format (SAELens)"),
     "cache": ("atomslib.cache_repair", "verify a harvested activation cache, or repair it (re-harvests only "
               "missing or corrupt shards)"),
@@ -33,6 +35,7 @@ Typical session (all offline, on the embedded SmolLM2-135M and Wikipedia corpus)
   atoms harvest --layers 3,15 --tokens 20000 --out runs/acts
   atoms train runs/acts --layer 15 --units 2304 --out runs/tsae15
   atoms run --all --profile quick              # execute every notebook of the book
+  atoms run 01_theory -p H=32 --html           # one chapter on other values, as a web page
   atoms export --format saelens runs/tsae15 runs/tsae15-saelens
 
 Run `atoms SUBCOMMAND --help` for the options of each subcommand.

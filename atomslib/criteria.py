@@ -8,6 +8,10 @@ pairwise quantities are computed in row blocks of the unit-normalised, AIP-white
 Quantiles are the inverse empirical CDF, Q(q) = x_(⌈q n⌉) with Q(0) = x_(1) (numpy's
 "inverted_cdf"); with this choice μ_q and K_q are step functions and q* is computed exactly from
 the sorted values, not read off a grid.
+
+The criteria measure units, they are never differentiated: every public function runs under
+`torch.no_grad()`, so the outputs of a model called without it (`sae(m).m_hat`, which carry a
+graph) can be passed as they are, without a "requires_grad" warning or a graph kept alive.
 """
 from __future__ import annotations
 
@@ -79,6 +83,7 @@ class R2Accumulator:
         self._raw, self._white = _Moments(), (_Moments() if aip is not None else None)
         self.H: int | None = None
 
+    @torch.no_grad()
     def update(self, m: Tensor, m_hat: Tensor) -> None:
         m = check_acts(m, "m", self.H or (self.aip.H if self.aip else None), allow_empty=True)
         m_hat = check_acts(m_hat, "m_hat", m.shape[1], allow_empty=True)
@@ -125,6 +130,7 @@ def _pairs(m, m_hat, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         raise ValueError("m_hat yielded more batches than m; pass matching iterables")
 
 
+@torch.no_grad()
 def faithfulness_r2(m, m_hat, *, variant: str = "euclid", aip: AIP | None = None, batch_size: int = 65536) -> float:
     """Faithfulness R² of a reconstruction m̂ of activations m (spec §6; the paper's R²).
 
@@ -161,6 +167,7 @@ def _support(c: Tensor, tol: float) -> Tensor:
     return c != 0 if tol == 0 else c.abs() > tol
 
 
+@torch.no_grad()
 def l0(codes, tol: float = 0.0, *, batch_size: int = 65536) -> Tensor:
     """‖x_i‖₀ per sample (x_i the code of sample i): the number of entries with |c| > tol, int64 (n,)."""
     tol = _check_tol(tol)
@@ -170,6 +177,7 @@ def l0(codes, tol: float = 0.0, *, batch_size: int = 65536) -> Tensor:
     return torch.cat(out)
 
 
+@torch.no_grad()
 def dead_units(codes, tol: float = 0.0, *, batch_size: int = 65536) -> Tensor:
     """Units never active (|c| ≤ tol on every sample), bool (N,)."""
     tol = _check_tol(tol)
@@ -253,6 +261,7 @@ def _pair_pass(U: Tensor, *, block_size: int | None, collect: str | None,
     return _PairStats(mu.to("cpu", torch.float64), pairs, None if hist is None else hist.cpu(), n_pairs)
 
 
+@torch.no_grad()
 def coherence(D, *, aip: AIP | None = None, block_size: int | None = None, dtype: torch.dtype = torch.float32,
               device=None) -> Tensor:
     """Per-unit coherence μ_a = max_{b≠a} |cos_S(d_a, d_b)| (spec §3), float64 (N,).
@@ -279,6 +288,7 @@ def _hist_quantile(hist: Tensor, q: Tensor) -> Tensor:
     return (torch.searchsorted(cum, k).double() + 1) / hist.numel()
 
 
+@torch.no_grad()
 def pairwise_abs_cosine_quantiles(D, qs, *, aip: AIP | None = None, block_size: int | None = None,
                                   dtype: torch.dtype = torch.float32, exact_max_pairs: int | None = None,
                                   bins: int | None = None, device=None) -> Tensor:
@@ -430,6 +440,7 @@ def _q_from_stats(variant: str, ps: _PairStats, cs: _CodeStats, return_curve: bo
     return StabilityResult(q, variant, curve, N, n, res)
 
 
+@torch.no_grad()
 def stability_q_star(D, codes, *, aip: AIP | None = None, variant: str = "A", tol: float = 0.0,
                      return_curve: bool = False, block_size: int | None = None, dtype: torch.dtype = torch.float32,
                      batch_size: int = 65536, exact_max_pairs: int | None = None, bins: int | None = None,
@@ -462,6 +473,7 @@ def stability_q_star(D, codes, *, aip: AIP | None = None, variant: str = "A", to
     return res if return_curve else res.q_star
 
 
+@torch.no_grad()
 def unit_metrics(D, codes, m, m_hat, *, aip: AIP | None, tol: float = 0.0, block_size: int | None = None,
                  dtype: torch.dtype = torch.float32, batch_size: int = 65536, device=None) -> dict:
     """Every criterion for one set of units, JSON-ready (nan becomes None).

@@ -1,7 +1,8 @@
 """Execute the book's notebooks with papermill: executors, `run_notebook`, `run_all` and `atoms run`.
 
-`atoms run 01_theory --profile quick -p seed=3` runs one notebook; `atoms run --all` runs every
-notebook named in `_toc.yml`. Sources are jupytext MyST files `notebooks/NN_name.md`; the
+`atoms run 01_theory --profile quick -p seed=3` runs one notebook (`--html` also renders it as a
+web page, `atomslib.page`); `atoms run --all` runs every notebook named in `_toc.yml`; `--list` shows
+the values each notebook would run with. Sources are jupytext MyST files `notebooks/NN_name.md`; the
 outputs go to the book's generated folder (default `book/generated/`)::
 
     book/generated/NN_name.ipynb          executed notebook (what the book renders)
@@ -68,8 +69,8 @@ from .grid import (GRID_DIR, GridPoints, expand_grid, grid_label, grid_slug,  # 
 from .results import (CLAIMS_BY_ID, PAPER_CLAIMS, Claim, claim, claims_table, conclusion_summary,  # noqa: F401
                       evaluate_claims, fmt, load_results, notebook_params, save_results, validate_results)
 from .tasks import (GENERATED, KEY_EXCLUDED, OUT_RELATIVE, NotebookSource, Profile, Project, Task,  # noqa: F401
-                    TaskResult, find_project, find_source, is_current, list_sources, load_profile, make_task,
-                    parse_assignments, read_notebook, resolve_params, run_key)
+                    TaskResult, find_project, find_source, is_current, is_default, list_sources, load_profile,
+                    make_task, parse_assignments, read_notebook, resolve_params, run_key)
 
 # ----------------------------------------------------------------------------------------------
 # Executing tasks and executors
@@ -407,6 +408,52 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
     return sorted(results, key=lambda r: (order.get(r.name.split("[")[0], len(order)), "[" in r.name, r.name))
 
 
+def describe_params(profile: str | Profile = "default", params: Mapping[str, Any] | None = None, *,
+                    notebook: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+                    out_dir: str | os.PathLike | None = None) -> str:
+    """What `atoms run --list` prints: every parameter of each notebook (or of `notebook`) with the
+    value it would run with under `profile` and `params` (-p), in the notebook's own syntax (what
+    papermill injects); a value other than the notebook's own default says where it comes from
+    (`(profile; notebook: 20000)`, `(-p; ...)`); a gridded notebook also says which axes its points set."""
+    from papermill.translators import PythonTranslator
+
+    project = find_project(root)
+    prof = load_profile(profile, root=project.root)
+    out = Path(out_dir).resolve() if out_dir else project.default_out
+    params = dict(params or {})
+    if notebook is not None:
+        sources = [read_notebook(find_source(project, notebook))]
+    else:
+        sources = [read_notebook(p) for p in list_sources(project)]
+        undeclared = sorted(set(params) - {k for s in sources for k in s.declared})
+        if undeclared:   # the same check as run_all: a -p no notebook takes is a typo
+            raise ValueError(f"-p {', '.join(undeclared)}: no notebook declares it; parameters: "
+                             + ", ".join(sorted({k for s in sources for k in s.declared})))
+    where = os.path.relpath(prof.path, project.root) if prof.path else prof.name
+    given = f" and -p {', '.join(f'{k}={v!r}' for k, v in params.items())}" if params else ""
+    lines = [f"The values each notebook would run with on profile {prof.name!r} ({where}){given}. A value that is not "
+             f"the notebook's own default says where it comes from (profile or -p) and what the notebook's default is; "
+             f"*_dir paths are as the notebook sees them, relative to its working directory {out}."]
+    for src in sources:
+        # strict for one named notebook (a -p it does not declare is an error), lenient over all (as run_all is)
+        resolved = resolve_params(src, prof, params, project=project, out_dir=out, strict=notebook is not None)
+        items = []
+        for k, declared in src.declared.items():
+            if k not in resolved:
+                items.append(f"{k}={declared['default']}")
+            elif is_default(declared["default"], resolved[k]):
+                items.append(f"{k}={PythonTranslator.translate(resolved[k])}")
+            else:
+                origin = "-p" if k in params else "profile"
+                items.append(f"{k}={PythonTranslator.translate(resolved[k])} ({origin}; notebook: {declared['default']})")
+        lines.append(f"{src.name} (stage {src.stage}): " + (", ".join(items) or "(no parameters)"))
+        if prof.grid.get(src.name):
+            points = expand_grid(prof.grid[src.name], where=f"profile {prof.name!r}, grid of {src.name}")
+            axes = list(dict.fromkeys(k for p in points for k in p))
+            lines.append(f"  grid: {len(points)} tasks, each point replacing {', '.join(axes)} above")
+    return "\n".join(lines)
+
+
 def summary_table(results: Sequence[TaskResult]) -> str:
     """A fixed-width table of results: notebook, status, seconds and the first 12 hex digits of its key."""
     lines = [f"{'notebook':<32} {'status':<8} {'seconds':>8}  key", "-" * 64]
@@ -438,7 +485,10 @@ def configure_run_parser(p: argparse.ArgumentParser) -> None:
                    "(activation caches, TSAEs) in the shared cache_dir every worker sees (shared, default), "
                    "or harvested by each worker into its own local cache (local)")
     p.add_argument("--root", help="project root (default: found from the current folder)")
-    p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
+    from .page import add_html_option
+    add_html_option(p)
+    p.add_argument("--list", action="store_true", help="list the notebooks (or NOTEBOOK) with the parameter values "
+                   "they would run with (the profile merged, then -p), then exit")
     add_wait_option(p)   # also for the notebooks' own harvests and trainings (through $ATOMS_LOCK_WAIT)
 
 
@@ -449,19 +499,21 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.model:
         overrides["model"] = args.model
     if args.list:
-        project = find_project(args.root)
-        for path in list_sources(project):
-            src = read_notebook(path)
-            print(f"{src.name} (stage {src.stage}): " + ", ".join(f"{k}={v['default']}" for k, v in src.declared.items()))
+        print(describe_params(args.profile, overrides, notebook=args.notebook, root=args.root, out_dir=args.out))
         return 0
     if bool(args.all) == bool(args.notebook):
         raise ValueError("give one NOTEBOOK or --all (see atoms run --help)")
+    if args.html and not args.notebook:
+        raise ValueError("--html renders one notebook: give NOTEBOOK (the whole book is built by make book)")
     if args.notebook:
         if args.jobs != 1 or args.executor != "local":
             raise ValueError("--jobs and --executor apply to --all")
         res = run_notebook(args.notebook, overrides, profile=args.profile, out_dir=args.out, root=args.root,
                            force=args.force, progress=sys.stderr.isatty())
         print(f"{res.name}: {res.status} ({res.seconds:.1f} s, key {res.key[:12]})\n  {res.notebook_path}\n  {res.results_path}")
+        if args.html:
+            from .page import render_page
+            print(f"  {render_page(res.notebook_path, root=args.root)}")
         return 0
     results = run_all(args.profile, args.executor, args.jobs, args.address, root=args.root, out_dir=args.out,
                       params=overrides, force=args.force,

@@ -287,6 +287,16 @@ def resolve_params(src: NotebookSource, profile: Profile, overrides: Mapping[str
     return params
 
 
+def is_default(default_source: str, value: Any) -> bool:
+    """Whether a parameters cell's default, its source text (`2_000`, `'quick'`, `[3, 15]`), is `value`."""
+    import ast
+    try:
+        return ast.literal_eval(default_source) == value
+    except (ValueError, SyntaxError, TypeError):   # an expression, not a literal: compare what papermill would write
+        from papermill.translators import PythonTranslator
+        return default_source.strip() == PythonTranslator.translate(value)
+
+
 def run_key(nb_source: str, params: Mapping[str, Any], *, version: str = __version__,
             inputs: Mapping[str, str] | None = None) -> str:
     """sha256 of the notebook source, its parameters (less KEY_EXCLUDED), version and input digests."""

@@ -341,3 +341,32 @@ def test_bad_dictionaries_and_codes_are_named():
         coherence(D, block_size=0)
     with pytest.raises(ValueError, match="qs must be"):
         pairwise_abs_cosine_quantiles(D, [1.5])
+
+
+def test_criteria_take_outputs_of_a_model_called_with_grad_enabled():
+    """A user who calls `sae(m)` without torch.no_grad() gets codes and m_hat that carry a graph; the
+    criteria measure them without the "Converting a tensor with requires_grad=True" warning and give the
+    same numbers as on detached copies."""
+    import warnings
+
+    from atomslib.tsae import TSAE, TSAEConfig
+
+    m = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    sae = TSAE(TSAEConfig(d_model=16, n_units=32, init_threshold=0.1))
+    out = sae(m)
+    assert out.m_hat.requires_grad and out.codes.requires_grad
+    D, aip = sae.W_dec, AIP.fit(m)                       # a Parameter, as a user might pass it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = (faithfulness_r2(m, out.m_hat), [stability_q_star(D, out.codes, aip=aip, variant=v) for v in "ABC"],
+               coherence(D, aip=aip), l0(out.codes), dead_units(out.codes),
+               pairwise_abs_cosine_quantiles(D, [0.5]), unit_metrics(D, out.codes, m, out.m_hat, aip=aip))
+        acc = R2Accumulator(aip)
+        acc.update(m, out.m_hat)
+    assert torch.is_grad_enabled()                      # the caller's grad mode is left as it was
+    D0, codes0, m_hat0 = D.detach(), out.codes.detach(), out.m_hat.detach()
+    assert got[0] == faithfulness_r2(m, m_hat0)
+    assert got[1] == [stability_q_star(D0, codes0, aip=aip, variant=v) for v in "ABC"]
+    assert got[6] == unit_metrics(D0, codes0, m, m_hat0, aip=aip)
+    assert acc.result().euclid == got[0]
+    assert not got[2].requires_grad and not got[5].requires_grad

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 import sys
@@ -287,6 +288,47 @@ def test_failing_notebook_names_cell_and_keeps_previous_outputs(project):
     assert ((out / "results" / "01_tiny.json").read_bytes(), (out / "01_tiny.ipynb").read_bytes()) == before
     assert json.loads(before[0])["run_key"] == ok.key
     assert not list(out.rglob("*.previous")) and not list(out.rglob("*.tmp"))
+
+
+def _listed(out: str, name: str) -> dict[str, str]:
+    """`atoms run --list`'s line of notebook `name` as {parameter: what follows its '='}."""
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"{name} (stage "))
+    return dict(item.split("=", 1) for item in re.split(r", (?=\w+=)", line.split(": ", 1)[1]))
+
+
+def test_cli_list_shows_the_values_that_would_run(project, capsys):
+    """--list merges the profile (extends included) and -p, as a run would, and says where a value that
+    is not the notebook's own default comes from; the notebook's defaults were listed before."""
+    assert cli.main(["run", "--list", "--profile", "quick", "--root", str(project), "-p", "fail=true"]) == 0
+    out = capsys.readouterr().out
+    assert "profile 'quick' (data/profiles/quick.yaml) and -p fail=True" in out.splitlines()[0]
+    got = _listed(out, "01_tiny")
+    assert got["x"] == "2 (profile; notebook: 1)"                # notebooks: 01_tiny of the extended default
+    assert got["fail"] == "True (-p; notebook: False)"
+    assert got["profile"] == '"quick" (profile; notebook: "default")'
+    assert got["results_dir"] == '"results"'                     # the same as the notebook's default: unmarked
+    assert cli.main(["run", "01_tiny", "--list", "--root", str(project), "-p", "x=7"]) == 0   # one notebook, default profile
+    assert _listed(capsys.readouterr().out, "01_tiny")["x"] == "7 (-p; notebook: 1)"
+
+
+def test_cli_list_refuses_a_parameter_no_notebook_takes(project, capsys):
+    assert cli.main(["run", "--list", "--root", str(project), "-p", "tokens=5"]) == 2
+    assert "-p tokens: no notebook declares it; parameters: fail, figures_dir, profile, results_dir, x" in \
+        capsys.readouterr().err
+    assert cli.main(["run", "01_tiny", "--list", "--root", str(project), "-p", "tokens=5"]) == 2
+    assert "-p sets tokens, which 01_tiny does not declare" in capsys.readouterr().err
+
+
+def test_cli_list_of_the_book_shows_the_quick_profile(capsys):
+    """The bug this fixes: `atoms run --list --profile quick` printed chapter 1's own H=64, n_trials=24."""
+    assert cli.main(["run", "01_theory", "--list", "--profile", "quick", "-p", "H=16"]) == 0
+    got = _listed(capsys.readouterr().out, "01_theory")
+    assert got["H"] == "16 (-p; notebook: 64)" and got["n_trials"] == "6 (profile; notebook: 24)"
+
+
+def test_cli_html_needs_one_notebook(project, capsys):
+    assert cli.main(["run", "--all", "--html", "--root", str(project)]) == 2
+    assert "--html renders one notebook: give NOTEBOOK" in capsys.readouterr().err
 
 
 def test_cli_unknown_parameter_lists_the_notebooks_parameters(project, capsys):
