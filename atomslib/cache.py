@@ -1,4 +1,5 @@
-"""Read a harvested activation cache: validated shards, streaming readers, AIP moments, contexts.
+"""Read a harvested activation cache: validated shards, streaming readers, AIP moments, contexts,
+and what units trained on it record of it (`harvest_provenance`).
 
 Layout of a cache folder (written by `atomslib.harvest`):
 
@@ -457,3 +458,33 @@ class ActivationReader:
     def __repr__(self) -> str:
         return (f"ActivationReader(layer={self.layer}, n_tokens={self.n_tokens}, H={self.H}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, seed={self.seed})")
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def harvest_provenance(cache: ActivationCache, layer: int) -> dict[str, Any]:
+    """What the units of ``layer`` of an ``ActivationCache`` were trained on, for ``fit_info["harvest"]``.
+
+    Record it before saving (``units.fit_info["harvest"] = harvest_provenance(cache, layer)``) and
+    ``atomslib.interop.export_saelens`` writes the right ``hook_name`` and ``model_name`` without being told.
+    """
+    from .models import tl_hook_name
+
+    m = cache.manifest
+    if layer not in cache.layers:
+        raise ValueError(f"layer {layer} is not in the cache {cache.path} (it holds {cache.layers})")
+    return {"model": m["model"]["name"], "model_revision": m["model"].get("revision"),
+            "architecture": m["model"].get("architecture"), "site": cache.site, "layer": int(layer),
+            "hook_name": tl_hook_name(cache.site, int(layer)), "ctx_len": cache.ctx_len,
+            "prepend_bos": _prepends_bos(cache), "corpus": m["corpus"]["name"], "exclusion": m.get("exclusion"),
+            "cache": str(cache.path)}
+
+
+def _prepends_bos(cache: ActivationCache) -> bool | None:
+    """Whether the harvest put a BOS at position 0 of each context (doc id -1 there), read from shard 0."""
+    try:
+        from safetensors import safe_open
+        with safe_open(str(Path(cache.path) / cache.manifest["shards"][0]["file"]), framework="pt") as f:
+            return bool((f.get_slice("doc_ids")[:, 0:1] == -1).all())
+    except Exception:
+        return None

@@ -206,12 +206,12 @@ def record_text(rec: Any, text_field: str = "text") -> str:
 
 
 def _load_hub(spec: CorpusSpec) -> tuple[list[str], list[str], str]:
-    from .models import _hub_reachable
+    from .models import hub_reachable
 
     ds_id, config, ds_split = HF_ALIASES.get(spec.name, (spec.name, None, "train"))
     offline = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
                   for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         raise RuntimeError(f"corpus {spec.name!r} is the Hugging Face dataset {ds_id!r}, and the hub cannot be "
                            f"reached (no network / HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set). Use the default "
                            f"corpus '{WIKI_OFFLINE}' or a local .txt/.jsonl path, or go online")

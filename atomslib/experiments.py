@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .cache import ActivationCache
+from .cache import ActivationCache, harvest_provenance
 from .harvest import harvest
 from .lock import hold
 from .models import resolve_layers   # the notebooks call ex.resolve_layers(layers, model)
@@ -111,8 +111,7 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
         from .train import train_tsae
         aip = cache.aip(layer) if cfg.whiten else None
         model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
-        from .interop_saelens import harvest_provenance   # the hook name and model, for export_saelens
-        model.fit_info["harvest"] = harvest_provenance(cache, layer)
+        model.fit_info["harvest"] = harvest_provenance(cache, layer)   # the hook name and model, for export_saelens
         model.save(ck)
         (ck / "DONE").write_text("complete\n")
         return model

@@ -40,12 +40,12 @@ import torch
 from . import __version__
 from ._util import atomic_write_bytes, atomic_write_json, cli_device
 from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
-from .cache_repair import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
-                           write_moments)
+from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
+                          write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
 from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
 from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, check_site, model_spec, resolve_layers
-from .recorder import ActivationRecorder
+from .recorder import ActivationRecorder, backend_names, get_backend
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
 
@@ -186,16 +186,17 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
         written. wait: seconds to wait while another process holds `out` (math.inf: no limit; None:
         $ATOMS_LOCK_WAIT, else refuse at once, see `atomslib.lock.hold`). backend: "hooks" (plain torch hooks on the HF
         modules) or "transformer_lens" (a TransformerLens TransformerBridge, `model` may be one; see
-        `atomslib.interop_tlens`). Other arguments: see `HarvestConfig`.
+        `atomslib.interop_tlens`), or another registered backend (`atomslib.recorder.register_backend`).
+        Other arguments: see `HarvestConfig`.
     Returns the `ActivationCache` (the AIP moments of each layer are in it: `cache.aip(layer)`).
     """
     if isinstance(model, tuple) and len(model) == 2:
         model, tokenizer = model
-    if backend not in ("hooks", "transformer_lens"):
-        raise ValueError(f"backend={backend!r} is not known; use 'hooks' or 'transformer_lens'")
-    bridge, user_model = None, isinstance(model, torch.nn.Module)
-    if backend != "hooks" and hasattr(model, "original_model"):   # a TransformerBridge: harvest what it wraps
-        bridge, model = model, model.original_model
+    recording = get_backend(backend)
+    wrapper, user_model = None, isinstance(model, torch.nn.Module)
+    inner = recording.unwrap(model)
+    if inner is not None:   # a wrapper (a TransformerBridge): harvest the model it wraps
+        wrapper, model = model, inner
     if isinstance(model, torch.nn.Module):
         model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")   # a loaded model brings its own
         if tokenizer is None:
@@ -240,10 +241,8 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
         if not isinstance(model, torch.nn.Module):
             from .models import load_model
             model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
-        recorder = ActivationRecorder
-        if backend != "hooks":   # the bridge wraps a model in place: a copy of the caller's, or our own
-            from .interop_tlens import bridge_backend
-            model, recorder = bridge_backend(bridge if bridge is not None else model, tokenizer, copy_model=user_model)
+        # A bridge wraps a model in place: a copy of the caller's, or our own (the hooks take the model as it is).
+        model, recorder = recording.prepare(wrapper if wrapper is not None else model, tokenizer, copy_model=user_model)
         return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
 
 
@@ -457,7 +456,7 @@ def configure_harvest_parser(p) -> None:
     p.add_argument("--shard-tokens", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", default="hooks", choices=["hooks", "transformer_lens"],
+    p.add_argument("--backend", default="hooks", choices=backend_names(),
                    help="plain torch hooks (default) or a TransformerLens TransformerBridge (same activations)")
     add_wait_option(p)
 

@@ -11,17 +11,21 @@
   through a TransformerLens ``TransformerBridge``; ``tl_hook_name(site, layer)`` and
   ``site_of_hook_name(name)`` translate between atoms sites and TransformerLens hook names.
 
-The work is in :mod:`atomslib.interop_saelens` and :mod:`atomslib.interop_tlens`; SAELens and
-TransformerLens are imported only when a function needs them.
+The work is in :mod:`atomslib.interop_saelens`, :mod:`atomslib.interop_saelens_train` and
+:mod:`atomslib.interop_tlens`; the hook-name table is ``atomslib.models.TL_HOOK_NAMES`` and
+``harvest_provenance`` is ``atomslib.cache``'s. SAELens and TransformerLens are imported only when a
+function needs them.
 """
 from __future__ import annotations
 
 import sys
 
-from .interop_saelens import (SAELensUnits, export_saelens, find_saved_tsae, harvest_provenance, load_saelens_units,
-                              train_saelens_jumprelu, units_from_saelens, units_hook_name)
-from .interop_tlens import (TL_HOOK_NAMES, BridgeRecorder, boot_bridge, harvest_transformer_bridge, site_of_hook_name,
-                            tl_hook_name)
+from .cache import harvest_provenance
+from .interop_saelens import (SAELensUnits, export_saelens, find_saved_tsae, load_saelens_units, units_from_saelens,
+                              units_hook_name)
+from .interop_saelens_train import train_saelens_jumprelu
+from .interop_tlens import BridgeRecorder, boot_bridge, harvest_transformer_bridge, site_of_hook_name
+from .models import TL_HOOK_NAMES, tl_hook_name
 
 __all__ = ["export_saelens", "load_saelens_units", "units_from_saelens", "SAELensUnits", "train_saelens_jumprelu",
            "harvest_transformer_bridge", "boot_bridge", "BridgeRecorder", "TL_HOOK_NAMES", "tl_hook_name",

@@ -1,7 +1,7 @@
 """SAELens interop: export atoms units as SAELens SAEs, import any SAELens SAE as units.
 
 SAELens's JumpReLU trainer, ``train_saelens_jumprelu``, lives in :mod:`atomslib.interop_saelens_train`
-and is re-exported here.
+(both are gathered in :mod:`atomslib.interop`).
 
 Conventions, checked against SAELens 6.54 (``sae_lens/saes/{jumprelu,standard}_sae.py``):
 
@@ -40,12 +40,12 @@ import torch
 from torch import nn
 
 from ._util import shareable_mode
+from .cache import ActivationCache, harvest_provenance
 from .lock import check_output_dir
-from .interop_saelens_train import train_saelens_jumprelu  # noqa: F401 -- re-exported (its own module)
 from .tsae import CONFIG_FILE, FORMAT, SAEOutput, TSAE, TSAEConfig
 
-__all__ = ["export_saelens", "load_saelens_units", "units_from_saelens", "SAELensUnits", "train_saelens_jumprelu",
-           "find_saved_tsae", "harvest_provenance", "units_hook_name"]
+__all__ = ["export_saelens", "load_saelens_units", "units_from_saelens", "SAELensUnits", "find_saved_tsae",
+           "units_hook_name"]
 
 Tensor = torch.Tensor
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -55,35 +55,7 @@ _RUNTIME_NORMS = ("constant_norm_rescale", "layer_norm")   # per-token, non-line
 _NO_PROCESSING = {"center_writing_weights": False}
 
 
-# ----------------------------------------------------------------------------- provenance
-
-def harvest_provenance(cache: Any, layer: int) -> dict[str, Any]:
-    """What the units of ``layer`` of an ``ActivationCache`` were trained on, for ``fit_info["harvest"]``.
-
-    Record it before saving (``units.fit_info["harvest"] = harvest_provenance(cache, layer)``) and
-    ``export_saelens`` writes the right ``hook_name`` and ``model_name`` without being told.
-    """
-    from .interop_tlens import tl_hook_name
-
-    m = cache.manifest
-    if layer not in cache.layers:
-        raise ValueError(f"layer {layer} is not in the cache {cache.path} (it holds {cache.layers})")
-    return {"model": m["model"]["name"], "model_revision": m["model"].get("revision"),
-            "architecture": m["model"].get("architecture"), "site": cache.site, "layer": int(layer),
-            "hook_name": tl_hook_name(cache.site, int(layer)), "ctx_len": cache.ctx_len,
-            "prepend_bos": _prepends_bos(cache), "corpus": m["corpus"]["name"], "exclusion": m.get("exclusion"),
-            "cache": str(cache.path)}
-
-
-def _prepends_bos(cache: Any) -> bool | None:
-    """Whether the harvest put a BOS at position 0 of each context (doc id -1 there), read from shard 0."""
-    try:
-        from safetensors import safe_open
-        with safe_open(str(Path(cache.path) / cache.manifest["shards"][0]["file"]), framework="pt") as f:
-            return bool((f.get_slice("doc_ids")[:, 0:1] == -1).all())
-    except Exception:
-        return None
-
+# ----------------------------------------------------------------------------- saved units
 
 def units_hook_name(units: Any) -> str | None:
     """The TransformerLens hook name a unit set was trained on or imported with, if recorded."""
@@ -131,7 +103,7 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
         ``sae_lens.SAE.load_from_disk(out)`` encodes and decodes raw activations as atomslib does.
     hook_name: the TransformerLens hook name (e.g. ``blocks.15.hook_resid_post``). Default: from
         ``cache``/``layer`` (an ``ActivationCache`` or its folder) or from ``units.fit_info``
-        (``harvest_provenance``); an error says so when neither knows it.
+        (``atomslib.cache.harvest_provenance``); an error says so when neither knows it.
     model_name: written as ``metadata.model_name``; default the model of the harvest.
     overwrite: replace an existing SAELens folder at ``out`` (never anything else).
     Returns ``out``. The folder is written next to ``out`` and renamed into place, and checked by
@@ -152,7 +124,6 @@ def export_saelens(units: TSAE | str | Path, out: str | Path, *, hook_name: str 
         raise TypeError(f"units must be a TSAE or a folder written by TSAE.save, got {type(units).__name__}")
     prov = dict((units.fit_info or {}).get("harvest") or {})
     if cache is not None:
-        from .cache import ActivationCache
         c = cache if hasattr(cache, "manifest") else ActivationCache(cache)
         if layer is None:
             if len(c.layers) != 1:
@@ -372,7 +343,7 @@ def _from_pretrained(release: str, sae_id: str | None, device: str):
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from .models import ModelLoadError, _hub_reachable, _offline_env
+    from .models import ModelLoadError, hub_reachable, offline_env
 
     directory = get_pretrained_saes_directory()       # a YAML file inside the package: no network
     if release not in directory:
@@ -388,7 +359,7 @@ def _from_pretrained(release: str, sae_id: str | None, device: str):
                          + (f" ({sae_id!r} is not one)" if sae_id else ""))
     if sae_id is None:
         raise ValueError(f"{release!r}: pass sae_id= (the SAE's folder in that repository)")
-    offline = _offline_env() or not _hub_reachable(3.0)
+    offline = offline_env() or not hub_reachable(3.0)
     try:
         with _hub_offline(offline), warnings_quiet():
             return SAE.from_pretrained(release, sae_id, device=device)

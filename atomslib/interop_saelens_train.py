@@ -2,8 +2,8 @@
 
 The book's third kind of unit: a standard JumpReLU recipe (``sae_lens.SAETrainer``) next to
 atomslib's TSAE, on the same activations. The conversion to a TSAE is
-:func:`atomslib.interop_saelens.units_from_saelens` (exact). Re-exported from
-:mod:`atomslib.interop_saelens` and :mod:`atomslib.interop`; SAELens is imported only when training.
+:func:`atomslib.interop_saelens.units_from_saelens` (exact). Also importable from
+:mod:`atomslib.interop`; SAELens is imported only when training.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .interop_saelens import units_from_saelens
 from .tsae import TSAE
 
 __all__ = ["train_saelens_jumprelu"]
@@ -135,8 +136,6 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     finally:
         for mod, tq in bars:
             mod.tqdm = tq
-    from .interop_saelens import units_from_saelens  # imported here: interop_saelens re-exports this module
-
     units = units_from_saelens(sae, device=device)
     units.fit_info.update({"trainer": "sae_lens.SAETrainer", "steps": steps, "tokens": steps * batch_size,
                            "seconds": time.perf_counter() - t0, "recipe": {

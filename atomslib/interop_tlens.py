@@ -2,7 +2,9 @@
 
 atoms hooks the raw Hugging Face modules (``atomslib.models``). A TransformerLens user thinks in
 hook names instead; for the three atoms sites the correspondence is exact (checked on the
-embedded model by ``tests/test_interop.py``, 0.0 difference with the same attention kernel):
+embedded model by ``tests/test_interop.py``, 0.0 difference with the same attention kernel). The
+table is ``atomslib.models.TL_HOOK_NAMES`` (``tl_hook_name``), beside the sites, since a cache's
+provenance records it; ``site_of_hook_name`` here also reads the other spellings met in SAELens configs:
 
 =============  =================================  =============================================
 atoms site     TransformerLens hook name           what it is
@@ -18,12 +20,14 @@ atoms' ``mlp_out`` and the bridge's ``blocks.{l}.mlp.hook_out`` are *before* tha
 output, ``down_proj(mlp_in)``); the legacy ``HookedTransformer`` puts its ``hook_mlp_out`` *after* it
 (``ln2_post``). An SAE trained on a legacy Gemma ``hook_mlp_out`` is therefore not at atoms' ``mlp_out``.
 
-The backend is TransformerLens 3's ``TransformerBridge``, which wraps the Hugging Face model and
-keeps its weights as they are. The legacy ``HookedTransformer`` is not used: by default it folds
-the layer norms, centres the writing weights (removing the mean over d_model from the residual
-stream) and centres the unembedding, which changes the residual-stream geometry that the paper's
-AIP and criteria measure (and it refuses the embedded SmolLM2). ``from_pretrained_no_processing``
-avoids that, but the bridge needs no such care.
+The backend, registered as ``"transformer_lens"`` with ``atomslib.recorder.register_backend`` (so
+``harvest(..., backend="transformer_lens")`` loads this module), is TransformerLens 3's
+``TransformerBridge``, which wraps the Hugging Face model and keeps its weights as they are. The
+legacy ``HookedTransformer`` is not used: by default it folds the layer norms, centres the writing
+weights (removing the mean over d_model from the residual stream) and centres the unembedding,
+which changes the residual-stream geometry that the paper's AIP and criteria measure (and it
+refuses the embedded SmolLM2). ``from_pretrained_no_processing`` avoids that, but the bridge needs
+no such care.
 
 One numerical caveat: ``boot_transformers`` runs attention in its "eager" form, while
 ``load_model`` keeps the Hugging Face default ("sdpa"). The two agree to float rounding: at most
@@ -41,17 +45,12 @@ from typing import Any
 
 import torch
 
-from .models import check_site, resolve_layers
+from .harvest import harvest
+from .models import TL_HOOK_NAMES, check_site, model_spec, resolve_layers, tl_hook_name
+from .recorder import register_backend
 
-__all__ = ["TL_HOOK_NAMES", "tl_hook_name", "site_of_hook_name", "is_bridge", "boot_bridge", "BridgeRecorder",
-           "bridge_backend", "harvest_transformer_bridge"]
-
-TL_HOOK_NAMES: dict[str, str] = {
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "mlp_in": "blocks.{layer}.mlp.hook_post",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-}
-"""atoms site -> TransformerLens hook name template (also what SAELens stores as ``hook_name``)."""
+__all__ = ["site_of_hook_name", "is_bridge", "boot_bridge", "BridgeRecorder", "bridge_backend",
+           "harvest_transformer_bridge"]
 
 # Other spellings of the same activations met in SAELens configs (the bridge's canonical names,
 # and "hook_resid_pre" of the next block, which is the same tensor as resid_post of this one).
@@ -61,14 +60,6 @@ _PATTERNS: list[tuple[re.Pattern, str, int]] = [
     (re.compile(r"^blocks\.(\d+)\.mlp\.(?:hook_post|out\.hook_in)$"), "mlp_in", 0),
     (re.compile(r"^blocks\.(\d+)\.(?:hook_mlp_out|mlp\.hook_out)$"), "mlp_out", 0),
 ]
-
-
-def tl_hook_name(site: str, layer: int) -> str:
-    """TransformerLens hook name of atoms (``site``, ``layer``), e.g. ``blocks.15.hook_resid_post``."""
-    check_site(site)
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise ValueError(f"layer must be a non-negative block index, got {layer!r}")
-    return TL_HOOK_NAMES[site].format(layer=layer)
 
 
 def site_of_hook_name(hook_name: str) -> tuple[str, int]:
@@ -109,8 +100,6 @@ def boot_bridge(model: Any, tokenizer: Any = None, *, copy_model: bool = True):
         raise TypeError(f"model must be a Hugging Face model or a TransformerBridge, got {type(model).__name__}")
     from transformer_lens.model_bridge import TransformerBridge
 
-    from .models import model_spec
-
     spec = model_spec(model)   # before the bridge wraps the blocks
     hf = copy.deepcopy(model) if copy_model else model
     hf.atoms_spec = spec
@@ -122,7 +111,7 @@ def boot_bridge(model: Any, tokenizer: Any = None, *, copy_model: bool = True):
 class BridgeRecorder:
     """``ActivationRecorder``'s interface over a TransformerBridge: ``rec(input_ids) -> {layer: (B, T, H)}``.
 
-    Reads the TransformerLens hooks of :data:`TL_HOOK_NAMES` with ``run_with_cache`` and, with
+    Reads the TransformerLens hooks of ``atomslib.models.TL_HOOK_NAMES`` with ``run_with_cache`` and, with
     ``stop_early`` (default), stops the forward after the last hooked block.
     """
 
@@ -171,6 +160,14 @@ def bridge_backend(model: Any, tokenizer: Any = None, *, copy_model: bool = True
     return hf, factory
 
 
+def _wrapped_model(model: Any) -> Any:
+    """The Hugging Face model a TransformerBridge passed to the harvest wraps (None for a plain model)."""
+    return model.original_model if hasattr(model, "original_model") else None
+
+
+register_backend("transformer_lens", bridge_backend, unwrap=_wrapped_model)
+
+
 def harvest_transformer_bridge(model: Any = "smollm2-135m", layers: int | Sequence[int] = (3, 15),
                                site: str = "resid_post", tokens: int = 20_000, out: str | Path | None = None,
                                **kwargs: Any):
@@ -179,9 +176,7 @@ def harvest_transformer_bridge(model: Any = "smollm2-135m", layers: int | Sequen
     model: a name for ``load_model``, a Hugging Face model (pass ``tokenizer=``; the bridge wraps a
         copy of it) or a ``TransformerBridge`` you booted (pass ``tokenizer=`` too: the one the
         bridge was booted with). Other arguments are ``harvest``'s. The activations are those of
-        :data:`TL_HOOK_NAMES`, which equal the plain hooks' (see the module docstring); the
+        ``atomslib.models.TL_HOOK_NAMES``, which equal the plain hooks' (see the module docstring); the
         cache's request records ``backend="transformer_lens"``.
     """
-    from .harvest import harvest
-
     return harvest(model, layers, site, tokens, out, backend="transformer_lens", **kwargs)

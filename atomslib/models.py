@@ -49,6 +49,23 @@ HOOK_SITES: dict[str, str] = {
                "block adds post_feedforward_layernorm(mlp_out) to the stream",
 }
 
+TL_HOOK_NAMES: dict[str, str] = {
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "mlp_in": "blocks.{layer}.mlp.hook_post",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+}
+"""atoms site -> TransformerLens hook name template (also what SAELens stores as ``hook_name``; the
+correspondence, and the other spellings read back, are in `atomslib.interop_tlens`)."""
+
+
+def tl_hook_name(site: str, layer: int) -> str:
+    """TransformerLens hook name of atoms (``site``, ``layer``), e.g. ``blocks.15.hook_resid_post``."""
+    check_site(site)
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer must be a non-negative block index, got {layer!r}")
+    return TL_HOOK_NAMES[site].format(layer=layer)
+
+
 # Where the blocks live, by architecture family, tried in order: (blocks, down projection in a block).
 _BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers")
 _DOWN_PATHS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
@@ -105,12 +122,13 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
-def _offline_env() -> bool:
+def offline_env() -> bool:
+    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE asks for no network."""
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connection to the hub endpoint, bounded in time (DNS included, via a thread)."""
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
@@ -192,7 +210,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
         try:
             model, tok = _load(True)       # in the local HF cache already: works offline
         except OSError:
-            if _offline_env() or not _hub_reachable():
+            if offline_env() or not hub_reachable():
                 raise ModelLoadError(_offline_message(name)) from None
             model, tok = _load(False)
         revision = getattr(model.config, "_commit_hash", None) or "hub"
@@ -408,7 +426,7 @@ def _depth_if_known(model: Any, required: bool = False) -> int | None:
     except OSError:
         if not required:
             return None
-        if not _HUB_ID.match(name) or _offline_env() or not _hub_reachable():
+        if not _HUB_ID.match(name) or offline_env() or not hub_reachable():
             raise ModelLoadError(_offline_message(name) if _HUB_ID.match(name) else
                                  f"cannot read the config of model {name!r}; pass an embedded model "
                                  f"({', '.join(EMBEDDED)}), a folder with config.json or a hub id") from None
@@ -453,6 +471,6 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     try:
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
     except OSError:
-        if _offline_env() or not _hub_reachable():
+        if offline_env() or not hub_reachable():
             raise ModelLoadError(_offline_message(name)) from None
         return AutoTokenizer.from_pretrained(name)

@@ -4,17 +4,24 @@
 (anything `atomslib.models.resolve_layers` takes) and, called on `input_ids`, returns
 `{layer: (B, T, H)}`; by default the forward pass stops right after the last hooked block.
 `atomslib.harvest` runs it batch after batch.
+
+Recording backends: `harvest(..., backend=NAME)` records through the backend registered as NAME
+(`register_backend`). "hooks" (`ActivationRecorder`) is built in; a plug-in registers itself when
+its module is imported, and `get_backend` imports it by name on first use (as `atomslib.run` loads
+an executor): "transformer_lens" is `atomslib.interop_tlens`'s TransformerBridge.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from .models import check_site, hook_module, resolve_layers
 
-__all__ = ["ActivationRecorder", "site_tensor"]
+__all__ = ["ActivationRecorder", "site_tensor", "RecordingBackend", "register_backend", "get_backend",
+           "backend_names"]
 
 
 def site_tensor(hook_kind: str, args: tuple, output: Any) -> torch.Tensor:
@@ -77,3 +84,45 @@ class ActivationRecorder:
         if missing:
             raise RuntimeError(f"hooks at layers {missing} did not fire; is the model's block list the one run?")
         return acts
+
+
+# ----------------------------------------------------------------------------- recording backends
+
+class RecordingBackend(NamedTuple):
+    """One way of recording activations during a harvest (`harvest(..., backend=NAME)`)."""
+
+    prepare: Callable[..., tuple[torch.nn.Module, Callable[..., Any]]]
+    """`prepare(model, tokenizer, *, copy_model)` -> `(hf_model, recorder_factory)`: the Hugging Face model
+    that answers the harvest's questions about layers, widths and provenance, and
+    `recorder_factory(model, site, layers)`, used as `ActivationRecorder` is."""
+    unwrap: Callable[[Any], torch.nn.Module | None]
+    """The Hugging Face model inside a wrapper a caller may pass as `model` (a TransformerBridge), else None."""
+
+
+def _hooks(model: torch.nn.Module, tokenizer: Any = None, *, copy_model: bool = True):
+    return model, ActivationRecorder
+
+
+_BACKENDS: dict[str, RecordingBackend] = {"hooks": RecordingBackend(_hooks, lambda model: None)}
+# Backends of plug-in modules: NAME -> the module that registers NAME when imported.
+_PLUGINS: dict[str, str] = {"transformer_lens": "atomslib.interop_tlens"}
+
+
+def register_backend(name: str, prepare: Callable[..., tuple[torch.nn.Module, Callable[..., Any]]], *,
+                     unwrap: Callable[[Any], torch.nn.Module | None] | None = None) -> None:
+    """Make `harvest(..., backend=name)` record through `prepare` (see `RecordingBackend`)."""
+    _BACKENDS[name] = RecordingBackend(prepare, unwrap or (lambda model: None))
+
+
+def backend_names() -> list[str]:
+    """The backends a harvest accepts ("hooks" first), registered or loadable on first use."""
+    return list(dict.fromkeys([*_BACKENDS, *_PLUGINS]))
+
+
+def get_backend(name: str) -> RecordingBackend:
+    """The backend registered as `name` (a plug-in's module is imported on first use); ValueError if none."""
+    if isinstance(name, str) and name not in _BACKENDS and name in _PLUGINS:
+        importlib.import_module(_PLUGINS[name])   # registers itself
+    if not isinstance(name, str) or name not in _BACKENDS:
+        raise ValueError(f"backend={name!r} is not known; use " + " or ".join(map(repr, backend_names())))
+    return _BACKENDS[name]

@@ -214,12 +214,12 @@ class LocalExecutor(Executor):
                 on_result(r)
         if self.jobs == 1 or len(tasks) <= 1:
             for t in tasks:
-                finish(_safe_execute(t))
+                finish(safe_execute(t))
             return done
         import multiprocessing as mp
         # spawn, not fork: the parent has torch loaded and forking it is not safe
         with ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_safe_execute, t): t for t in tasks}
+            futures = {pool.submit(safe_execute, t): t for t in tasks}
             for f in as_completed(futures):
                 try:
                     finish(f.result())
@@ -229,7 +229,8 @@ class LocalExecutor(Executor):
         return done
 
 
-def _safe_execute(task: Task) -> TaskResult:
+def safe_execute(task: Task) -> TaskResult:
+    """`execute_task`, with an exception reported as a failed `TaskResult` (what every executor runs)."""
     try:
         return execute_task(task)
     except Exception as e:  # noqa: BLE001 -- the executor reports, it does not crash

@@ -194,7 +194,7 @@ def execute_on_worker(payload: dict) -> dict:
         nb_path, res_path = out / payload["rel_notebook"], out / payload["rel_results"]
         local = dataclasses.replace(task, params=params, out_dir=str(out), notebook_path=str(nb_path),
                                     results_path=str(os.path.normpath(res_path)), force=True, progress=False)
-        r = _run._safe_execute(local)
+        r = _run.safe_execute(local)
         files = {}
         for f in sorted(p for p in root.rglob("*") if p.is_file()):
             data = f.read_bytes()

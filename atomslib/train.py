@@ -503,7 +503,7 @@ def cli_train(args) -> int:
 
 
 def _cli_train(args) -> int:
-    from .cache import ActivationCache
+    from .cache import ActivationCache, harvest_provenance
     from ._util import atomic_write_json
 
     cache = ActivationCache(args.cache)
@@ -531,8 +531,7 @@ def _cli_train(args) -> int:
           f"{cfg.activation} units -> {args.out}")
     model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=args.out, resume=not args.no_resume,
                        progress=not args.quiet)
-    from .interop_saelens import harvest_provenance   # what `atoms export` writes as the SAELens hook name
-    model.fit_info["harvest"] = harvest_provenance(cache, args.layer)
+    model.fit_info["harvest"] = harvest_provenance(cache, args.layer)   # what `atoms export` writes as the hook name
     model.save(args.out)
     log = model.train_log
     atomic_write_json(Path(args.out) / "train_log.json", log.to_dict())

@@ -182,6 +182,27 @@ def test_select_rule():
     assert keep.all() and not outl.any()
 
 
+def test_recording_backends_are_registered_and_a_plugin_loads_on_first_use(monkeypatch):
+    from atomslib import recorder as R
+    model = torch.nn.Linear(2, 2)
+    assert R.get_backend("hooks").prepare(model, None, copy_model=True) == (model, ActivationRecorder)
+    assert R.get_backend("hooks").unwrap(model) is None
+    with pytest.raises(ValueError, match=r"backend='nope' is not known; use 'hooks' or 'transformer_lens'$"):
+        harvest(model, backend="nope")
+    monkeypatch.setattr(R, "_BACKENDS", dict(R._BACKENDS))
+    R.register_backend("toy", lambda m, tok, *, copy_model: (m, ActivationRecorder))
+    assert sorted(R.backend_names()) == ["hooks", "toy", "transformer_lens"] and R.backend_names()[0] == "hooks"
+    assert R.get_backend("toy").unwrap(model) is None
+    # The TransformerLens backend: its module registers it when `harvest(backend=...)` first asks for it.
+    code = ("import sys; from atomslib.recorder import get_backend; assert 'atomslib.interop_tlens' not in sys.modules; "
+            "b = get_backend('transformer_lens'); from atomslib import interop_tlens as T; "
+            "assert b.prepare is T.bridge_backend; w = type('W', (), {'original_model': 1})(); "
+            "assert b.unwrap(w) == 1 and b.unwrap(object()) is None; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_mlp_in_site_and_cli(smol, tmp_path, monkeypatch, capsys):
     from atomslib.cli import main
 
