@@ -16,6 +16,9 @@ proxy of monosemanticity:
   document ids: does the unit fire all over the corpus or in one document?).
 - `top_token_share(ids, valid)`: the share of the top-k taken by its most common token.
 - `random_rows_baseline`: the top-k of a unit firing at random, the reference for all three.
+- `unit_activations(batches, encode, units)`: every streamed row's activation of a few chosen
+  units, (n_rows, len(units)): their whole held-out distribution (a histogram) and the
+  activation of every token around a top context (a shaded window), from one more pass.
 
 Neurons are signed, so `score="abs"` ranks them by |m_j| (spec §5: a neuron is active when
 |m_j| > tol); SAE codes are non-negative and rank the same either way.
@@ -23,7 +26,7 @@ Neurons are signed, so `score="abs"` ranks them by |m_j| (spec §5: a neuron is 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -109,6 +112,27 @@ def topk_activations(batches: Iterable[Tensor], encode: Callable[[Tensor], Tenso
     best_r = best_r.masked_fill(empty, -1)
     best_v = best_v.masked_fill(empty, 0.0)
     return TopK(best_v, best_s, best_r, n_act, mx, offset)
+
+
+@torch.no_grad()
+def unit_activations(batches: Iterable[Tensor], encode: Callable[[Tensor], Tensor],
+                     units: Sequence[int] | Tensor) -> Tensor:
+    """(n_rows, len(units)) float32: the activations of `units` on every row of a stream of (b, H)
+    batches (rows in stream order, as in `topk_activations`), encoded batch by batch with `encode`.
+    Memory is O(n_rows·len(units) + b·U)."""
+    idx = torch.as_tensor(units, dtype=torch.int64).reshape(-1)
+    parts = []
+    for x in batches:
+        z = encode(x)
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[0] != x.shape[0]:
+            raise ValueError(f"encode must return a (b, U) tensor for a ({x.shape[0]}, H) batch, got "
+                             f"{getattr(z, 'shape', type(z).__name__)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= z.shape[1]):
+            raise ValueError(f"units must lie in [0, {z.shape[1]}), got {idx.min()}..{idx.max()}")
+        parts.append(z.detach()[:, idx.to(z.device)].float().cpu())
+    if not parts:
+        raise ValueError("batches yielded nothing; pass at least one (b, H) batch")
+    return torch.cat(parts)
 
 
 def _check_ids(ids: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -84,3 +84,17 @@ def test_sampling_is_deterministic_and_skips_ineligible():
 
 def test_mark_context():
     assert it.mark_context(["a", " b", "\n"], 1) == "a⟦ b⟧⏎"
+
+
+def test_unit_activations_are_the_chosen_columns_in_stream_order():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(23, 4, generator=g)
+    W = torch.randn(4, 6, generator=g)
+    enc = lambda x: torch.relu(x @ W)  # noqa: E731
+    got = it.unit_activations(_batches(X, 5), enc, torch.tensor([4, 0, 4]))
+    assert got.shape == (23, 3) and got.dtype == torch.float32
+    assert torch.allclose(got, enc(X)[:, [4, 0, 4]])
+    with pytest.raises(ValueError, match="units must lie"):
+        it.unit_activations(_batches(X, 5), enc, [6])
+    with pytest.raises(ValueError, match="nothing"):
+        it.unit_activations([], enc, [0])

@@ -1,0 +1,1 @@
+"""Helpers of the book's notebooks (not part of the library: nothing in atomslib imports them)."""
