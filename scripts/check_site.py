@@ -12,7 +12,9 @@ Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every 
     off-site fetch (the browser's own background traffic is not counted);
   * measures the layout in the browser (a small script the server adds to every page it serves):
     a table, figure or image wider than the article column, with no horizontally scrolling box
-    around it, is a problem (a reader would find it cut off at the right edge);
+    around it, is a problem (a reader would find it cut off at the right edge); and a table or
+    image may scroll inside itself (its scrollWidth above its width) but its box must not stick
+    out of its container (the nearest block around it) unless a box in between scrolls;
   * takes a full-page screenshot into --screenshots, if given (the window as tall as the page).
 Exit status 0 when every page passes; 1 with one line per problem otherwise; 2 when Chromium is
 missing. `--report FILE` writes the per-page details as JSON.
@@ -58,12 +60,23 @@ def find_chromium(explicit: str | None = None) -> str | None:
 _PROBE = """<script>(function(){function run(){
 var art=document.querySelector('article.bd-article')||document.querySelector('main')||document.body;
 var right=art.getBoundingClientRect().right+1,bad=[];
+function name(el){return el.tagName.toLowerCase()+(el.id?'#'+el.id:'')+(el.className&&typeof el.className==='string'?'.'+el.className.trim().split(/\\s+/)[0]:'');}
 document.querySelectorAll('article table, article img, article figure, article svg, article pre').forEach(function(el){
  if(el.closest('.MathJax, mjx-container'))return;
- var r=el.getBoundingClientRect(); if(r.width===0||r.right<=right)return;
- for(var a=el.parentElement;a&&a!==art;a=a.parentElement){var ox=getComputedStyle(a).overflowX;
-  if((ox==='auto'||ox==='scroll')&&a.getBoundingClientRect().right<=right)return;}
- bad.push(el.tagName.toLowerCase()+(el.id?'#'+el.id:'')+' '+Math.round(r.right-right)+'px');});
+ var r=el.getBoundingClientRect(); if(r.width===0)return;
+ if(r.right>right){var held=false;
+  for(var a=el.parentElement;a&&a!==art;a=a.parentElement){var ox=getComputedStyle(a).overflowX;
+   if((ox==='auto'||ox==='scroll')&&a.getBoundingClientRect().right<=right){held=true;break;}}
+  if(!held){bad.push(name(el)+' '+Math.round(r.right-right)+'px');return;}}
+ if(el.tagName!=='TABLE'&&el.tagName!=='IMG')return;
+ // a table or image may scroll inside itself (scrollWidth > its width), but its box stays inside its
+ // container: the nearest block ancestor, unless a box between them scrolls
+ for(var c=el.parentElement;c&&c!==art.parentElement;c=c.parentElement){var cs=getComputedStyle(c);
+  if(cs.overflowX==='auto'||cs.overflowX==='scroll')return;
+  if(cs.display==='contents'||cs.display.indexOf('inline')===0)continue;
+  var cr=c.getBoundingClientRect(); if(cr.width===0)continue;
+  if(r.right>cr.right+1)bad.push(name(el)+' '+Math.round(r.right-cr.right)+'px wider than its container '+name(c));
+  return;}});
 function meta(n,v){var m=document.createElement('meta');m.name=n;m.content=v;document.head.appendChild(m);}
 meta('atoms-overflow',JSON.stringify(bad));meta('atoms-height',String(document.documentElement.scrollHeight));}
 if(document.readyState==='complete'){setTimeout(run,500);}else{window.addEventListener('load',function(){setTimeout(run,500);});}})();</script>"""

@@ -54,6 +54,7 @@ main()
 def _copy_sources(dst: Path) -> None:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(REPO / name, dst / name)
+    shutil.copytree(REPO / "_static", dst / "_static")   # the site's CSS (wide tables scroll): measured in Chromium
     shutil.copytree(REPO / "book", dst / "book", ignore=shutil.ignore_patterns("generated", "__pycache__"))
     shutil.copytree(REPO / "notebooks", dst / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copytree(REPO / "data" / "profiles", dst / "data" / "profiles")

@@ -1,1 +1,12 @@
-"""Helpers of the book's notebooks (not part of the library: nothing in atomslib imports them)."""
+"""The book wing: what the chapter notebooks share to show their results (figures, tables, prose,
+and chapter 5's atom browser, `atomslib.book.browser`).
+
+It may import the library; the library proper never imports it (tests/test_notebook_layout.py).
+Nothing of a chapter's story lives here: the notebooks keep their sentences, this only puts them
+on the page.
+"""
+from __future__ import annotations
+
+from .display import Page, caption_html
+
+__all__ = ["Page", "caption_html"]
