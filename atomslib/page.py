@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .lock import guard_output
-from .tasks import GENERATED, Project, find_project, find_source, is_default
+from .tasks import GENERATED, Project, find_project, find_source, is_default, toc_entries
 
 HTML_DIR = "html"   # under the output folder: html/NN_name/NN_name.html
 
@@ -46,21 +46,11 @@ def chapter_titles(project: Project) -> dict[str, str]:
     (`book/generated/08_identification`, `book/theory`): the toc's `title`, else the document's
     first `# ` heading, else its name."""
     titles: dict[str, str] = {}
-    if not project.toc.exists():
-        return titles
-
-    def walk(x):
-        if isinstance(x, dict):
-            for key in ("root", "file"):
-                if isinstance(x.get(key), str):
-                    doc = re.sub(r"\.(md|ipynb)$", "", x[key])
-                    titles[doc] = x.get("title") or _first_heading(project.root, doc) or Path(doc).name
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-    walk(yaml.safe_load(project.toc.read_text()))
+    for entry in toc_entries(project):
+        for key in ("root", "file"):
+            if isinstance(entry.get(key), str):
+                doc = re.sub(r"\.(md|ipynb)$", "", entry[key])
+                titles[doc] = entry.get("title") or _first_heading(project.root, doc) or Path(doc).name
     return titles
 
 

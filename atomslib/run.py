@@ -58,7 +58,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from . import __version__
 from ._util import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
@@ -70,7 +69,7 @@ from .results import (CLAIMS_BY_ID, PAPER_CLAIMS, Claim, claim, claims_table, co
                       evaluate_claims, fmt, load_results, notebook_params, save_results, validate_results)
 from .tasks import (GENERATED, KEY_EXCLUDED, OUT_RELATIVE, NotebookSource, Profile, Project, Task,  # noqa: F401
                     TaskResult, find_project, find_source, is_current, is_default, list_sources, load_profile,
-                    make_task, parse_assignments, read_notebook, resolve_params, run_key)
+                    make_task, parse_assignments, read_notebook, resolve_params, run_key, toc_entries)
 
 # ----------------------------------------------------------------------------------------------
 # Executing tasks and executors
@@ -301,20 +300,8 @@ def toc_notebooks(project: Project) -> list[tuple[str, str]]:
     every source in `notebooks/`."""
     if not project.toc.exists():
         return [(p.stem, p.stem) for p in list_sources(project)]
-    found: list[tuple[str, str]] = []
-
-    def walk(x):
-        if isinstance(x, dict):
-            f = str(x.get("file", ""))
-            if f.startswith(GENERATED.as_posix() + "/"):
-                found.append((Path(f).stem if f.endswith(".ipynb") else Path(f).name, x.get("title") or Path(f).name))
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-    walk(yaml.safe_load(project.toc.read_text()))
-    return found
+    return [(Path(f).stem if f.endswith(".ipynb") else Path(f).name, e.get("title") or Path(f).name)
+            for e in toc_entries(project) if (f := str(e.get("file", ""))).startswith(GENERATED.as_posix() + "/")]
 
 
 def write_placeholder(path: Path, name: str, title: str, source: str) -> None:

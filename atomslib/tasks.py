@@ -209,6 +209,26 @@ class NotebookSource:
     inputs: list[str] = field(default_factory=list)  # glob patterns whose files enter the run key
 
 
+def toc_entries(project: Project) -> list[dict]:
+    """Every entry of `_toc.yml` (a mapping with `file` or `root`, maybe `title`), depth first, in order;
+    empty without a toc. The book's chapter list and the single pages' titles both read it."""
+    if not project.toc.exists():
+        return []
+    found: list[dict] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if any(isinstance(x.get(k), str) for k in ("root", "file")):
+                found.append(x)
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(yaml.safe_load(project.toc.read_text()))
+    return found
+
+
 def list_sources(project: Project) -> list[Path]:
     return sorted(project.notebooks_dir.glob("[0-9][0-9]_*.md"))
 
