@@ -27,6 +27,7 @@ from typing import Any
 
 from . import __version__
 from ._util import atomic_write_json
+from .tasks import MODELS_DIR
 
 # ----------------------------------------------------------------------------------------------
 # The paper's claims: the shared vocabulary of results files and the rule each verdict follows.
@@ -188,6 +189,15 @@ def load_results(results_dir: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
+def load_model_results(results_dir: str | os.PathLike) -> dict[str, dict]:
+    """`load_results(results_dir)` plus the results of the runs on other models, which live in
+    `<results_dir>/../models/<slug>/results/` (`atomslib.tasks.make_model_tasks`), named `NN_name@<slug>`."""
+    out = load_results(results_dir)
+    for folder in sorted((Path(results_dir).parent / MODELS_DIR).glob("*/results")):
+        out.update({f"{name}@{folder.parent.name}": r for name, r in load_results(folder).items()})
+    return out
+
+
 def claims_table(claims: Sequence[Mapping[str, Any]]):
     """A pandas table of claims entries, values formatted with `fmt` (show it on the page)."""
     import pandas as pd
@@ -205,7 +215,7 @@ def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:
     for c in PAPER_CLAIMS:
         found = [(name, e) for name, r in results.items() for e in r.get("claims", []) if e.get("claim_id") == c.claim_id]
         if not found:
-            reason = "not run yet" if c.chapter not in results else "not reported"
+            reason = "not run yet" if c.chapter not in {k.split("@")[0] for k in results} else "not reported"
             rows.append({"claim_id": c.claim_id, "claim": c.statement, "paper (reference)": c.paper, "ours": "—",
                          "variant": "—", "split": "—", "where": f"{c.chapter} ({reason})",
                          "verdict": "not measured", "rule": c.rule, "value": None})
@@ -214,8 +224,23 @@ def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:
             rows.append({"claim_id": c.claim_id, "claim": c.statement, "paper (reference)": c.paper,
                          "ours": fmt(e.get("value")), "variant": e.get("variant", "—"), "split": e.get("split", "—"),
                          "where": where or name, "verdict": c.verdict(e.get("value")), "rule": c.rule,
-                         "value": e.get("value")})
+                         "value": e.get("value"), "model": e.get("model"), "layer": e.get("layer")})
     return rows
+
+
+def verdicts_by_model(rows: Sequence[Mapping]) -> dict[str, dict[str, str]]:
+    """{claim_id: {model: verdict}} from `evaluate_claims` rows that name a model: `supported` or `not
+    supported` when every measurement on that model (layers, variants) agrees, else `mixed (a of n
+    supported)`. Claims measured without a model (the theory chapters) are left out."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        if r.get("model") is None or r["verdict"] == "not measured":
+            continue
+        n = counts.setdefault(r["claim_id"], {}).setdefault(str(r["model"]), [0, 0])
+        n[0] += r["verdict"] == "supported"
+        n[1] += 1
+    return {cid: {m: "supported" if a == n else "not supported" if a == 0 else f"mixed ({a} of {n} supported)"
+                  for m, (a, n) in per.items()} for cid, per in counts.items()}
 
 
 def conclusion_summary(rows: Sequence[Mapping]) -> dict[str, list[dict]]:

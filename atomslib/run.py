@@ -66,10 +66,13 @@ from .lock import WAIT_ENV, FolderLocked, OutputDirError, add_wait_option, check
 from .grid import (GRID_DIR, GridPoints, expand_grid, grid_label, grid_slug,  # noqa: F401
                    make_grid_tasks, merge_grid)
 from .results import (CLAIMS_BY_ID, PAPER_CLAIMS, Claim, claim, claims_table, conclusion_summary,  # noqa: F401
-                      evaluate_claims, fmt, load_results, notebook_params, save_results, validate_results)
+                      evaluate_claims, fmt, load_model_results, load_results, notebook_params, save_results, validate_results,
+                      verdicts_by_model)
 from .tasks import (GENERATED, KEY_EXCLUDED, OUT_RELATIVE, NotebookSource, Profile, Project, Task,  # noqa: F401
-                    TaskResult, find_project, find_source, is_current, is_default, list_sources, load_profile,
-                    make_task, parse_assignments, read_notebook, resolve_params, run_key, toc_entries)
+                    MODELS_DIR, TaskResult, find_project, find_source, is_current, is_default, list_sources, load_profile,
+                    make_model_tasks, make_task, model_out, model_slug, models_of, parse_assignments,
+                    read_notebook, resolve_params, run_key, toc_entries)
+
 
 # ----------------------------------------------------------------------------------------------
 # Executing tasks and executors
@@ -172,6 +175,8 @@ def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
         return res
     results["run_key"] = task.key
     atomic_write_json(res_path, results)
+    if task.title_suffix:
+        _suffix_title(nb, task.title_suffix)
     nb.metadata.papermill["input_path"] = task.source
     nb.metadata.papermill["output_path"] = str(nb_path)
     nb.metadata["atoms"] = {**nb.metadata.get("atoms", {}), "run_key": task.key, "params": task.params,
@@ -181,6 +186,19 @@ def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
     backup.unlink(missing_ok=True)
     res.status, res.seconds = "ok", time.monotonic() - t0
     return res
+
+
+def _suffix_title(nb, suffix: str) -> None:
+    """`# Title` -> `# Title (suffix)` in the first Markdown cell that has a level-1 heading."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"{line.rstrip()} ({suffix})"
+                cell.source = "\n".join(lines)
+                return
 
 
 class Executor(ABC):
@@ -283,16 +301,30 @@ class NotebookFailed(RuntimeError):
 def run_notebook(name: str | os.PathLike, params: Mapping[str, Any] | None = None, *,
                  profile: str | Profile = "default", out_dir: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None, force: bool = False, progress: bool = True) -> TaskResult:
-    """Execute one notebook (skipped when current); raise `NotebookFailed` if it fails."""
+    """Execute one notebook (skipped when current) on each model it runs on (`models_of`: the
+    profile's `models`, or the one `model` given); raise `NotebookFailed` if a run fails. Returns the
+    first model's result; `run_notebook_models` returns them all."""
+    return run_notebook_models(name, params, profile=profile, out_dir=out_dir, root=root, force=force,
+                               progress=progress)[0]
+
+
+def run_notebook_models(name: str | os.PathLike, params: Mapping[str, Any] | None = None, *,
+                        profile: str | Profile = "default", out_dir: str | os.PathLike | None = None,
+                        root: str | os.PathLike | None = None, force: bool = False,
+                        progress: bool = True) -> list[TaskResult]:
+    """`run_notebook`, one TaskResult per model, in the profile's order."""
     project = find_project(root)
     prof = load_profile(profile, root=project.root)
     out = Path(out_dir).resolve() if out_dir else project.default_out
     check_output_dir(out, what="--out")
     src = read_notebook(find_source(project, name))
-    res = execute_task(make_task(src, prof, params, project=project, out_dir=out, force=force, progress=progress))
-    if res.status == "failed":
-        raise NotebookFailed(res.message)
-    return res
+    results = []
+    for task in make_model_tasks(src, prof, params, project=project, out_dir=out, force=force, progress=progress):
+        res = execute_task(task)
+        if res.status == "failed":
+            raise NotebookFailed(res.message)
+        results.append(res)
+    return results
 
 
 def toc_notebooks(project: Project) -> list[tuple[str, str]]:
@@ -300,19 +332,36 @@ def toc_notebooks(project: Project) -> list[tuple[str, str]]:
     every source in `notebooks/`."""
     if not project.toc.exists():
         return [(p.stem, p.stem) for p in list_sources(project)]
+    prefix = GENERATED.as_posix() + "/"
     return [(Path(f).stem if f.endswith(".ipynb") else Path(f).name, e.get("title") or Path(f).name)
-            for e in toc_entries(project) if (f := str(e.get("file", ""))).startswith(GENERATED.as_posix() + "/")]
+            for e in toc_entries(project) if (f := str(e.get("file", ""))).startswith(prefix)
+            and "/" not in f[len(prefix):]]   # models/<slug>/NN_name pages are the runs of those chapters
 
 
-def write_placeholder(path: Path, name: str, title: str, source: str) -> None:
-    """A page for a toc chapter whose notebook is not written yet, so that the book still builds."""
+def toc_model_pages(project: Project) -> list[tuple[str, str]]:
+    """(model folder, notebook name) of every `book/generated/models/<slug>/NN_name` entry of `_toc.yml`:
+    the pages of a chapter's run on another model."""
+    prefix = f"{GENERATED.as_posix()}/{MODELS_DIR}/"
+    out = []
+    for e in toc_entries(project):
+        f = str(e.get("file", ""))
+        if f.startswith(prefix) and f[len(prefix):].count("/") == 1:
+            slug, nb = f[len(prefix):].split("/")
+            out.append((slug, Path(nb).stem if nb.endswith(".ipynb") else nb))
+    return out
+
+
+def write_placeholder(path: Path, name: str, title: str, source: str, note: str | None = None) -> None:
+    """A page for a toc chapter whose notebook is not written yet (or, with `note`, not run for a
+    model), so that the book still builds."""
     import nbformat
 
     nb = nbformat.v4.new_notebook(metadata={"atoms": {"placeholder": True}, "kernelspec": {
         "name": "python3", "display_name": "Python 3", "language": "python"}})
-    nb.cells.append(nbformat.v4.new_markdown_cell(
-        f"# {title}\n\n```{{note}}\nThis chapter is planned but its notebook `{source}` has not been written yet. "
-        f"Its claims show as *not measured* in the conclusions.\n```\n"))
+    note = note or (f"This chapter is planned but its notebook `{source}` has not been written yet. "
+                    "Its claims show as *not measured* in the conclusions.")
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"# {title}\n\n```{{note}}\n{note}\n```\n"))
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, nbformat.writes(nb).encode())
 
 
@@ -365,7 +414,7 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
     bar = tqdm(total=len(sources), desc=f"notebooks ({prof.name})", unit="nb", disable=not progress)
     one_at_a_time = jobs == 1 and progress and sys.stderr.isatty()
     for stage in sorted({s.stage for s in sources}):
-        tasks, grids = [], {}
+        tasks, grids, labels = [], {}, {}
         for s in (s for s in sources if s.stage == stage):
             try:  # built per stage: stage-2 keys hash the results stage 1 just wrote
                 if prof.grid.get(s.name):
@@ -373,12 +422,15 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
                     tasks.extend(t for _, t in grids[s.name])
                     bar.total += len(grids[s.name])
                 else:
-                    tasks.append(make_task(s, prof, params, project=project, out_dir=out, force=force,
-                                           progress=one_at_a_time, strict=False))
+                    more = make_model_tasks(s, prof, params, project=project, out_dir=out, force=force,
+                                            progress=one_at_a_time, strict=False)
+                    tasks.extend(more)
+                    bar.total += len(more) - 1
+                    labels.update({t.key: f"{s.name}[{t.title_suffix}]" for t in more if t.title_suffix})
             except Exception as e:  # noqa: BLE001
                 results.append(TaskResult(s.name, "failed", 0.0, "", f"notebook {s.name}: {type(e).__name__}: {e}"))
                 bar.update(1)
-        labels = {t.key: label for points in grids.values() for label, t in points}
+        labels.update({t.key: label for points in grids.values() for label, t in points})
 
         def done(r: TaskResult):
             r.name = labels.get(r.key, r.name)  # grid points read NN_name[axis=value,...]
@@ -392,6 +444,13 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
             results.append(merge_grid(name, points, stage_results, out_dir=out, force=force))
             bar.update(1)
     bar.close()
+    for slug, name in toc_model_pages(project):   # a page the toc lists for a model this run did not cover
+        page = out / MODELS_DIR / slug / f"{name}.ipynb"
+        if not page.exists():
+            title = dict(toc).get(name, name)
+            write_placeholder(page, name, f"{title} ({slug})", f"notebooks/{name}.md",
+                              note=f"This chapter has not been run on `{slug}` yet: `atoms run {name} --model {slug}` "
+                                   "(or a profile whose `models` list it) writes this page.")
     order = {n: i for i, (n, _) in enumerate(toc)}
     return sorted(results, key=lambda r: (order.get(r.name.split("[")[0], len(order)), "[" in r.name, r.name))
 
@@ -496,12 +555,12 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.notebook:
         if args.jobs != 1 or args.executor != "local":
             raise ValueError("--jobs and --executor apply to --all")
-        res = run_notebook(args.notebook, overrides, profile=args.profile, out_dir=args.out, root=args.root,
-                           force=args.force, progress=sys.stderr.isatty())
-        print(f"{res.name}: {res.status} ({res.seconds:.1f} s, key {res.key[:12]})\n  {res.notebook_path}\n  {res.results_path}")
-        if args.html:
-            from .page import render_page
-            print(f"  {render_page(res.notebook_path, root=args.root)}")
+        for res in run_notebook_models(args.notebook, overrides, profile=args.profile, out_dir=args.out,
+                                       root=args.root, force=args.force, progress=sys.stderr.isatty()):
+            print(f"{res.name}: {res.status} ({res.seconds:.1f} s, key {res.key[:12]})\n  {res.notebook_path}\n  {res.results_path}")
+            if args.html:
+                from .page import render_page
+                print(f"  {render_page(res.notebook_path, root=args.root)}")
         return 0
     results = run_all(args.profile, args.executor, args.jobs, args.address, root=args.root, out_dir=args.out,
                       params=overrides, force=args.force,

@@ -26,6 +26,8 @@ from ._util import sha256_file
 GENERATED = Path("book") / "generated"   # default output folder, relative to the project root
 KEY_EXCLUDED = {"cache_dir"}              # where caches live never changes the numbers
 OUT_RELATIVE = {"results_dir", "figures_dir"}  # path parameters relative to the output folder
+MODELS_DIR = "models"    # another model's outputs: <out>/models/<slug>/{NN_name.ipynb,results/,figures/}
+RUNNER_KEYS = {"models"}  # profile keys the runner reads itself; never passed to a notebook
 
 # ----------------------------------------------------------------------------------------------
 # Project, profiles, parameters
@@ -286,11 +288,11 @@ def resolve_params(src: NotebookSource, profile: Profile, overrides: Mapping[str
     params = {k: v for k, v in profile.common.items() if k in declared}
     for origin, extra, check in ((f"profile {profile.name!r} (notebooks: {src.name})", profile.notebooks.get(src.name, {}), True),
                                  ("-p", dict(overrides or {}), strict)):
-        unknown = sorted(set(extra) - set(declared))
+        unknown = sorted(set(extra) - set(declared) - RUNNER_KEYS)
         if unknown and check:
             raise ValueError(f"{origin} sets {', '.join(unknown)}, which {src.name} does not declare; "
                              f"its parameters are: {listing}")
-        params.update({k: v for k, v in extra.items() if k in declared})
+        params.update({k: v for k, v in extra.items() if k in declared and k not in RUNNER_KEYS})
     for k, v in list(params.items()):
         if not k.endswith("_dir"):
             continue
@@ -344,6 +346,7 @@ class Task:
     progress: bool = False   # papermill's per-cell progress bar
     kernel_name: str = "python3"
     timeout: int | None = None  # seconds per cell (None: no limit)
+    title_suffix: str = ""   # appended to the executed page's title (its model, when a book has several)
 
 
 @dataclass
@@ -383,3 +386,76 @@ def make_task(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any
     key = run_key(src.path.read_text(), params, inputs=inputs)
     return Task(src.name, src.nb_json, os.path.relpath(src.path, project.root), params, key, str(out_dir),
                 str(out_dir / f"{src.name}.ipynb"), str(results_path), force, progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per model
+
+
+def model_slug(model: Any) -> str:
+    """A folder name for a model: `gemma3-270m`, `google-gemma-2-2b`, `tmp-my-model` (a folder)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(model)).strip("-.") or "model"
+
+
+def models_of(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any] | None = None) -> tuple[Any, list]:
+    """(the profile's own model, the models `src` runs on). A notebook that declares `model` runs once
+    per entry of the profile's `models` (its `notebooks:` section's, else common's); a section that sets
+    `model` alone pins the notebook to that model, and without `models` it is the profile's `model`. A
+    `model` override (`--model`, `-p model=`) runs that one model only.
+    A notebook without a `model` parameter runs once (models `[None]`)."""
+    if "model" not in src.declared:
+        return None, [None]
+    section = profile.notebooks.get(src.name, {})
+    own = section.get("model", profile.common.get("model"))
+    if own is None:   # the notebook's own default, as papermill read it
+        import ast
+        try:
+            own = ast.literal_eval(src.declared["model"]["default"])
+        except (ValueError, SyntaxError):
+            own = src.declared["model"]["default"]
+    if overrides and "model" in overrides:
+        return own, [overrides["model"]]
+    if "models" in section:
+        models = section["models"]
+    elif "model" in section:   # a notebook the profile pins to one model
+        models = [own]
+    else:
+        models = profile.common.get("models") or [own]
+    if not isinstance(models, list) or not models or len(set(map(str, models))) != len(models):
+        raise ValueError(f"profile {profile.name!r}: models must be a list of distinct model names, got {models!r}")
+    return own, list(models)
+
+
+def model_out(model: Any) -> str:
+    """Where the outputs of a run on `model` go, relative to the output folder, when `model` is not the
+    profile's own: `models/<slug>`."""
+    return f"{MODELS_DIR}/{model_slug(model)}"
+
+
+def make_model_tasks(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any] | None, *,
+                     project: Project, out_dir: Path, force: bool = False, progress: bool = False,
+                     strict: bool = True) -> list[Task]:
+    """The Tasks of one notebook, one per model it runs on (`models_of`). The profile's own model
+    writes to `out_dir` as always; any other model to `out_dir/models/<slug>/` (its executed notebook,
+    `results/` and `figures/`), so that a run on one model never replaces another model's outputs. The
+    kernel still runs in `out_dir` (caches and the other path parameters do not move)."""
+    out_dir = Path(out_dir).resolve()
+    own, models = models_of(src, profile, overrides)
+    tasks = []
+    for m in models:
+        extra = dict(overrides or {})
+        if m is not None and str(m) != str(own):
+            d = model_out(m)
+            extra.update({"model": m, **{k: f"{d}/{k[:-len('_dir')]}" for k in OUT_RELATIVE if k in src.declared}})
+            task = make_task(src, profile, extra, project=project, out_dir=out_dir, force=force, progress=progress,
+                             strict=strict)
+            task.notebook_path = str(out_dir / d / f"{src.name}.ipynb")
+        else:
+            if m is not None:
+                extra["model"] = m
+            task = make_task(src, profile, extra, project=project, out_dir=out_dir, force=force, progress=progress,
+                             strict=strict)
+        if m is not None and (len(models) > 1 or str(m) != str(own)):
+            task.title_suffix = str(m)   # the page's title names its model when the book has several
+        tasks.append(task)
+    return tasks

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "book_time.json"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- book-time -->", "<!-- /book-time -->"
-ROW = re.compile(r"^(\d\d_\w+)\s+(ok|skipped|failed|missing)\s+([\d.]+|-)\s", re.M)
+ROW = re.compile(r"^(\d\d_\w+(?:\[[^\]\s]*\])?)\s+(ok|skipped|failed|missing)\s+([\d.]+|-)\s", re.M)
 BUDGET_MIN = 30.0
 
 
