@@ -29,7 +29,7 @@ _EXPORTS = {
     # activations
     "load_model": "models", "HOOK_SITES": "models", "DEFAULT_MODEL": "models",
     "load_corpus": "corpus", "pack_contexts": "corpus",
-    "harvest": "harvest", "ActivationCache": "cache", "CacheError": "cache",
+    "harvest": "harvesting", "ActivationCache": "cache", "CacheError": "cache",
     # interop
     "export_saelens": "interop", "load_saelens_units": "interop",
     "train_saelens_jumprelu": "interop", "harvest_transformer_bridge": "interop",

@@ -53,7 +53,7 @@ def repair(path: str | os.PathLike, *, device: str = "cpu", progress: bool = Tru
            wait: float | None = None) -> ActivationCache:
     """Run the harvest recorded in the manifest at `path` again, into `path`: it re-validates the cache
     and re-harvests only the missing or corrupt shards (or finishes an interrupted harvest)."""
-    from .harvest import harvest   # imported when repairing only: `atoms cache verify` stays quick
+    from .harvesting import harvest   # imported when repairing only: `atoms cache verify` stays quick
 
     path = Path(path).expanduser()
     req = dict(_manifest(path)["request"])

@@ -17,8 +17,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("atomslib.demo", "a one-minute tour: theorems on synthetic atoms, then R² and q* of neurons vs atoms"),
     "info": ("atomslib.demo", "print versions, the embedded model and corpus, and where caches live"),
-    "harvest": ("atomslib.harvest", "run a model over a corpus once and store hooked activations as validated shards"),
-    "train": ("atomslib.train", "train a threshold SAE (atoms) or a ReLU SAE (features) on a harvested cache"),
+    "harvest": ("atomslib.harvesting", "run a model over a corpus once and store hooked activations as validated shards"),
+    "train": ("atomslib.train_cli", "train a threshold SAE (atoms) or a ReLU SAE (features) on a harvested cache"),
     "run": ("atomslib.run", "execute the book's notebooks with papermill (one, or --all for a profile)"),
     "page": ("atomslib.page", "render one executed notebook as a web page in the book's style (offline math, "
              "citations), e.g. after atoms run NB -p KEY=VALUE"),

@@ -115,7 +115,7 @@ def _demo_real(seed: int) -> dict:
     import tempfile
 
     from .criteria import faithfulness_r2, stability_q_star
-    from .harvest import harvest
+    from .harvesting import harvest
     from .train import train_tsae
     from .tsae import TSAEConfig
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .cache import ActivationCache, harvest_provenance
-from .harvest import harvest
+from .harvesting import harvest
 from .lock import hold
 from .models import resolve_layers   # the notebooks call ex.resolve_layers(layers, model)
 from .tsae import TSAE, TSAEConfig

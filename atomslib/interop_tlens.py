@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .harvest import harvest
+from .harvesting import harvest
 from .models import TL_HOOK_NAMES, check_site, model_spec, resolve_layers, tl_hook_name
 from .recorder import register_backend
 

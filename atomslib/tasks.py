@@ -286,12 +286,17 @@ def resolve_params(src: NotebookSource, profile: Profile, overrides: Mapping[str
     declared = src.declared
     listing = ", ".join(f"{k}={v['default']}" for k, v in declared.items()) or "(none)"
     params = {k: v for k, v in profile.common.items() if k in declared}
+    for k, v in params.items():
+        check_param_type(src, k, v, f"profile {profile.name!r} (common)")
     for origin, extra, check in ((f"profile {profile.name!r} (notebooks: {src.name})", profile.notebooks.get(src.name, {}), True),
                                  ("-p", dict(overrides or {}), strict)):
         unknown = sorted(set(extra) - set(declared) - RUNNER_KEYS)
         if unknown and check:
             raise ValueError(f"{origin} sets {', '.join(unknown)}, which {src.name} does not declare; "
                              f"its parameters are: {listing}")
+        for k, v in extra.items():
+            if k in declared and k not in RUNNER_KEYS:
+                check_param_type(src, k, v, origin)
         params.update({k: v for k, v in extra.items() if k in declared and k not in RUNNER_KEYS})
     for k, v in list(params.items()):
         if not k.endswith("_dir"):
@@ -307,6 +312,45 @@ def resolve_params(src: NotebookSource, profile: Profile, overrides: Mapping[str
         inside = lambda q: q == project.root or project.root in q.parents  # noqa: E731
         params[k] = os.path.relpath(p, out_dir) if inside(p) and inside(out_dir) else str(p)
     return params
+
+
+_TYPE_WORDS = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+def _accepts(default: Any, value: Any) -> bool:
+    """Whether `value` may stand where the parameters cell has `default` (a None default takes anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):   # one value where a list goes: layers=3, layers=all, layers="3,15"
+        return isinstance(value, (list, tuple, str, int, float)) and not isinstance(value, bool)
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return True
+
+
+def check_param_type(src: NotebookSource, name: str, value: Any, origin: str = "-p") -> None:
+    """Refuse a value whose type the notebook's parameters cell does not take (its default's type), before
+    the notebook starts: `-p H=abc` names H, the type, the default and the value given."""
+    import ast
+    try:
+        default = ast.literal_eval(src.declared[name]["default"])
+    except (ValueError, SyntaxError, TypeError):   # an expression: nothing to compare with
+        return
+    if _accepts(default, value):
+        return
+    want = next((w for t, w in _TYPE_WORDS.items() if isinstance(default, t)), type(default).__name__)
+    given = f"{type(value).__name__} {value!r}"
+    raise ValueError(f"{origin}: {name} must be {want} ({src.name}'s default is {src.declared[name]['default']}), "
+                     f"got {given}; e.g. -p {name}={json.dumps(default)}")
 
 
 def is_default(default_source: str, value: Any) -> bool:

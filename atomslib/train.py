@@ -26,8 +26,8 @@ import torch
 
 from ._sae_step import Params, Workspace, sae_step
 from ._train_data import IterStream, make_stream
-from ._util import atomic_save_safetensors, check_acts, cli_device, device_of
-from .lock import add_wait_option, locks_output
+from ._util import atomic_save_safetensors, check_acts, device_of
+from .lock import locks_output
 from .tsae import TSAE, TSAEConfig
 
 Tensor = torch.Tensor
@@ -448,94 +448,7 @@ def _record(run: _Run, stream, it: dict, lr_mult: float, lam: float, eval_acts: 
     return rec
 
 
-# ---- `atoms train` ---------------------------------------------------------------------------------
-def configure_train_parser(p) -> None:
-    p.add_argument("cache", help="an activation cache folder written by `atoms harvest`")
-    p.add_argument("--layer", type=int, required=True, help="which harvested layer to train on")
-    p.add_argument("--out", required=True, help="output folder: the model (config.json + model.safetensors), "
-                   "the checkpoint it resumes from, and train_log.json")
-    p.add_argument("--units", type=int, default=None, help="dictionary size N (default 4 x the width, the paper's)")
-    p.add_argument("--activation", choices=["threshold", "relu"], default="threshold",
-                   help="threshold = atoms (TSAE, L0), relu = features (ReLU SAE, L1) (default threshold)")
-    p.add_argument("--tokens", type=int, default=None, help="token budget (default TSAEConfig's; the data are cycled)")
-    p.add_argument("--epochs", type=float, default=None, help="passes over the cache instead of --tokens")
-    p.add_argument("--max-tokens", type=int, default=None, help="use only the first N stored rows of the layer")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--l0-coeff", type=float, default=None, help="L0 coefficient (threshold)")
-    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient (relu)")
-    p.add_argument("--target-l0", type=float, default=None, help="steer L0 towards this (sparsity_form=target)")
-    p.add_argument("--whiten", action="store_true", help="train in the AIP-whitened space (the cache's AIP)")
-    p.add_argument("--ridge", type=float, default=0.0, help="ridge of the AIP used by --whiten")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", type=cli_device, help="cpu (default), cuda, cuda:1, mps")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other TSAEConfig field, e.g. --set bandwidth=0.05 (repeatable)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_wait_option(p)
-
-
 def _checkpoint_bytes(cfg: Any) -> int:
     """Disk a checkpoint needs: 2 x (parameters + 2 Adam moments) + a model snapshot + a transform."""
     n = 2 * cfg.n_units * cfg.d_model + 2 * cfg.n_units + cfg.d_model if isinstance(cfg, TSAEConfig) else 0
     return n * cfg.torch_dtype.itemsize * 7 + 16 * cfg.n_units + 16 * cfg.d_model ** 2 if n else 0
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
-def cli_train(args) -> int:
-    from .lock import guard_output
-    with guard_output(args.out, "atoms train", wait=args.wait, label="--out"):   # also over the saves below
-        return _cli_train(args)
-
-
-def _cli_train(args) -> int:
-    from .cache import ActivationCache, harvest_provenance
-    from ._util import atomic_write_json
-
-    cache = ActivationCache(args.cache)
-    H = cache.d_model
-    kw: dict[str, Any] = {"d_model": H, "n_units": args.units or 4 * H, "activation": args.activation,
-                          "seed": args.seed, "device": args.device}
-    for name, field_ in (("batch_size", "batch_size"), ("lr", "lr"), ("l0_coeff", "l0_coeff"),
-                         ("l1_coeff", "l1_coeff"), ("checkpoint_every", "checkpoint_every")):
-        if getattr(args, name) is not None:
-            kw[field_] = getattr(args, name)
-    if args.tokens is not None:
-        kw["n_tokens"] = args.tokens
-    if args.epochs is not None:
-        kw["n_epochs"] = args.epochs
-    if args.target_l0 is not None:
-        kw.update(sparsity_form="target", target_l0=args.target_l0)
-    if args.whiten:
-        kw["whiten"] = True
-    kw.update(_parse_set(args.set))
-    cfg = TSAEConfig(**kw)
-    reader = cache.reader(args.layer, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                          max_tokens=args.max_tokens)
-    aip = cache.aip(args.layer, ridge=args.ridge) if cfg.whiten else None
-    print(f"atoms train: layer {args.layer} of {args.cache} ({reader.n_tokens} rows, H={H}), N={cfg.n_units} "
-          f"{cfg.activation} units -> {args.out}")
-    model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=args.out, resume=not args.no_resume,
-                       progress=not args.quiet)
-    model.fit_info["harvest"] = harvest_provenance(cache, args.layer)   # what `atoms export` writes as the hook name
-    model.save(args.out)
-    log = model.train_log
-    atomic_write_json(Path(args.out) / "train_log.json", log.to_dict())
-    last = log.last
-    print(f"done: {model.fit_info['steps']} steps, {model.fit_info['tokens']} tokens; L0 {last.get('l0', float('nan')):.1f}, "
-          f"R² (train, last interval) {last.get('r2', float('nan')):.4f}, dead units {last.get('dead')}; saved to {args.out}")
-    return 0

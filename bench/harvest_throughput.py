@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atomslib.corpus import load_corpus, pack_contexts  # noqa: E402
-from atomslib.harvest import harvest  # noqa: E402
+from atomslib.harvesting import harvest  # noqa: E402
 from atomslib.models import blocks, load_model, resolve_layers  # noqa: E402
 
 

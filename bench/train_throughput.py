@@ -71,7 +71,7 @@ def get_acts(args, n_rows: int) -> tuple[torch.Tensor, str]:
         c = ActivationCache(args.cache)
         return c.load(args.layer, max_tokens=n_rows), f"cache {args.cache}, layer {args.layer} ({c.site})"
     try:
-        from atomslib.harvest import harvest
+        from atomslib.harvesting import harvest
         # A fixed request, so that every run (quick or not) reuses the same cached harvest.
         c = harvest(layers=(args.layer,), tokens=max(HARVEST_TOKENS, n_rows + n_rows // 8), progress=False)
         return c.load(args.layer, max_tokens=n_rows), f"SmolLM2-135M resid_post layer {args.layer} (harvested here)"

@@ -36,7 +36,7 @@ def _gemma():
 
 @functools.lru_cache(maxsize=None)
 def _small_cache(base: str):
-    from atomslib.harvest import harvest
+    from atomslib.harvesting import harvest
     return harvest(_smol(), out=Path(base) / "small-cache", **SMALL_HARVEST)
 
 

@@ -198,3 +198,24 @@ def test_site_renders_math_and_images_in_chromium(book):
     assert all(p.get("too_wide") == [] for p in report["pages"]), "the layout probe did not run on every page"
     assert any(p.get("height", 0) > 1400 for p in report["pages"]), "screenshots should cover whole pages"
     print(f"screenshots in {shots}")
+
+
+def test_the_intro_opens_with_the_findings_of_the_results_files(book):
+    """Findings at a glance (issue 12): every headline verdict per model and layer, as the results files
+    give it, is on the intro page, with the R²–q* figure and links to the chapters behind them."""
+    import html as html_lib
+
+    from atomslib.book.findings import verdict_words
+
+    gen = book["root"] / "book" / "generated"
+    results = {k: v for k, v in run.load_model_results(gen / "results").items() if k.split("@")[0] != "06_conclusions"}
+    rows = run.evaluate_claims(results)
+    intro = html_lib.unescape(re.sub(r"<[^>]+>", "", (book["html"] / "book" / "intro.html").read_text()))
+    words = verdict_words(rows)
+    assert len(words) >= 5, f"too few measured claims to check: {words}"
+    missing = [w for w in words if w[0] not in intro or w[1] not in intro]
+    assert not missing, f"findings missing from the intro page: {missing[:5]}"
+    raw = (book["html"] / "book" / "intro.html").read_text()
+    assert "06_conclusions_r2_q.png" in raw, "the intro shows no R²–q* figure"
+    assert 'href="generated/03_neurons_features_atoms.html' in raw, "the intro does not link its verdicts' chapters"
+    assert "gemma3-270m" in intro and "smollm2-135m" in intro, "the intro's verdicts do not name both models"

@@ -1,4 +1,4 @@
-"""atomslib.harvest: content, determinism, kill-and-resume, refusals, exclusion, CLI."""
+"""atomslib.harvesting (the `harvest` function): content, determinism, kill-and-resume, refusals, exclusion, CLI."""
 from __future__ import annotations
 
 import errno
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomslib import harvest as H
+from atomslib import harvesting as H
 from atomslib.cache import ActivationCache, CacheError
-from atomslib.harvest import ActivationRecorder, HarvestConfig, harvest
+from atomslib.harvesting import ActivationRecorder, HarvestConfig, harvest
 from _disks import fill, small_disk  # noqa: F401  (fixture)
 from conftest_activations import GEMMA, SMALL_HARVEST, gemma, small_cache, smol  # noqa: F401,F811  (fixtures)
 
@@ -79,7 +79,8 @@ def test_deterministic_and_complete_cache_is_reused(smol, small_cache, reference
     reused = harvest("smollm2-135m", out=small_cache.path, **SMALL_HARVEST)
     assert reused.path == small_cache.path
     import atomslib
-    import atomslib.harvest  # noqa: F401  (binds the package attribute to the module)
+    import atomslib.harvesting  # noqa: F401  (the module's name is not the function's: nothing rebinds it)
+    assert callable(atomslib.harvest) and not isinstance(atomslib.harvest, type(atomslib))
     assert atomslib.harvest(out=small_cache.path, **SMALL_HARVEST).path == small_cache.path
 
 
@@ -114,7 +115,7 @@ def test_sigkill_and_resume_gives_identical_bytes(smol, reference, tmp_path):
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal
-        from atomslib.harvest import harvest
+        from atomslib.harvesting import harvest
         kw = {RESUME!r}
         def die(i, n):
             if i == 2:
@@ -260,7 +261,7 @@ def test_two_harvests_into_one_folder_one_refused_one_waits(reference, tmp_path)
     out, started, go = tmp_path / "shared", tmp_path / "started", tmp_path / "go"
     script = textwrap.dedent(f"""
         import pathlib, time
-        from atomslib.harvest import harvest
+        from atomslib.harvesting import harvest
         def pause(i, n):                      # hold the folder until the test says go
             if i == 0:
                 pathlib.Path({str(started)!r}).touch()
@@ -308,7 +309,7 @@ def test_sigint_is_a_message_and_the_harvest_resumes(smol, reference, tmp_path):
     out = tmp_path / "ctrl-c"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from atomslib import harvest as H
+        from atomslib import harvesting as H
         from atomslib.cli import main
         # A shell that starts the tests in the background (`make test &`) hands its children SIGINT
         # ignored, and Python then installs no handler: restore Ctrl-C's, as a terminal would give it.
@@ -427,7 +428,7 @@ def test_gemma_harvest_is_deterministic_and_a_killed_one_resumes_identically(gem
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal
-        from atomslib.harvest import harvest
+        from atomslib.harvesting import harvest
         def die(i, n):
             if i == 2:
                 os.kill(os.getpid(), signal.SIGKILL)

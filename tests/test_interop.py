@@ -12,7 +12,7 @@ pytest.importorskip("sae_lens")
 pytest.importorskip("transformer_lens")
 
 from atomslib import interop as I  # noqa: E402
-from atomslib.harvest import ActivationRecorder, harvest  # noqa: E402
+from atomslib.harvesting import ActivationRecorder, harvest  # noqa: E402
 from atomslib.models import ModelLoadError  # noqa: E402
 from atomslib.train import train_tsae  # noqa: E402
 from atomslib.tsae import TSAE, TSAEConfig  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atomslib import assets, models
-from atomslib.harvest import ActivationRecorder
+from atomslib.harvesting import ActivationRecorder
 from atomslib.models import HOOK_SITES, ModelLoadError, d_site, hook_module, load_model, n_layers, resolve_layers
 from conftest_activations import GEMMA, gemma, no_network, smol  # noqa: F401,F811  (fixtures)
 
@@ -148,7 +148,7 @@ def test_local_folder_path_is_the_same_model(smol, batch, no_network):
 
 
 def test_no_network_during_default_load_and_harvest(tmp_path, no_network):
-    from atomslib.harvest import harvest
+    from atomslib.harvesting import harvest
 
     model, tok = load_model(progress=False)       # a fresh load from the safetensors cache
     cache = harvest((model, tok), layers=(2,), tokens=256, out=tmp_path / "c", batch_size=2, progress=False)

@@ -53,3 +53,25 @@ def test_paper_grid_tasks_ask_ray_for_a_gpu(project, tmp_path):
     src = run.read_notebook(project.notebooks_dir / "03_neurons_features_atoms.md")
     _, task = run.make_grid_tasks(src, prof, None, project=project, out_dir=tmp_path)[0]
     assert RayExecutor().resources(task)["num_gpus"] == 1
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_before_the_notebook_starts(tmp_path):
+    """`-p H=abc` used to fail deep inside cell 3 with a TypeError; now it is refused at once, naming
+    the parameter, the type it takes, its default and the value given (issue 13)."""
+    from atomslib import run
+
+    project = run.find_project()
+    src = run.read_notebook(project.notebooks_dir / "01_theory.md")
+    prof = run.load_profile("quick")
+    with pytest.raises(ValueError, match=r"-p: H must be an int \(01_theory's default is \d+\), got str 'abc'; e\.g\. -p H="):
+        run.make_task(src, prof, {"H": "abc"}, project=project, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"H must be an int .* got float 2\.5"):
+        run.make_task(src, prof, {"H": 2.5}, project=project, out_dir=tmp_path)
+    run.make_task(src, prof, {"H": 32}, project=project, out_dir=tmp_path)       # the right type passes
+    ch3 = run.read_notebook(project.notebooks_dir / "03_neurons_features_atoms.md")
+    for ok in ({"layers": "all"}, {"layers": 3}, {"layers": [0.1, 0.5]}, {"neuron_tol": 1}, {"curve_layer": 15}):
+        run.make_task(ch3, prof, ok, project=project, out_dir=tmp_path)          # one value where a list goes
+    with pytest.raises(ValueError, match=r"atoms_recipe must be a mapping"):
+        run.make_task(ch3, prof, {"atoms_recipe": "target"}, project=project, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"include_whitened must be a bool"):
+        run.make_task(ch3, prof, {"include_whitened": "yes"}, project=project, out_dir=tmp_path)

@@ -428,13 +428,36 @@ def test_cli_train_on_a_harvested_cache(small_cache, tmp_path, capsys):
     model = TSAE.load(out)
     assert model.cfg.n_units == 96 and model.cfg.whiten and model.fit_info["whitened"]
     assert (out / "train_log.json").is_file() and (out / STATE_FILE).is_file()
-    assert "done: 6 steps" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "done: 6 steps" in captured.out
+    assert "only 6 steps, too short" in captured.err and "--tokens of at least" in captured.err   # says it means little
     x = small_cache.load(15)[:50]
     assert model.encode(x).shape == (50, 96)
     assert main(argv) == 0                              # resumes a finished run: same model
     assert torch.equal(TSAE.load(out).W_dec, model.W_dec)
     assert main(argv[:-1] + ["--set", "lr=1"]) == 2     # another config: a clear error, no traceback
     assert "another config" in capsys.readouterr().err
+    assert main(argv + ["--set", "l0_coef=1"]) == 2     # a misspelt field is named, with the fields there are
+    assert "l0_coef: not a TSAEConfig field" in capsys.readouterr().err
+
+
+def test_cli_train_help_shows_every_default_from_the_config(capsys):
+    """`atoms train --help` shows the budget, batch, learning rate ... and those defaults are
+    TSAEConfig's own: a default lives in one place (issue 13)."""
+    import dataclasses
+
+    from atomslib.cli import main
+    from atomslib.train_cli import TRAIN_FLAGS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = {f.name: f.default for f in dataclasses.fields(TSAEConfig)}
+    for flag, name, _, _ in TRAIN_FLAGS:
+        d = defaults[name]
+        shown = f"{d:,}" if isinstance(d, int) else str(d)
+        assert flag in text and f"TSAEConfig.{name}, default {shown})" in text, (flag, name, shown)
+    assert "default 2,000,000" in text     # the budget a user would otherwise not know
 
 
 # ---- dead-unit resampling -------------------------------------------------------------------------

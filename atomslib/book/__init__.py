@@ -8,5 +8,6 @@ on the page.
 from __future__ import annotations
 
 from .display import Page, caption_html
+from .findings import FINDINGS_FILE, findings_markdown, not_run_markdown
 
-__all__ = ["Page", "caption_html"]
+__all__ = ["Page", "caption_html", "FINDINGS_FILE", "findings_markdown", "not_run_markdown"]

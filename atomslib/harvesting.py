@@ -29,7 +29,6 @@ import json
 import platform
 import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -483,15 +482,3 @@ def cli_harvest(args) -> int:
                     wait=args.wait)
     print(cache.path)
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """`atomslib.harvest` names both this module and its main function: once the module is
-    imported, Python binds the package attribute to the module, so the module itself forwards
-    calls to `harvest()` and `atomslib.harvest(...)` works either way."""
-
-    def __call__(self, *args, **kwargs) -> ActivationCache:
-        return harvest(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
