@@ -44,7 +44,7 @@ class PageError(RuntimeError):
 def chapter_titles(project: Project) -> dict[str, str]:
     """Title of every document of the book, keyed by its path from the root without suffix
     (`book/generated/08_identification`, `book/theory`): the toc's `title`, else the document's
-    first `# ` heading, else its name."""
+    first level-1 heading, else its name."""
     titles: dict[str, str] = {}
     for entry in toc_entries(project):
         for key in ("root", "file"):
@@ -70,14 +70,15 @@ def unlink_other_chapters(text: str, this_doc: str, titles: dict[str, str]) -> s
     """`{doc}` roles and Markdown links that point to another document of the book, as plain text
     (the document's title in italics, or the link's own text): a lone page has no target for them.
     `this_doc` is the page's path in the book (`book/generated/01_theory`); targets are relative to
-    its folder, as in the book."""
+    its folder, as in the book, or to the book's root with a leading `/`."""
     here = Path(this_doc).parent
 
     def doc_of(target: str) -> str | None:
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
             return None                                    # a URL, or an anchor on this page
         path = re.sub(r"\.(md|ipynb)$", "", target.split("#")[0])
-        doc = os.path.normpath(here / path).replace(os.sep, "/")
+        doc = (path.lstrip("/") if path.startswith("/")   # from the book's root, as a page in models/<m>/ needs
+               else os.path.normpath(here / path).replace(os.sep, "/"))
         return doc if doc in titles and doc != this_doc else None
 
     def role(m: re.Match) -> str:

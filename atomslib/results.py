@@ -229,9 +229,9 @@ def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:
 
 
 def verdicts_by_model(rows: Sequence[Mapping]) -> dict[str, dict[str, str]]:
-    """{claim_id: {model: verdict}} from `evaluate_claims` rows that name a model: `supported` or `not
-    supported` when every measurement on that model (layers, variants) agrees, else `mixed (a of n
-    supported)`. Claims measured without a model (the theory chapters) are left out."""
+    """{claim_id: {model: verdict}} from `evaluate_claims` rows that name a model: "supported" or
+    "not supported" when every measurement on that model (layers, variants) agrees, else
+    "mixed (a of n supported)". Claims measured without a model (the theory chapters) are left out."""
     counts: dict[str, dict[str, list[int]]] = {}
     for r in rows:
         if r.get("model") is None or r["verdict"] == "not measured":
