@@ -498,6 +498,11 @@ def describe_params(profile: str | Profile = "default", params: Mapping[str, Any
             points = expand_grid(prof.grid[src.name], where=f"profile {prof.name!r}, grid of {src.name}")
             axes = list(dict.fromkeys(k for p in points for k in p))
             lines.append(f"  grid: {len(points)} tasks, each point replacing {', '.join(axes)} above")
+        else:
+            own, models = models_of(src, prof, params)
+            if models != [None] and (len(models) > 1 or str(models[0]) != str(own)):
+                lines.append("  runs on: " + "; ".join(
+                    f"{m} -> {'.' if str(m) == str(own) else model_out(m)}/" for m in models))
     return "\n".join(lines)
 
 

@@ -121,3 +121,10 @@ def test_the_book_profile_runs_chapters_2_3_5_on_both_families_with_layers_relat
     toc = run.toc_model_pages(project)
     assert {n for s, n in toc if s == "gemma3-270m"} >= {"02_representation_shift", "03_neurons_features_atoms",
                                                          "05_what_atoms_look_like"}
+
+
+def test_list_says_which_models_a_chapter_runs_on_and_where_each_writes(project):
+    text = run.describe_params("default", root=project)
+    assert "runs on: alpha -> ./; beta/one -> models/beta-one/" in text
+    assert "runs on: gamma -> models/gamma/" in run.describe_params("default", {"model": "gamma"}, root=project,
+                                                                    notebook="02_per_model")

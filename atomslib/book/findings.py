@@ -63,7 +63,8 @@ def findings_markdown(rows: Sequence[Mapping], *, profile: str, figure: str | No
         overall = ("supported" if verdicts == {"supported"} else "not supported" if verdicts == {"not supported"}
                    else "mixed")
         link = f"{{doc}}`{titles.get(c.chapter, c.chapter)} <generated/{c.chapter}>`"
-        out.append(f"- **{c.statement[:1].upper()}{c.statement[1:]}** — paper: {c.paper}; rule: {c.rule}. Ours, *{overall}*: "
+        first = c.statement[:1].upper() if c.statement[:1].isascii() else c.statement[:1]   # δ_K, μ stay lower case
+        out.append(f"- **{first}{c.statement[1:]}** — paper: {c.paper}; rule: {c.rule}. Ours, *{overall}*: "
                    + "; ".join(parts) + f". See {link}.")
     missing = [c.claim_id for c in PAPER_CLAIMS if not any(r["claim_id"] == c.claim_id for r in measured)]
     if missing:
