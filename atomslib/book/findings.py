@@ -64,7 +64,8 @@ def findings_markdown(rows: Sequence[Mapping], *, profile: str, figure: str | No
                    else "mixed")
         link = f"{{doc}}`{titles.get(c.chapter, c.chapter)} <generated/{c.chapter}>`"
         first = c.statement[:1].upper() if c.statement[:1].isascii() else c.statement[:1]   # δ_K, μ stay lower case
-        out.append(f"- **{first}{c.statement[1:]}** — paper: {c.paper}; rule: {c.rule}. Ours, *{overall}*: "
+        statement = (first + c.statement[1:]).replace("*", "\\*")   # q* is not emphasis
+        out.append(f"- **{statement}** — paper: {c.paper}; rule: {c.rule}. Ours, *{overall}*: "
                    + "; ".join(parts) + f". See {link}.")
     missing = [c.claim_id for c in PAPER_CLAIMS if not any(r["claim_id"] == c.claim_id for r in measured)]
     if missing:
