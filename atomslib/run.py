@@ -575,7 +575,7 @@ def cli_run(args: argparse.Namespace) -> int:
                               if r.notebook_path and r.status in ("ok", "skipped") and f"/{GRID_DIR}/" not in r.notebook_path))   # grid points: their merged page
     if folders:
         print("pages and results in: " + ", ".join(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else f
-                                                   for f in folders))
+                                                   for f in folders), file=sys.stderr)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         print(f"\n{r.message}", file=sys.stderr)

@@ -319,8 +319,9 @@ _TYPE_WORDS = {bool: "a bool (true/false)", int: "an int", float: "a number", st
 
 
 def _accepts(default: Any, value: Any) -> bool:
-    """Whether `value` may stand where the parameters cell has `default` (a None default takes anything)."""
-    if default is None:
+    """Whether `value` may stand where the parameters cell has `default` (a None default takes anything,
+    and None stands anywhere: YAML's null, e.g. `cache_dir: null`, means "the notebook's own choice")."""
+    if default is None or value is None:
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)

@@ -6,7 +6,6 @@ that `--help` shows them and a default lives in one place; any other field goes 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,7 @@ def _cli_train(args) -> int:
     if steps < MIN_MEANINGFUL_STEPS:
         print(f"atoms train: note: {budget:,} tokens at batch {cfg.batch_size} are only {steps} steps, too short for the "
               f"thresholds and L0 to settle: the result means little. Give --tokens of at least "
-              f"{MIN_MEANINGFUL_STEPS * cfg.batch_size:,} (the default is {_config_default('n_tokens'):,})", file=sys.stderr)
+              f"{MIN_MEANINGFUL_STEPS * cfg.batch_size:,} (the default is {_config_default('n_tokens'):,})")
     model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=args.out, resume=not args.no_resume,
                        progress=not args.quiet)
     model.fit_info["harvest"] = harvest_provenance(cache, args.layer)   # what `atoms export` writes as the hook name

@@ -430,7 +430,7 @@ def test_cli_train_on_a_harvested_cache(small_cache, tmp_path, capsys):
     assert (out / "train_log.json").is_file() and (out / STATE_FILE).is_file()
     captured = capsys.readouterr()
     assert "done: 6 steps" in captured.out
-    assert "only 6 steps, too short" in captured.err and "--tokens of at least" in captured.err   # says it means little
+    assert "only 6 steps, too short" in captured.out and "--tokens of at least" in captured.out   # says it means little
     x = small_cache.load(15)[:50]
     assert model.encode(x).shape == (50, 96)
     assert main(argv) == 0                              # resumes a finished run: same model
