@@ -21,7 +21,8 @@ from typing import Any
 from . import __version__
 from ._util import atomic_write_bytes, atomic_write_json
 from .results import fmt, validate_results
-from .tasks import OUT_RELATIVE, NotebookSource, Profile, Project, TaskResult, is_current, make_task, resolve_params
+from .tasks import (OUT_RELATIVE, NotebookSource, Profile, Project, TaskResult, is_current, make_task, out_params,
+                    resolve_params)
 
 GRID_DIR = "grid"  # grid points' outputs: <out>/grid/NN_name/<slug>/{NN_name.ipynb,results/,figures/}
 
@@ -113,7 +114,7 @@ def make_grid_tasks(src: NotebookSource, profile: Profile, overrides: Mapping[st
     items = []
     for point in points:
         d = f"{GRID_DIR}/{src.name}/{grid_slug(point)}"
-        dirs = {k: f"{d}/{k[:-len('_dir')]}" for k in OUT_RELATIVE if k in src.declared}  # results/, figures/
+        dirs = out_params(src, d)  # results/, figures/
         task = make_task(src, profile, {**(overrides or {}), **point, **dirs}, project=project, out_dir=out_dir,
                          force=force, strict=False)
         task.notebook_path = str(out_dir / d / f"{src.name}.ipynb")

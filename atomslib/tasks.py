@@ -437,6 +437,13 @@ def make_task(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any
 # One run per model
 
 
+def out_params(src: NotebookSource, folder: str) -> dict[str, str]:
+    """The output parameters (`results_dir`, `figures_dir`) of `src` pointed into `folder` (relative to
+    the output folder): `folder/results`, `folder/figures`. A grid point and another model's run both
+    get their own folder this way."""
+    return {k: f"{folder}/{k[:-len('_dir')]}" for k in OUT_RELATIVE if k in src.declared}
+
+
 def model_slug(model: Any) -> str:
     """A folder name for a model: `gemma3-270m`, `google-gemma-2-2b`, `tmp-my-model` (a folder)."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(model)).strip("-.") or "model"
@@ -491,7 +498,7 @@ def make_model_tasks(src: NotebookSource, profile: Profile, overrides: Mapping[s
         extra = dict(overrides or {})
         if m is not None and str(m) != str(own):
             d = model_out(m)
-            extra.update({"model": m, **{k: f"{d}/{k[:-len('_dir')]}" for k in OUT_RELATIVE if k in src.declared}})
+            extra.update({"model": m, **out_params(src, d)})
             task = make_task(src, profile, extra, project=project, out_dir=out_dir, force=force, progress=progress,
                              strict=strict)
             task.notebook_path = str(out_dir / d / f"{src.name}.ipynb")
