@@ -31,8 +31,8 @@ _EXPORTS = {
     "load_corpus": "corpus", "pack_contexts": "corpus",
     "harvest": "harvesting", "ActivationCache": "cache", "CacheError": "cache",
     # interop
-    "export_saelens": "interop", "load_saelens_units": "interop",
-    "train_saelens_jumprelu": "interop", "harvest_transformer_bridge": "interop",
+    "export_saelens": "interop_saelens", "load_saelens_units": "interop_saelens",
+    "train_saelens_jumprelu": "interop_saelens_train", "harvest_transformer_bridge": "interop_tlens",
 }
 
 __all__ = sorted(_EXPORTS) + ["theory", "__version__"]

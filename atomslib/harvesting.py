@@ -139,7 +139,7 @@ class HarvestConfig:
 
 
 def _default_out(request: dict[str, Any]) -> Path:
-    from .assets import cache_root
+    from .paths import cache_root
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "harvests" / key
 

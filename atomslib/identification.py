@@ -17,7 +17,7 @@ The theory chapter checks the TSAE theorem with an encoder *built* from the true
   objective's.
 
 Everything takes the learned units as a :class:`atomslib.tsae.TSAE` (atomslib's, or SAELens's
-converted exactly by ``atomslib.interop``), so every kind of unit is scored by one code path.
+converted exactly by ``atomslib.interop_saelens``), so every kind of unit is scored by one code path.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from .theory import SyntheticAtoms, synthetic_atoms, tsae_threshold_interval, uniqueness_bound, welch_bound
+from .recovery import tsae_threshold_interval
+from .theory import SyntheticAtoms, synthetic_atoms, uniqueness_bound, welch_bound
 
 if TYPE_CHECKING:
     from .tsae import TSAE
@@ -282,10 +283,10 @@ def truth_tsae(D: Tensor, threshold: float, *, aip=None) -> "TSAE":
 
     W_enc = D S̃ (rows; S̃ = I when ``aip`` is None, the Euclidean geometry), W_dec = D, zero biases
     and one threshold for every unit. Rows of D must have unit norm under the geometry
-    (:func:`atomslib.theory.theorem_tsae` checks). Scored like any trained dictionary, it says what
+    (:func:`atomslib.recovery.theorem_tsae` checks). Scored like any trained dictionary, it says what
     the truth itself achieves under the TSAE's encoder, e.g. its value of the training objective
     (:func:`sae_objective`)."""
-    from .theory import theorem_tsae
+    from .recovery import theorem_tsae
 
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
             and threshold >= 0):

@@ -1,7 +1,7 @@
 """SAELens interop: export atoms units as SAELens SAEs, import any SAELens SAE as units.
 
 SAELens's JumpReLU trainer, ``train_saelens_jumprelu``, lives in :mod:`atomslib.interop_saelens_train`
-(both are gathered in :mod:`atomslib.interop`).
+(its own module: importing SAELens's trainer is slow). ``atoms export`` is at the end of this module.
 
 Conventions, checked against SAELens 6.54 (``sae_lens/saes/{jumprelu,standard}_sae.py``):
 
@@ -21,7 +21,7 @@ Conventions, checked against SAELens 6.54 (``sae_lens/saes/{jumprelu,standard}_s
 Import returns a TSAE for the JumpReLU and standard (ReLU) architectures (the conversion is
 exact), and an :class:`SAELensUnits` wrapper around the SAELens module for the others (TopK,
 gated, ...), both with ``forward(m) -> SAEOutput(m_hat, codes, pre_acts, l0)`` and
-``dictionary() -> (N, H)``, which is all the criteria and ``experiments.encode_all`` need.
+``dictionary() -> (N, H)``, which is all the criteria and ``atomslib.book.unit_store.encode_all`` need.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import difflib
 import json
 import os
 import shutil
+import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,10 +42,11 @@ from torch import nn
 from ._util import shareable_mode
 from .cache import ActivationCache, harvest_provenance
 from .lock import check_output_dir
+from .patches import hub_offline
 from .tsae import CONFIG_FILE, FORMAT, SAEOutput, TSAE, TSAEConfig
 
 __all__ = ["export_saelens", "load_saelens_units", "units_from_saelens", "SAELensUnits", "find_saved_tsae",
-           "units_hook_name"]
+           "units_hook_name", "configure_export_parser", "cli_export"]
 
 Tensor = torch.Tensor
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -212,7 +213,7 @@ def _check_export(units: TSAE, folder: Path) -> None:
     dm = (sae.decode(ours.codes) - ours.m_hat).abs().max() / (1 + ours.m_hat.abs().max())
     if not (float(dz) <= tol and float(dm) <= tol):
         raise RuntimeError(f"export check failed: SAELens reproduces the codes to {float(dz):.2e} and the reconstruction "
-                           f"to {float(dm):.2e} (relative); this is a bug in atomslib.interop, please report it")
+                           f"to {float(dm):.2e} (relative); this is a bug in atomslib.interop_saelens, please report it")
 
 
 # ----------------------------------------------------------------------------- import
@@ -361,7 +362,7 @@ def _from_pretrained(release: str, sae_id: str | None, device: str):
         raise ValueError(f"{release!r}: pass sae_id= (the SAE's folder in that repository)")
     offline = offline_env() or not hub_reachable(3.0)
     try:
-        with _hub_offline(offline), warnings_quiet():
+        with hub_offline(offline), warnings_quiet():
             return SAE.from_pretrained(release, sae_id, device=device)
     except Exception as e:
         if not offline:
@@ -373,17 +374,35 @@ def _from_pretrained(release: str, sae_id: str | None, device: str):
             f"sae.save_model(DIR) and pass DIR here. ({type(e).__name__})") from None
 
 
-@contextlib.contextmanager
-def _hub_offline(on: bool):
-    """Make huggingface_hub read only its local cache (no request, no retry loop) while ``on``."""
-    if not on:
-        yield
-        return
-    from huggingface_hub import constants
+# ----------------------------------------------------------------------------- atoms export
 
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+FORMATS = ("saelens",)
+
+
+def configure_export_parser(p) -> None:
+    p.add_argument("saved", metavar="SAVED", help="a folder written by TSAE.save (`atoms train --out`), or a run "
+                   "folder holding one")
+    p.add_argument("out", metavar="OUT", help="the folder to write (a SAELens SAE: cfg.json + sae_weights.safetensors)")
+    p.add_argument("--format", choices=FORMATS, default="saelens", help="target format (default saelens)")
+    p.add_argument("--hook-name", default=None, help="TransformerLens hook name the units read, e.g. "
+                   "blocks.15.hook_resid_post (default: recorded at training, or from --cache/--layer)")
+    p.add_argument("--cache", default=None, help="the activation cache the units were trained on (gives the hook "
+                   "name, model and context length)")
+    p.add_argument("--layer", type=int, default=None, help="the layer of --cache the units were trained on")
+    p.add_argument("--model-name", default=None, help="metadata.model_name (default: the harvested model's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a SAELens folder already at OUT")
+
+
+def cli_export(args) -> int:
     try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
+        out = export_saelens(args.saved, args.out, hook_name=args.hook_name, model_name=args.model_name,
+                             cache=args.cache, layer=args.layer, overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f"atoms export: error: {e}", file=sys.stderr)
+        return 2
+    import json
+    cfg = json.loads((out / "cfg.json").read_text())
+    print(f"atoms export: {cfg['architecture']} SAE, d_in={cfg['d_in']}, d_sae={cfg['d_sae']}, hook_name="
+          f"{cfg['metadata'].get('hook_name')}, model_name={cfg['metadata'].get('model_name')} -> {out}", file=sys.stderr)
+    print(out)
+    return 0

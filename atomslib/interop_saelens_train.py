@@ -2,12 +2,11 @@
 
 The book's third kind of unit: a standard JumpReLU recipe (``sae_lens.SAETrainer``) next to
 atomslib's TSAE, on the same activations. The conversion to a TSAE is
-:func:`atomslib.interop_saelens.units_from_saelens` (exact). Also importable from
-:mod:`atomslib.interop`; SAELens is imported only when training.
+:func:`atomslib.interop_saelens.units_from_saelens` (exact). Its own module so that
+SAELens is imported only when training.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from .interop_saelens import units_from_saelens
+from .patches import saelens_bars_off
 from .tsae import TSAE
 
 __all__ = ["train_saelens_jumprelu"]
@@ -86,8 +86,6 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     """
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
-    import sae_lens.training.activation_scaler as scaler_mod
-    import sae_lens.training.sae_trainer as trainer_mod
 
     for name, v in (("d_model", d_model), ("n_units", n_units), ("n_tokens", n_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -125,17 +123,9 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
                            lr_end=0.0, lr_warm_up_steps=warm, lr_decay_steps=decay, device=device,
                            n_batches_for_norm_estimate=max(1, min(65_536, n_tokens) // batch_size))
     t0 = time.perf_counter()
-    bars = [(mod, mod.tqdm) for mod in (trainer_mod, scaler_mod)]
-    try:
-        if not progress:     # SAELens's own progress bars (norm estimate, training)
-            for mod, tq in bars:
-                mod.tqdm = functools.partial(tq, disable=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            sae = SAETrainer(cfg, sae, provider()).fit()
-    finally:
-        for mod, tq in bars:
-            mod.tqdm = tq
+    with saelens_bars_off(not progress), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sae = SAETrainer(cfg, sae, provider()).fit()
     units = units_from_saelens(sae, device=device)
     units.fit_info.update({"trainer": "sae_lens.SAETrainer", "steps": steps, "tokens": steps * batch_size,
                            "seconds": time.perf_counter() - t0, "recipe": {

@@ -414,7 +414,7 @@ def _depth_if_known(model: Any, required: bool = False) -> int | None:
 
     name = str(model)
     if name in EMBEDDED:   # the converted folder's config (converting once if needed); the load validates it
-        from .assets import cache_root
+        from .paths import cache_root
         folder = cache_root() / "models" / name
         src: str | Path = folder if (folder / "config.json").is_file() else embedded_folder(name)
     elif Path(name).expanduser().is_dir():

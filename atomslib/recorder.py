@@ -7,7 +7,7 @@
 
 Recording backends: `harvest(..., backend=NAME)` records through the backend registered as NAME
 (`register_backend`). "hooks" (`ActivationRecorder`) is built in; a plug-in registers itself when
-its module is imported, and `get_backend` imports it by name on first use (as `atomslib.run` loads
+its module is imported, and `get_backend` imports it by name on first use (as `atomslib.book.run` loads
 an executor): "transformer_lens" is `atomslib.interop_tlens`'s TransformerBridge.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train a threshold SAE (atoms) or a ReLU SAE (features): one trainer for both kinds of unit.
 
 ``train_tsae(acts, cfg)`` runs an explicit forward and hand-written backward per step
-(:mod:`atomslib._sae_step`: sparse CSR products over the active codes), Adam (fused), a
+(:mod:`atomslib.sae_step`: sparse CSR products over the active codes), Adam (fused), a
 unit-norm decoder, learning-rate warm-up and final decay, and a warm-up of the sparsity
 coefficient. It logs L0, dead units and R² as it goes (:class:`TrainLog`), checkpoints every
 ``cfg.checkpoint_every`` steps into ``checkpoint_dir`` (one atomic safetensors file with the
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ._sae_step import Params, Workspace, sae_step
-from ._train_data import IterStream, make_stream
+from .sae_step import Params, Workspace, sae_step
+from .train_data import IterStream, make_stream
 from ._util import atomic_save_safetensors, check_acts, device_of
 from .lock import locks_output
 from .tsae import TSAE, TSAEConfig

@@ -6,7 +6,7 @@ and several sparsity settings each:
 
 - atomslib: the plain L0 penalty at l0_coeff = c/H for c in --penalties (c = 1 is the default,
   the setting validated on planted atoms), and the target-L0 form at --target-l0;
-- SAELens: its tanh recipe (atomslib.interop.train_saelens_jumprelu's default) at l0_coeff in
+- SAELens: its tanh recipe (atomslib.interop_saelens_train.train_saelens_jumprelu's default) at l0_coeff in
   --saelens-coeffs; with --saelens-target also its quadratic (Gemma Scope 2) loss at the same
   --target-l0, the same loss as atomslib's target form (off by default: it is dominated by the tanh
   points and costs a SAELens run per layer; bench/train_throughput.py compares that pair).
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
         layers, args.tokens, penalties, coeffs, batches = layers[:1], 40_960, penalties[1:2], coeffs[1:2], []
     torch.set_num_threads(args.threads)
 
-    from atomslib.experiments import harvest_caches
+    from atomslib.book.unit_store import harvest_caches
     from atomslib.interop_saelens_train import train_saelens_jumprelu
     from atomslib.train import train_tsae
     from atomslib.tsae import TSAEConfig

@@ -59,7 +59,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(k, "1")
 
-from atomslib import run  # noqa: E402
+from atomslib.book.grid import expand_grid
+from atomslib.book.project import Project, find_project, load_profile, read_notebook, toc_notebooks
+from atomslib.book.run import run_all
+from atomslib.book.tasks import resolve_params
 
 # name -> (layers, d_model, parameters): the paper's models and the default one
 MODELS = {
@@ -149,7 +152,7 @@ def work_project(root: Path, points: int, n: int) -> Path:
 
 def time_grid(project: Path, executor, jobs: int = 1, force: bool = False) -> tuple[float, list]:
     t = time.perf_counter()
-    results = run.run_all("bench", executor=executor, jobs=jobs, root=project, progress=False, force=force)
+    results = run_all("bench", executor=executor, jobs=jobs, root=project, progress=False, force=force)
     wall = time.perf_counter() - t
     bad = [r for r in results if r.status not in ("ok", "skipped")]
     if bad:
@@ -159,10 +162,10 @@ def time_grid(project: Path, executor, jobs: int = 1, force: bool = False) -> tu
 
 # ---- part 2: reference runs ------------------------------------------------------------------
 
-def book_references(project: run.Project) -> dict[str, dict]:
+def book_references(project: Project) -> dict[str, dict]:
     """Durations of chapters executed into book/generated (not placeholders)."""
     out = {}
-    for name, _ in run.toc_notebooks(project):
+    for name, _ in toc_notebooks(project):
         p = project.default_out / f"{name}.ipynb"
         try:
             meta = json.loads(p.read_text())["metadata"]
@@ -185,13 +188,8 @@ def quick_references(names: list[str]) -> dict[str, dict]:
             shutil.copytree(REPO / "notebooks", root / "notebooks")
             shutil.copytree(REPO / "data" / "profiles", root / "data" / "profiles")
             (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n  - file: book/generated/{name}\n")
-            env = os.environ.get("ATOMS_CACHE_DIR")
-            os.environ["ATOMS_CACHE_DIR"] = str(root / "cache")
-            try:
-                print(f"reference run on the quick profile: {name}", file=sys.stderr)
-                r = run.run_all("quick", root=root, progress=False)[0]
-            finally:
-                os.environ.pop("ATOMS_CACHE_DIR") if env is None else os.environ.__setitem__("ATOMS_CACHE_DIR", env)
+            print(f"reference run on the quick profile: {name}", file=sys.stderr)
+            r = run_all("quick", root=root, progress=False, params={"cache_dir": str(root / "cache")})[0]
             if r.status == "ok":
                 params = json.loads(Path(r.results_path).read_text())["params"]
                 out[name] = {"seconds": r.seconds, "params": params, "profile": "quick", "source": "run now, alone"}
@@ -246,16 +244,16 @@ def load_seconds(model: str | None, gbps: float) -> float:
     return 4 * MODELS[model][2] / (gbps * 1e9) if model in MODELS else 0.0
 
 
-def paper_runs(project: run.Project, name: str) -> list[dict] | None:
+def paper_runs(project: Project, name: str) -> list[dict] | None:
     """Parameters of every run of chapter `name` on the paper profile (None: no model, a CPU chapter)."""
-    prof = run.load_profile("paper", root=project.root)
-    src = run.read_notebook(project.notebooks_dir / f"{name}.md")
+    prof = load_profile("paper", root=project.root)
+    src = read_notebook(project.notebooks_dir / f"{name}.md")
     out = project.root / "book" / "generated"
-    base = run.resolve_params(src, prof, {}, project=project, out_dir=out, strict=False)
+    base = resolve_params(src, prof, {}, project=project, out_dir=out, strict=False)
     if "model" not in src.declared:
         return None
     if prof.grid.get(name):
-        return [{**base, **p} for p in run.expand_grid(prof.grid[name])]
+        return [{**base, **p} for p in expand_grid(prof.grid[name])]
     if "layers" in src.declared and base.get("layers") == "all":
         models = prof.common.get("models") or [base["model"]]
         return [{**base, "model": m, "layers": [layer]} for m in models for layer in range(MODELS[m][0])]
@@ -299,7 +297,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--load-gbps", type=float, default=1.0, help="assumed model load speed, GB/s")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "grid.json"))
     args = ap.parse_args(argv)
-    from atomslib.run_ray import RayExecutor, start_local_cluster
+    from atomslib.book.run_ray import RayExecutor, start_local_cluster
 
     info = machine()
     r_cpu = cpu_matmul_gflops()
@@ -356,12 +354,12 @@ def main(argv=None) -> dict:
     t_fixed = max(0.0, rows[0]["task_s_median"] - args.work)
 
     # part 2
-    project = run.find_project(REPO)
-    sources = [n for n, _ in run.toc_notebooks(project) if (project.notebooks_dir / f"{n}.md").exists()]
+    project = find_project(REPO)
+    sources = [n for n, _ in toc_notebooks(project) if (project.notebooks_dir / f"{n}.md").exists()]
     if args.reference == "book":
         refs = book_references(project)
     else:
-        refs = quick_references([n for n in sources if run.read_notebook(project.notebooks_dir / f"{n}.md").stage == 1])
+        refs = quick_references([n for n in sources if read_notebook(project.notebooks_dir / f"{n}.md").stage == 1])
     reference = []
     for name in sources:
         if name not in refs:
@@ -393,7 +391,7 @@ def main(argv=None) -> dict:
                          "minutes_per_run_mean": round(statistics.mean(secs) / 60, 2),
                          "gpu_hours": round(sum(secs) / 3600, 2)})
     total = round(sum(e["gpu_hours"] for e in estimate), 1)
-    missing = [n for n, _ in run.toc_notebooks(project) if n not in sources]
+    missing = [n for n, _ in toc_notebooks(project) if n not in sources]
     res = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**info, "cpu_fp32_matmul_gflops": round(r_cpu, 1)},

@@ -1,6 +1,6 @@
 """Throwaway book projects for the tests of `atoms run` (test_run.py, test_grid.py).
 
-A project is the layout `atomslib.run.find_project` looks for: `notebooks/NN_name.md` (jupytext
+A project is the layout `atomslib.book.project.find_project` looks for: `notebooks/NN_name.md` (jupytext
 MyST sources), `data/profiles/NAME.yaml` and, for `run_all`, a `_toc.yml`.
 """
 from __future__ import annotations

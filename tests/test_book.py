@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atomslib import run
+from atomslib.book.results import PAPER_CLAIMS, evaluate_claims, fmt, load_model_results, validate_results
 
 pytestmark = pytest.mark.book
 
@@ -137,13 +137,13 @@ def test_results_follow_the_convention_and_carry_the_run_key(book):
         path = gen / "results" / f"{name}.json"
         assert path.is_file(), f"{name} wrote no results file {path}"
         res = json.loads(path.read_text())
-        assert run.validate_results(res, name) == [], f"{path}: {run.validate_results(res, name)}"
+        assert validate_results(res, name) == [], f"{path}: {validate_results(res, name)}"
         assert res["run_key"] == nb["metadata"]["atoms"]["run_key"], f"{name}: results and notebook keys differ"
         assert res["params"].get("profile") == "quick", f"{name}: ran with profile {res['params'].get('profile')}"
 
 
 def test_numbers_on_the_pages_equal_the_results_files(book):
-    """Every claim value appears, formatted by run.fmt, as a table cell on its chapter and on the conclusions."""
+    """Every claim value appears, formatted by fmt, as a table cell on its chapter and on the conclusions."""
     gen = book["root"] / "book" / "generated"
     conclusions = (book["html"] / "book" / "generated" / "06_conclusions.html").read_text()
     checked = 0
@@ -151,12 +151,12 @@ def test_numbers_on_the_pages_equal_the_results_files(book):
         res = json.loads(path.read_text())
         page = (book["html"] / "book" / "generated" / f"{path.stem}.html").read_text()
         for c in res["claims"]:
-            cell = f">{run.fmt(c['value'])}<"
+            cell = f">{fmt(c['value'])}<"
             assert cell in page, f"{path.stem}: claim {c['claim_id']} = {c['value']} is not shown as {cell} on its page"
-            assert cell in conclusions, f"claim {c['claim_id']} of {path.stem} = {run.fmt(c['value'])} is not on the conclusions page"
+            assert cell in conclusions, f"claim {c['claim_id']} of {path.stem} = {fmt(c['value'])} is not on the conclusions page"
             checked += 1
     assert checked > 0, "no claim values were found in any results file"
-    for c in run.PAPER_CLAIMS:  # every claim has a row, measured or not
+    for c in PAPER_CLAIMS:  # every claim has a row, measured or not
         assert f">{c.claim_id}<" in conclusions, f"claim {c.claim_id} missing from the conclusions page"
 
 
@@ -208,8 +208,8 @@ def test_the_intro_opens_with_the_findings_of_the_results_files(book):
     from atomslib.book.findings import verdict_words
 
     gen = book["root"] / "book" / "generated"
-    results = {k: v for k, v in run.load_model_results(gen / "results").items() if k.split("@")[0] != "06_conclusions"}
-    rows = run.evaluate_claims(results)
+    results = {k: v for k, v in load_model_results(gen / "results").items() if k.split("@")[0] != "06_conclusions"}
+    rows = evaluate_claims(results)
     intro = html_lib.unescape(re.sub(r"<[^>]+>", "", (book["html"] / "book" / "intro.html").read_text()))
     words = verdict_words(rows)
     assert len(words) >= 5, f"too few measured claims to check: {words}"

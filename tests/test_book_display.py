@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atomslib import run
+from atomslib.book.results import fmt
 from atomslib.book import Page, caption_html
 
 
@@ -63,7 +63,7 @@ def test_caption_markdown_is_rendered_and_escaped():
 def test_table_uses_the_books_number_format():
     df = pd.DataFrame({"a": [0.123456, np.float32(2.5)], "b": ["x", 3]})
     out = Page.table(df)
-    assert out["a"].tolist() == [run.fmt(0.123456), run.fmt(2.5)] and out["b"].tolist() == ["x", 3]
+    assert out["a"].tolist() == [fmt(0.123456), fmt(2.5)] and out["b"].tolist() == ["x", 3]
 
 
 def test_say_and_exercise_write_markdown(tmp_path, shown):

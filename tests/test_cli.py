@@ -96,7 +96,7 @@ def test_unexpected_errors_keep_their_traceback():
 
 
 def test_profile_yaml_error_outside_a_run(tmp_path):
-    from atomslib.run import load_profile
+    from atomslib.book.project import load_profile
     bad = tmp_path / "p.yaml"
     bad.write_text(textwrap.dedent("""\
         common:

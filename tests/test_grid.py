@@ -1,4 +1,4 @@
-"""Grids and the Ray executor (atomslib/grid.py, atomslib/run_ray.py).
+"""Grids and the Ray executor (atomslib/book/grid.py, atomslib/book/run_ray.py).
 
 Grid expansion and profile checks run without a kernel. The Ray tests share one real local Ray
 instance bound to 127.0.0.1 (started once per session, stopped at the end) and run small grids of
@@ -22,7 +22,12 @@ from pathlib import Path
 import pytest
 
 from _notebooks import notebook_md, output_files, summary_statuses, write_project, write_toc
-from atomslib import cli, run
+from atomslib import cli
+from atomslib.book.grid import expand_grid, grid_label, grid_slug, make_grid_tasks
+from atomslib.book.project import find_project, load_profile, read_notebook
+from atomslib.book.results import validate_results
+from atomslib.book.run import get_executor, run_all
+from atomslib.book.tasks import Task, is_current, make_task
 
 REPO = Path(__file__).resolve().parents[1]
 # One grid point: writes a results file (by hand: no torch in the kernel) and a "figure"; it can
@@ -112,10 +117,10 @@ def make_project(root: Path, *, grid: str = "{x: [1, 2]}", summary: bool = True,
     return root
 
 
-def quick_task(project: Path, name: str) -> run.Task:
+def quick_task(project: Path, name: str) -> Task:
     """The (ungridded) task of notebook `name` under the `quick` profile, run in book/generated."""
-    src = run.read_notebook(project / "notebooks" / f"{name}.md")
-    return run.make_task(src, run.load_profile("quick", root=project), {}, project=run.find_project(project),
+    src = read_notebook(project / "notebooks" / f"{name}.md")
+    return make_task(src, load_profile("quick", root=project), {}, project=find_project(project),
                          out_dir=(project / "book" / "generated").resolve())
 
 
@@ -126,22 +131,22 @@ def statuses(results) -> dict[str, str]:
 # ---- grids: no kernel ------------------------------------------------------------------------
 
 def test_expand_grid_products_blocks_ranges():
-    assert run.expand_grid({"a": [1, 2], "b": ["u", "v"]}) == [
+    assert expand_grid({"a": [1, 2], "b": ["u", "v"]}) == [
         {"a": 1, "b": "u"}, {"a": 1, "b": "v"}, {"a": 2, "b": "u"}, {"a": 2, "b": "v"}]
-    pts = run.expand_grid([{"model": "m1", "layers": {"range": 2, "as_list": True}},
+    pts = expand_grid([{"model": "m1", "layers": {"range": 2, "as_list": True}},
                            {"model": ["m2"], "layers": {"range": [4, 10, 3], "as_list": True}}])
     assert pts == [{"model": "m1", "layers": [0]}, {"model": "m1", "layers": [1]},
                    {"model": "m2", "layers": [4]}, {"model": "m2", "layers": [7]}]
-    assert run.expand_grid({"tokens": {"range": [1, 3]}}) == [{"tokens": 1}, {"tokens": 2}]
+    assert expand_grid({"tokens": {"range": [1, 3]}}) == [{"tokens": 1}, {"tokens": 2}]
     with pytest.raises(ValueError, match="appears twice"):
-        run.expand_grid([{"a": 1}, {"a": [1]}])
+        expand_grid([{"a": 1}, {"a": [1]}])
     with pytest.raises(ValueError, match=r"axis 'a' must be a list of values or \{range"):
-        run.expand_grid({"a": {"rnge": 3}})
+        expand_grid({"a": {"rnge": 3}})
     with pytest.raises(ValueError, match="has no values"):
-        run.expand_grid({"a": []})
-    label = run.grid_label({"model": "google/gemma-2-2b", "layers": [3]})
+        expand_grid({"a": []})
+    label = grid_label({"model": "google/gemma-2-2b", "layers": [3]})
     assert label == "model=google/gemma-2-2b,layers=[3]"
-    slugs = {run.grid_slug({"model": "google/gemma-2-2b", "layers": [i]}) for i in range(30)}
+    slugs = {grid_slug({"model": "google/gemma-2-2b", "layers": [i]}) for i in range(30)}
     assert len(slugs) == 30 and all("/" not in s and " " not in s for s in slugs)
 
 
@@ -149,14 +154,14 @@ def test_profile_grid_extends_and_task_layout(tmp_path):
     project = make_project(tmp_path / "p")
     (project / "data" / "profiles" / "more.yaml").write_text("extends: quick\ngrid:\n  01_point: {x: [3, 4, 5]}\n")
     (project / "data" / "profiles" / "none.yaml").write_text("extends: quick\ngrid:\n  01_point: null\n")
-    assert run.load_profile("more", root=project).grid == {"01_point": {"x": [3, 4, 5]}}
-    assert run.load_profile("none", root=project).grid == {}
-    prof = run.load_profile("quick", root=project)
-    src = run.read_notebook(project / "notebooks" / "01_point.md")
+    assert load_profile("more", root=project).grid == {"01_point": {"x": [3, 4, 5]}}
+    assert load_profile("none", root=project).grid == {}
+    prof = load_profile("quick", root=project)
+    src = read_notebook(project / "notebooks" / "01_point.md")
     out = (project / "book" / "generated").resolve()
 
     def grid_tasks(overrides):
-        return run.make_grid_tasks(src, prof, overrides, project=run.find_project(project), out_dir=out)
+        return make_grid_tasks(src, prof, overrides, project=find_project(project), out_dir=out)
     points = grid_tasks({})
     assert [label for label, _ in points] == ["01_point[x=1]", "01_point[x=2]"]
     t1, t2 = (t for _, t in points)
@@ -172,10 +177,11 @@ def test_profile_grid_extends_and_task_layout(tmp_path):
         grid_tasks({})
 
 
-def test_ray_payload_ships_declared_inputs_and_an_absolute_shared_cache(tmp_path):
-    from atomslib.run_ray import RayExecutor, _depth
+def test_ray_payload_ships_declared_inputs_and_an_absolute_shared_cache(tmp_path, monkeypatch):
+    from atomslib.book.run_ray import RayExecutor, _depth
 
     project = make_project(tmp_path / "p")
+    monkeypatch.setenv("ATOMS_CACHE", str(project / ".atoms-cache"))   # the cache root inside the project: a relative cache_dir
     (project / "data" / "extra" / "unused.csv").write_text("not an input")
     task = quick_task(project, "02_summary")
     assert task.params["extra_dir"] == "../../data/extra"
@@ -183,9 +189,9 @@ def test_ray_payload_ships_declared_inputs_and_an_absolute_shared_cache(tmp_path
     assert p["files"] == {"../../data/extra/bonus.txt": b"100\n"} and p["depth"] == 2
     assert p["rel_notebook"] == "02_summary.ipynb" and p["rel_results"] == "results/02_summary.json"
     point = quick_task(project, "01_point")
-    assert point.params["cache_dir"] == "../../.atoms-cache"
-    assert RayExecutor().payload(point)["task"]["params"]["cache_dir"] == str(project.resolve() / ".atoms-cache")
-    assert RayExecutor(artifacts="local").payload(point)["task"]["params"]["cache_dir"] == "../../.atoms-cache"
+    assert point.params["cache_dir"] == "../../.atoms-cache/book"
+    assert RayExecutor().payload(point)["task"]["params"]["cache_dir"] == str(project.resolve() / ".atoms-cache" / "book")
+    assert RayExecutor(artifacts="local").payload(point)["task"]["params"]["cache_dir"] == "../../.atoms-cache/book"
     assert _depth(["a/b", "../x", "../../../y/z", "./c"]) == 3
     # tasks needing the same activation cache form a group whose first task runs alone
     ex = RayExecutor()
@@ -200,12 +206,12 @@ def test_executor_options_are_checked(tmp_path, capsys):
     project = make_project(tmp_path / "p", summary=False)
     rc = cli.main(["run", "--all", "--root", str(project), "--profile", "quick", "--artifacts", "local"])
     assert rc == 2 and "executor 'local' takes no --artifacts" in capsys.readouterr().err
-    from atomslib.run_ray import RayExecutor
+    from atomslib.book.run_ray import RayExecutor
     with pytest.raises(ValueError, match="retries must be an integer >= 0"):
-        run.get_executor("ray", retries=-1)
+        get_executor("ray", retries=-1)
     with pytest.raises(ValueError, match="artifacts must be one of shared, local"):
         RayExecutor(artifacts="nfs")
-    assert isinstance(run.get_executor("ray", jobs=2, retries=0, artifacts="local"), RayExecutor)
+    assert isinstance(get_executor("ray", jobs=2, retries=0, artifacts="local"), RayExecutor)
 
 
 # ---- a real local Ray cluster ----------------------------------------------------------------
@@ -217,7 +223,7 @@ def ray_address():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     ray = pytest.importorskip("ray")
-    from atomslib.run_ray import start_local_cluster
+    from atomslib.book.run_ray import start_local_cluster
 
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.makedirs(f"{temp}/w")
@@ -238,7 +244,7 @@ def ray_address():
 
 
 def _ray(**kw):
-    from atomslib.run_ray import RayExecutor
+    from atomslib.book.run_ray import RayExecutor
     return RayExecutor(**{"jobs": 2, **kw})
 
 
@@ -262,10 +268,10 @@ def _comparable_results(path: Path, stage2: bool) -> dict:
 def test_ray_grid_matches_local_executor(tmp_path, ray_address):
     cache = tmp_path / "cache"  # absolute: the same parameter value under both executors
     a, b = make_project(tmp_path / "a", cache_dir=cache), make_project(tmp_path / "b", cache_dir=cache)
-    local = run.run_all("quick", root=a, progress=False)
+    local = run_all("quick", root=a, progress=False)
     expected = {"01_point": "ok", "01_point[x=1]": "ok", "01_point[x=2]": "ok", "02_summary": "ok"}
     assert statuses(local) == expected
-    remote = run.run_all("quick", executor=_ray(), root=b, progress=False)
+    remote = run_all("quick", executor=_ray(), root=b, progress=False)
     assert statuses(remote) == expected, [r.message for r in remote]
     oa, ob = a / "book" / "generated", b / "book" / "generated"
     written = output_files(ob)
@@ -283,19 +289,19 @@ def test_ray_grid_matches_local_executor(tmp_path, ray_address):
     assert summary["metrics"]["total"] == 2 + 4 + 100  # the merged grid and a shipped project file
     merged = json.loads((ob / "results" / "01_point.json").read_text())
     assert [c["grid_point"] for c in merged["claims"]] == ["x=1", "x=2"]
-    assert run.validate_results(merged, "01_point") == []
+    assert validate_results(merged, "01_point") == []
     assert "| x=2 | atoms.r2 | 0.5 |" in "".join(json.loads((ob / "01_point.ipynb").read_text())["cells"][1]["source"])
     point = next(r for r in remote if r.name == "01_point[x=2]")
     assert point.host and point.attempts == 1 and point.wall_seconds >= point.seconds > 0
-    again = run.run_all("quick", executor=_ray(), root=b, progress=False)
+    again = run_all("quick", executor=_ray(), root=b, progress=False)
     assert set(statuses(again).values()) == {"skipped"}
 
 
 DRIVER = """
 import sys
-from atomslib import run
-from atomslib.run_ray import RayExecutor
-run.run_all("quick", executor=RayExecutor(jobs=2, address=sys.argv[2]), root=sys.argv[1], progress=False)
+from atomslib.book.run import run_all
+from atomslib.book.run_ray import RayExecutor
+run_all("quick", executor=RayExecutor(jobs=2, address=sys.argv[2]), root=sys.argv[1], progress=False)
 """
 
 
@@ -333,7 +339,7 @@ def test_ray_failure_is_reported_and_the_grid_goes_on(tmp_path, ray_address):
     out = project / "book" / "generated"
     wcache = tmp_path / "worker-cache"
     ex = _ray(retries=1, artifacts="local", local_cache_dir=str(wcache))
-    results = {r.name: r for r in run.run_all("quick", executor=ex, root=project, progress=False)}
+    results = {r.name: r for r in run_all("quick", executor=ex, root=project, progress=False)}
     assert {k: r.status for k, r in results.items()} == {
         "01_point": "failed", "01_point[mode=ok]": "ok", "01_point[mode=fail]": "failed",
         "01_point[mode=crash_once]": "ok"}, {k: r.message for k, r in results.items()}
@@ -358,12 +364,12 @@ def test_quick_profile_theory_chapter_through_ray(tmp_path, ray_address):
     shutil.copy2(REPO / "notebooks" / "01_theory.md", project / "notebooks")
     shutil.copytree(REPO / "data" / "profiles", project / "data" / "profiles")
     write_toc(project, ["01_theory"])
-    results = run.run_all("quick", executor=_ray(), root=project, progress=False)
+    results = run_all("quick", executor=_ray(), root=project, progress=False)
     assert statuses(results) == {"01_theory": "ok"}, results[0].message
     out = project / "book" / "generated"
     res = json.loads((out / "results" / "01_theory.json").read_text())
-    assert run.validate_results(res, "01_theory") == [] and res["claims"]
+    assert validate_results(res, "01_theory") == [] and res["claims"]
     assert res["params"]["H"] == 24 and res["params"]["profile"] == "quick"
     task = quick_task(project, "01_theory")
-    assert res["run_key"] == task.key and run.is_current(task.notebook_path, task.results_path, task.key)
+    assert res["run_key"] == task.key and is_current(task.notebook_path, task.results_path, task.key)
     assert all((out / f).is_file() for f in res["figures"])  # figures came back to the driver

@@ -372,7 +372,7 @@ def test_last_layer_minus_one_is_normalised_once(smol, tmp_path, monkeypatch):
     assert harvest(smol, layers=1.0, out=tmp_path / "last", **kw).path == cache.path
     with pytest.raises(CacheError, match=r"another request \(differs in layers\)"):
         harvest(smol, layers="late", out=tmp_path / "last", **kw)
-    from atomslib.experiments import resolve_layers   # the notebooks' edge: the same normalisation
+    from atomslib.models import resolve_layers   # what the notebooks call: the same normalisation
     assert resolve_layers([-1, 3]) == [3, 29] and resolve_layers(-2) == [28] and resolve_layers("middle") == [15]
     with pytest.raises(ValueError, match="layer -31 is out of range"):
         resolve_layers([-31])

@@ -11,7 +11,11 @@ import torch
 pytest.importorskip("sae_lens")
 pytest.importorskip("transformer_lens")
 
-from atomslib import interop as I  # noqa: E402
+from atomslib.cache import harvest_provenance  # noqa: E402
+from atomslib.interop_saelens import SAELensUnits, export_saelens, load_saelens_units, units_hook_name  # noqa: E402
+from atomslib.interop_saelens_train import train_saelens_jumprelu  # noqa: E402
+from atomslib.interop_tlens import BridgeRecorder, boot_bridge, harvest_transformer_bridge, site_of_hook_name  # noqa: E402
+from atomslib.models import tl_hook_name  # noqa: E402
 from atomslib.harvesting import ActivationRecorder, harvest  # noqa: E402
 from atomslib.models import ModelLoadError  # noqa: E402
 from atomslib.train import train_tsae  # noqa: E402
@@ -44,14 +48,14 @@ def _compare(units: TSAE, sae, m: torch.Tensor) -> tuple[float, float]:
 # ---- hook names -----------------------------------------------------------------------------------
 def test_hook_names_round_trip():
     for site in ("resid_post", "mlp_in", "mlp_out"):
-        assert I.site_of_hook_name(I.tl_hook_name(site, 7)) == (site, 7)
-    assert I.tl_hook_name("resid_post", 15) == "blocks.15.hook_resid_post"
-    assert I.site_of_hook_name("blocks.4.hook_resid_pre") == ("resid_post", 3)
-    assert I.site_of_hook_name("blocks.2.mlp.out.hook_in") == ("mlp_in", 2)
+        assert site_of_hook_name(tl_hook_name(site, 7)) == (site, 7)
+    assert tl_hook_name("resid_post", 15) == "blocks.15.hook_resid_post"
+    assert site_of_hook_name("blocks.4.hook_resid_pre") == ("resid_post", 3)
+    assert site_of_hook_name("blocks.2.mlp.out.hook_in") == ("mlp_in", 2)
     with pytest.raises(ValueError, match="no atoms site"):
-        I.site_of_hook_name("blocks.3.attn.hook_z")
+        site_of_hook_name("blocks.3.attn.hook_z")
     with pytest.raises(ValueError, match="no atoms site"):
-        I.site_of_hook_name("blocks.0.hook_resid_pre")     # the embedding output
+        site_of_hook_name("blocks.0.hook_resid_pre")     # the embedding output
 
 
 # ---- export -> SAELens -> import, on real activations -------------------------------------------------
@@ -62,8 +66,8 @@ def test_export_round_trip_on_real_activations(small_cache, tmp_path, kind):
     units = _tiny(acts, aip=small_cache.aip(LAYER) if kind == "whiten" else None, **kw)
     assert units.fit_info["input_scale"] != 1.0                   # a normalisation was folded in
     assert units.fit_info["whitened"] == (kind == "whiten")
-    units.fit_info["harvest"] = I.harvest_provenance(small_cache, LAYER)
-    out = I.export_saelens(units, tmp_path / "sae")
+    units.fit_info["harvest"] = harvest_provenance(small_cache, LAYER)
+    out = export_saelens(units, tmp_path / "sae")
     sae = _load(out)
     assert type(sae).__name__ == ("StandardSAE" if kind == "relu" else "JumpReLUSAE")
     assert sae.cfg.metadata.hook_name == f"blocks.{LAYER}.hook_resid_post"
@@ -74,9 +78,9 @@ def test_export_round_trip_on_real_activations(small_cache, tmp_path, kind):
     scale = 1 + float(acts.abs().max())                          # float32 rounding only, no gate flips
     assert dz <= 1e-6 * scale and dm <= 1e-6 * scale, (dz, dm, scale)
     # ... and back: the imported units are the same function
-    back = I.load_saelens_units(out)
+    back = load_saelens_units(out)
     assert isinstance(back, TSAE) and back.cfg.activation == units.cfg.activation
-    assert I.units_hook_name(back) == f"blocks.{LAYER}.hook_resid_post"
+    assert units_hook_name(back) == f"blocks.{LAYER}.hook_resid_post"
     torch.testing.assert_close(back(acts).m_hat, units(acts).m_hat, rtol=0, atol=1e-4)
     torch.testing.assert_close(back.dictionary(), units.dictionary(), rtol=0, atol=0)
 
@@ -95,8 +99,8 @@ def test_export_cli_from_run_folder(small_cache, tmp_path, capsys):
     assert cfg["architecture"] == "jumprelu" and cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
     assert cfg["metadata"]["context_size"] == SMALL_HARVEST["ctx_len"]
     with pytest.raises(FileExistsError, match="overwrite"):
-        I.export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_resid_post")
-    I.export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_mlp_out", overwrite=True)
+        export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_resid_post")
+    export_saelens(tmp_path / "run", tmp_path / "out", hook_name="blocks.3.hook_mlp_out", overwrite=True)
     assert json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.3.hook_mlp_out"
     # `atoms train` records what it trained on, so `atoms export` needs no flags
     assert main(["train", str(small_cache.path), "--layer", "15", "--out", str(tmp_path / "tr"), "--units", "64",
@@ -107,7 +111,7 @@ def test_export_cli_from_run_folder(small_cache, tmp_path, capsys):
     assert meta["prepend_bos"] is False                             # SmolLM2's tokenizer adds no BOS
     units.threshold.data[0] = -0.1
     with pytest.raises(ValueError, match="negative thresholds"):
-        I.export_saelens(units, tmp_path / "neg", hook_name="blocks.3.hook_resid_post")
+        export_saelens(units, tmp_path / "neg", hook_name="blocks.3.hook_resid_post")
 
 
 # ---- import of other SAELens SAEs ---------------------------------------------------------------------
@@ -131,8 +135,8 @@ def test_import_saelens_architectures(tmp_path, make_acts):
     for name, sae in saes.items():
         sae.cfg.metadata.hook_name = "blocks.2.hook_resid_post"
         sae.save_model(tmp_path / name)
-        units = I.load_saelens_units(tmp_path / name)
-        assert isinstance(units, I.SAELensUnits if name == "topk" else TSAE), name
+        units = load_saelens_units(tmp_path / name)
+        assert isinstance(units, SAELensUnits if name == "topk" else TSAE), name
         ref = _load(tmp_path / name)
         out = units(x)
         with torch.no_grad():
@@ -151,12 +155,12 @@ def test_release_names_fail_fast_offline(no_network):
     get_pretrained_saes_directory()     # parsing SAELens's release list (~1 s, cached) is not the wait at issue
     t = time.perf_counter()
     with pytest.raises(ModelLoadError, match="cannot be reached"):
-        I.load_saelens_units("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+        load_saelens_units("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
     assert time.perf_counter() - t < 5
     with pytest.raises(ValueError, match="needs sae_id"):
-        I.load_saelens_units("gemma-scope-2b-pt-res-canonical")
+        load_saelens_units("gemma-scope-2b-pt-res-canonical")
     with pytest.raises(ValueError, match="did you mean"):
-        I.load_saelens_units("gemma-scope-2b-pt-res-canonicall", "layer_12/width_16k/canonical")
+        load_saelens_units("gemma-scope-2b-pt-res-canonicall", "layer_12/width_16k/canonical")
 
 
 # ---- SAELens's JumpReLU trainer as a kind of unit ---------------------------------------------------------
@@ -165,7 +169,7 @@ def test_train_saelens_jumprelu(small_cache):
 
     acts = small_cache.load(LAYER)
     H = acts.shape[1]
-    units = I.train_saelens_jumprelu(acts, H, 128, n_tokens=16384, batch_size=256, seed=0, device="cpu",
+    units = train_saelens_jumprelu(acts, H, 128, n_tokens=16384, batch_size=256, seed=0, device="cpu",
                                      progress=False)
     assert isinstance(units, TSAE) and units.dictionary().shape == (128, H)
     with torch.no_grad():
@@ -175,7 +179,7 @@ def test_train_saelens_jumprelu(small_cache):
     assert faithfulness_r2(acts, out.m_hat) > 0.3
     assert units.fit_info["trainer"] == "sae_lens.SAETrainer" and units.fit_info["tokens"] == 16384
     # a re-iterable of batches works too (re-chunked to the batch size)
-    again = I.train_saelens_jumprelu(small_cache.reader(LAYER, batch_size=100), H, 32, n_tokens=1024,
+    again = train_saelens_jumprelu(small_cache.reader(LAYER, batch_size=100), H, 32, n_tokens=1024,
                                      batch_size=256, seed=0, device="cpu", progress=False)
     assert again.dictionary().shape == (32, H) and again.fit_info["steps"] == 4
 
@@ -185,11 +189,11 @@ def test_bridge_activations_equal_plain_hooks(smol):
     model, tok = smol
     ids = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(0))
     layers = [1, LAYER]
-    bridge, hf = I.boot_bridge(model, tok)
+    bridge, hf = boot_bridge(model, tok)
     assert hf is not model and type(model.model.layers[0]).__name__ == "LlamaDecoderLayer"   # the caller's model untouched
     impl = model.config._attn_implementation
     for site in ("resid_post", "mlp_in", "mlp_out"):
-        with torch.inference_mode(), I.BridgeRecorder(bridge, site, layers) as rec:
+        with torch.inference_mode(), BridgeRecorder(bridge, site, layers) as rec:
             got = rec(ids)
         with torch.inference_mode(), ActivationRecorder(model, site, layers) as rec:
             plain = rec(ids)                                          # Hugging Face's default attention
@@ -209,8 +213,8 @@ def test_harvest_through_bridge_writes_the_same_cache(smol, tmp_path):
     req = dict(layers=(LAYER,), site="mlp_in", tokens=256, ctx_len=64, batch_size=4, progress=False)
     model, tok = smol
     plain = harvest(smol, out=tmp_path / "hooks", **req)
-    bridge, _ = I.boot_bridge(model, tok)                 # as a TransformerLens user would bring it
-    bridged = I.harvest_transformer_bridge(bridge, tokenizer=tok, out=tmp_path / "bridge", **req)
+    bridge, _ = boot_bridge(model, tok)                 # as a TransformerLens user would bring it
+    bridged = harvest_transformer_bridge(bridge, tokenizer=tok, out=tmp_path / "bridge", **req)
     assert "backend" not in plain.manifest["request"]
     assert bridged.manifest["request"]["backend"] == "transformer_lens"
     assert bridged.manifest["d_site"] == plain.manifest["d_site"] == 1536

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from atomslib import run
+from atomslib.book.cli_run import describe_params
+from atomslib.book.project import find_project, load_profile, read_notebook, toc_model_pages
+from atomslib.book.run import run_all, run_notebook_models
+from atomslib.book.tasks import model_slug, models_of
 
 from _notebooks import notebook_md, output_files, write_project
 
@@ -24,10 +27,10 @@ figures_dir = "figures"
 ```
 
 ```{code-cell} ipython3
-from atomslib import run
-PARAMS = run.notebook_params(globals())
-run.save_results("02_per_model", PARAMS, {"model": model},
-                 [{**run.claim("atoms.r2", 0.995 if model == "alpha" else 0.1, "R2=euclid", "heldout"), "model": model}])
+from atomslib.book import results
+PARAMS = results.notebook_params(globals())
+results.save_results("02_per_model", PARAMS, {"model": model},
+                     [{**results.claim("atoms.r2", 0.995 if model == "alpha" else 0.1, "R2=euclid", "heldout"), "model": model}])
 ```
 """)
 
@@ -42,11 +45,11 @@ results_dir = "results"
 ```
 
 ```{code-cell} ipython3
-from atomslib import run
-PARAMS = run.notebook_params(globals())
-found = sorted(k for k in run.load_model_results(results_dir) if k != "06_reads")
-per_model = run.verdicts_by_model(run.evaluate_claims(run.load_model_results(results_dir)))
-run.save_results("06_reads", PARAMS, {"found": found, "per_model": per_model})
+from atomslib.book import results
+PARAMS = results.notebook_params(globals())
+found = sorted(k for k in results.load_model_results(results_dir) if k != "06_reads")
+per_model = results.verdicts_by_model(results.evaluate_claims(results.load_model_results(results_dir)))
+results.save_results("06_reads", PARAMS, {"found": found, "per_model": per_model})
 ```
 """, front_matter='atoms:\n  stage: 2\n  inputs: ["{results_dir}/*.json", "{results_dir}/../models/*/results/*.json"]\n')
 
@@ -67,7 +70,7 @@ def project(tmp_path) -> Path:
 
 def test_a_chapter_runs_once_per_model_and_the_others_go_to_their_own_folder(project):
     out = project / "book" / "generated"
-    results = run.run_all("default", root=project, progress=False)
+    results = run_all("default", root=project, progress=False)
     assert sorted(r.status for r in results) == ["ok"] * 3, [r.message for r in results]
     assert {r.name for r in results} == {"02_per_model[alpha]", "02_per_model[beta/one]", "06_reads"}
     files = output_files(out)
@@ -86,10 +89,10 @@ def test_a_chapter_runs_once_per_model_and_the_others_go_to_their_own_folder(pro
 
 def test_a_run_on_another_model_never_replaces_the_profile_models_outputs(project):
     out = project / "book" / "generated"
-    own = run.run_notebook_models("02_per_model", {"model": "alpha"}, root=project, progress=False)
+    own = run_notebook_models("02_per_model", {"model": "alpha"}, root=project, progress=False)
     assert [r.status for r in own] == ["ok"]
     before = (out / "results" / "02_per_model.json").read_bytes()
-    other = run.run_notebook_models("02_per_model", {"model": "gamma"}, root=project, progress=False)
+    other = run_notebook_models("02_per_model", {"model": "gamma"}, root=project, progress=False)
     assert [Path(r.results_path).relative_to(out).as_posix() for r in other] == ["models/gamma/results/02_per_model.json"]
     assert (out / "results" / "02_per_model.json").read_bytes() == before
     assert "".join(json.loads((out / "models/gamma/02_per_model.ipynb").read_text())["cells"][0]["source"]).startswith(
@@ -97,34 +100,34 @@ def test_a_run_on_another_model_never_replaces_the_profile_models_outputs(projec
 
 
 def test_a_notebook_section_that_sets_model_pins_it_to_that_model(project):
-    src = run.read_notebook(project / "notebooks" / "02_per_model.md")
-    assert run.models_of(src, run.load_profile("default", root=project)) == ("alpha", ["alpha", "beta/one"])
-    assert run.models_of(src, run.load_profile("pinned", root=project)) == ("alpha", ["alpha"])
-    assert run.models_of(src, run.load_profile("default", root=project), {"model": "x"}) == ("alpha", ["x"])
-    reads = run.read_notebook(project / "notebooks" / "06_reads.md")
-    assert run.models_of(reads, run.load_profile("default", root=project)) == (None, [None])
-    assert run.model_slug("google/gemma-2-2b") == "google-gemma-2-2b" and run.model_slug("gemma3-270m") == "gemma3-270m"
+    src = read_notebook(project / "notebooks" / "02_per_model.md")
+    assert models_of(src, load_profile("default", root=project)) == ("alpha", ["alpha", "beta/one"])
+    assert models_of(src, load_profile("pinned", root=project)) == ("alpha", ["alpha"])
+    assert models_of(src, load_profile("default", root=project), {"model": "x"}) == ("alpha", ["x"])
+    reads = read_notebook(project / "notebooks" / "06_reads.md")
+    assert models_of(reads, load_profile("default", root=project)) == (None, [None])
+    assert model_slug("google/gemma-2-2b") == "google-gemma-2-2b" and model_slug("gemma3-270m") == "gemma3-270m"
 
 
 def test_the_book_profile_runs_chapters_2_3_5_on_both_families_with_layers_relative_to_depth():
     from atomslib.models import resolve_layers
 
-    prof = run.load_profile("default")
-    project = run.find_project()
+    prof = load_profile("default")
+    project = find_project()
     for name in ("02_representation_shift", "03_neurons_features_atoms", "05_what_atoms_look_like"):
-        src = run.read_notebook(project.notebooks_dir / f"{name}.md")
-        assert run.models_of(src, prof)[1] == ["smollm2-135m", "gemma3-270m"], name
-    src = run.read_notebook(project.notebooks_dir / "04_capacity_scale.md")
-    assert run.models_of(src, prof)[1] == ["smollm2-135m"]
+        src = read_notebook(project.notebooks_dir / f"{name}.md")
+        assert models_of(src, prof)[1] == ["smollm2-135m", "gemma3-270m"], name
+    src = read_notebook(project.notebooks_dir / "04_capacity_scale.md")
+    assert models_of(src, prof)[1] == ["smollm2-135m"]
     layers = prof.common["layers"]
     assert resolve_layers(layers, 30) == [3, 15] and resolve_layers(layers, 18) == [2, 9]   # early and middle
-    toc = run.toc_model_pages(project)
+    toc = toc_model_pages(project)
     assert {n for s, n in toc if s == "gemma3-270m"} >= {"02_representation_shift", "03_neurons_features_atoms",
                                                          "05_what_atoms_look_like"}
 
 
 def test_list_says_which_models_a_chapter_runs_on_and_where_each_writes(project):
-    text = run.describe_params("default", root=project)
+    text = describe_params("default", root=project)
     assert "runs on: alpha -> ./; beta/one -> models/beta-one/" in text
-    assert "runs on: gamma -> models/gamma/" in run.describe_params("default", {"model": "gamma"}, root=project,
+    assert "runs on: gamma -> models/gamma/" in describe_params("default", {"model": "gamma"}, root=project,
                                                                     notebook="02_per_model")

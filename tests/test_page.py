@@ -1,4 +1,4 @@
-"""atomslib.page: one executed notebook as a web page in the book's style (atoms page, atoms run --html).
+"""atomslib.book.page: one executed notebook as a web page in the book's style (atoms page, atoms run --html).
 
 The end-to-end test runs chapter 1 on the quick profile with another H (about a minute) and builds its
 page with Jupyter Book (about 15 s): offline math, the citations, the book's CSS, nothing remote.
@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from atomslib import cli
-from atomslib import page as pg
+from atomslib.book import page as pg
 
 REPO = Path(__file__).resolve().parents[1]
 TITLES = {"book/generated/01_theory": "Theory, checked", "book/generated/08_identification": "Do TSAEs find atoms?",

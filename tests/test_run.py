@@ -1,4 +1,4 @@
-"""atomslib.run: profiles, parameters, run keys, papermill runs, failures, executors, results files.
+"""atomslib.book.run (with its project, tasks and results modules): profiles, parameters, run keys, papermill runs, failures, executors, results files.
 
 Uses tiny throwaway notebooks in tmp_path (a kernel start is the slow part: about six in all).
 """
@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from _notebooks import notebook_md, output_files, summary_statuses, write_project
-from atomslib import cli, run
+from atomslib import cli
+from atomslib.book import run as run_module
+from atomslib.book.project import load_profile, parse_assignments, read_notebook
+from atomslib.book.results import (CLAIMS_BY_ID, claim, claims_table, conclusion_summary, evaluate_claims, fmt,
+                                   save_results, validate_results)
+from atomslib.book.run import Executor, NotebookFailed, get_executor, register_executor, run_all, run_notebook
+from atomslib.book.tasks import TaskResult, resolve_params, run_key
 
 TINY = notebook_md("""
 # Tiny
@@ -33,12 +39,12 @@ figures_dir = "figures"
 ```
 
 ```{code-cell} ipython3
-from atomslib import run
-PARAMS = run.notebook_params(globals())
+from atomslib.book.results import claim, notebook_params, save_results
+PARAMS = notebook_params(globals())
 ```
 
 ```{code-cell} ipython3
-run.save_results("01_tiny", PARAMS, {"double": 2 * x}, [run.claim("atoms.r2", 0.25 * x, "R2=euclid", "heldout")])
+save_results("01_tiny", PARAMS, {"double": 2 * x}, [claim("atoms.r2", 0.25 * x, "R2=euclid", "heldout")])
 ```
 
 ```{code-cell} ipython3
@@ -91,7 +97,7 @@ def project(tmp_path) -> Path:
 # ---- profiles and parameters (no kernel) ----------------------------------------------------
 
 def test_profile_extends_merges_common_and_notebooks(project):
-    p = run.load_profile("quick", root=project)
+    p = load_profile("quick", root=project)
     assert p.name == "quick" and p.description == "base"
     assert p.common["seed"] == 5 and p.common["x"] == 1 and p.common["profile"] == "quick"
     assert p.notebooks["01_tiny"] == {"x": 2, "fail": False}
@@ -99,13 +105,13 @@ def test_profile_extends_merges_common_and_notebooks(project):
 
 def test_profile_errors_are_clear(project):
     with pytest.raises(FileNotFoundError, match="available: default, quick"):
-        run.load_profile("nope", root=project)
+        load_profile("nope", root=project)
     (project / "data" / "profiles" / "bad.yaml").write_text("common: {}\ncommn: {}\n")
     with pytest.raises(ValueError, match="unknown top-level keys"):
-        run.load_profile("bad", root=project)
+        load_profile("bad", root=project)
     (project / "data" / "profiles" / "loop.yaml").write_text("extends: loop\n")
     with pytest.raises(ValueError, match="cycle"):
-        run.load_profile("loop", root=project)
+        load_profile("loop", root=project)
 
 
 def test_profile_notebook_names_are_checked_and_extends_finds_the_projects_profiles(project, tmp_path):
@@ -113,23 +119,23 @@ def test_profile_notebook_names_are_checked_and_extends_finds_the_projects_profi
     (profiles / "typo.yaml").write_text("extends: quick\nnotebooks:\n  01_tiy: {x: 3}\n")
     with pytest.raises(ValueError, match=r"typo.yaml: '01_tiy' under notebooks:/grid: is not a notebook of .*"
                                          r"known: 01_tiny \(fix the name\)"):
-        run.load_profile("typo", root=project)
+        load_profile("typo", root=project)
     (profiles / "gridtypo.yaml").write_text("grid:\n  02_nope: {x: [1, 2]}\n")
     with pytest.raises(ValueError, match="'02_nope' under notebooks:/grid:"):
-        run.load_profile("gridtypo", root=project)
+        load_profile("gridtypo", root=project)
     # A profile kept elsewhere extends the project's profile by name (and a sibling of that name, if any).
     mine = tmp_path / "elsewhere" / "mine.yaml"
     mine.parent.mkdir()
     mine.write_text("extends: quick\ncommon: {seed: 9}\n")
-    p = run.load_profile(mine, root=project)
+    p = load_profile(mine, root=project)
     assert p.name == "mine" and p.common["seed"] == 9 and p.common["x"] == 1
     assert p.notebooks["01_tiny"] == {"x": 2, "fail": False}
     (mine.parent / "quick.yaml").write_text("extends: quick\ncommon: {x: 7}\n")   # itself extends the project's
-    p = run.load_profile(mine, root=project)
+    p = load_profile(mine, root=project)
     assert p.common["x"] == 7 and p.common["seed"] == 9 and p.notebooks["01_tiny"] == {"x": 2, "fail": False}
     mine.write_text("extends: nowhere\n")
     with pytest.raises(FileNotFoundError, match="extends 'nowhere', which is neither .* available there: default"):
-        run.load_profile(mine, root=project)
+        load_profile(mine, root=project)
 
 
 def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
@@ -142,8 +148,8 @@ def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(run.NotebookFailed, match=rf"01_tiny: {out.resolve()} is in use by PID {holder.pid}"):
-            run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
+        with pytest.raises(NotebookFailed, match=rf"01_tiny: {out.resolve()} is in use by PID {holder.pid}"):
+            run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
     finally:
         holder.kill()
         holder.wait()
@@ -152,92 +158,92 @@ def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
 
 def test_shipped_profiles_load():
     for name in ("default", "quick", "paper"):
-        p = run.load_profile(name)
+        p = load_profile(name)
         for key in ("model", "layers", "site", "tokens", "heldout_tokens", "capacity", "device", "seed",
                     "cache_dir", "results_dir", "figures_dir"):
             assert key in p.common, f"profile {name} lacks {key}"
-    assert run.load_profile("paper").common["device"] == "cuda"
+    assert load_profile("paper").common["device"] == "cuda"
 
 
 def test_parse_assignments_yaml_values():
-    got = run.parse_assignments(["layers=[3, 15]", "tokens=2000", "site=mlp_in", "eps=1e-3", "flag=true", "none="])
+    got = parse_assignments(["layers=[3, 15]", "tokens=2000", "site=mlp_in", "eps=1e-3", "flag=true", "none="])
     assert got == {"layers": [3, 15], "tokens": 2000, "site": "mlp_in", "eps": 1e-3, "flag": True, "none": None}
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        run.parse_assignments(["tokens"])
+        parse_assignments(["tokens"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        run.parse_assignments(["2x=1"])
+        parse_assignments(["2x=1"])
 
 
 def test_resolve_params_precedence_paths_and_unknown_names(project):
-    src = run.read_notebook(project / "notebooks" / "01_tiny.md")
+    src = read_notebook(project / "notebooks" / "01_tiny.md")
     assert set(src.declared) == {"x", "fail", "profile", "results_dir", "figures_dir"}
-    prof = run.load_profile("default", root=project)
+    prof = load_profile("default", root=project)
     out = project / "book" / "generated"
-    p = run.resolve_params(src, prof, {"fail": True}, project=project, out_dir=out)
+    p = resolve_params(src, prof, {"fail": True}, project=project, out_dir=out)
     # common names the notebook does not declare (seed, model, cache_dir) are not passed
     assert p == {"x": 2, "fail": True, "profile": "default", "results_dir": "results", "figures_dir": "figures"}
     with pytest.raises(ValueError, match=r"does not declare.*x=1, fail=False"):
-        run.resolve_params(src, prof, {"tokens": 5}, project=project, out_dir=out)
+        resolve_params(src, prof, {"tokens": 5}, project=project, out_dir=out)
     prof.notebooks["01_tiny"]["typo"] = 1
     with pytest.raises(ValueError, match="profile 'default'.*typo"):
-        run.resolve_params(src, prof, {}, project=project, out_dir=out)
+        resolve_params(src, prof, {}, project=project, out_dir=out)
 
 
 def test_parameters_cell_must_be_single_and_parseable(tmp_path):
     two = tmp_path / "two.md"
     two.write_text(TINY.replace("```{code-cell} ipython3\nfrom atomslib", "```{code-cell} ipython3\n:tags: [parameters]\n\nfrom atomslib"))
     with pytest.raises(ValueError, match="exactly one cell tagged 'parameters' \\(found 2\\)"):
-        run.read_notebook(two)
+        read_notebook(two)
     eq = tmp_path / "eq.md"
     eq.write_text(TINY.replace("x = 1\n", "x = 1  # e.g. x=2\n"))
     with pytest.raises(ValueError, match="more than one '='"):
-        run.read_notebook(eq)
+        read_notebook(eq)
 
 
 def test_run_key_covers_source_params_inputs_not_cache_dir():
-    k = run.run_key("src", {"a": 1, "cache_dir": "/x"})
-    assert k == run.run_key("src", {"a": 1, "cache_dir": "/elsewhere"})
-    assert len({k, run.run_key("src2", {"a": 1}), run.run_key("src", {"a": 2}),
-                run.run_key("src", {"a": 1}, inputs={"f.json": "00"}), run.run_key("src", {"a": 1}, version="9")}) == 5
+    k = run_key("src", {"a": 1, "cache_dir": "/x"})
+    assert k == run_key("src", {"a": 1, "cache_dir": "/elsewhere"})
+    assert len({k, run_key("src2", {"a": 1}), run_key("src", {"a": 2}),
+                run_key("src", {"a": 1}, inputs={"f.json": "00"}), run_key("src", {"a": 1}, version="9")}) == 5
 
 
 # ---- results convention and claims (no kernel) ----------------------------------------------
 
 def test_claims_validation_and_verdicts():
     with pytest.raises(ValueError, match="unknown claim_id 'atom.r2'"):
-        run.claim("atom.r2", 1.0, "R2=euclid", "heldout")
+        claim("atom.r2", 1.0, "R2=euclid", "heldout")
     with pytest.raises(TypeError, match="number or None"):
-        run.claim("atoms.r2", "high", "R2=euclid", "heldout")
+        claim("atoms.r2", "high", "R2=euclid", "heldout")
     results = {"03_neurons_features_atoms": {"claims": [
-        run.claim("atoms.r2", 0.995, "R2=euclid", "heldout", model="m", layer=3),
-        run.claim("atoms.r2", 0.90, "R2=uncentred", "heldout"),
-        run.claim("atoms.q_star", None, "q*=A", "heldout")]}}
-    rows = {(r["claim_id"], r["variant"]): r for r in run.evaluate_claims(results)}
+        claim("atoms.r2", 0.995, "R2=euclid", "heldout", model="m", layer=3),
+        claim("atoms.r2", 0.90, "R2=uncentred", "heldout"),
+        claim("atoms.q_star", None, "q*=A", "heldout")]}}
+    rows = {(r["claim_id"], r["variant"]): r for r in evaluate_claims(results)}
     assert rows[("atoms.r2", "R2=euclid")]["verdict"] == "supported"
     assert rows[("atoms.r2", "R2=euclid")]["where"] == "m, layer 3"
     assert rows[("atoms.r2", "R2=uncentred")]["verdict"] == "not supported"
     assert rows[("atoms.q_star", "q*=A")]["verdict"] == "not measured"
     assert rows[("shift.aip_at_90", "—")]["verdict"] == "not measured"
-    summary = run.conclusion_summary(run.evaluate_claims(results))
+    summary = conclusion_summary(evaluate_claims(results))
     sup = {e["claim_id"]: e["measurements"] for e in summary["supported"]}
     assert sup == {"atoms.r2": ["0.995 (R2=euclid, heldout, m, layer 3)"]}
     assert [e["claim_id"] for e in summary["not supported"]] == ["atoms.r2"]  # another variant
     assert "shift.aip_at_90" in [e["claim_id"] for e in summary["not measured"]]
-    assert run.fmt(0.99923) == "0.9992" and run.fmt(None) == "—" and run.fmt(3) == "3" and run.fmt(float("nan")) == "nan"
-    assert run.CLAIMS_BY_ID["neurons.q_star"].verdict(0.01) == "supported"
-    assert math.isinf(run.CLAIMS_BY_ID["neurons.q_star"].lo)
+    assert fmt(0.99923) == "0.9992" and fmt(None) == "—" and fmt(3) == "3" and fmt(float("nan")) == "nan"
+    assert CLAIMS_BY_ID["neurons.q_star"].verdict(0.01) == "supported"
+    assert math.isinf(CLAIMS_BY_ID["neurons.q_star"].lo)
 
 
 def test_claims_table_formats_values_and_blanks_fields_a_claim_lacks():
-    t = run.claims_table([run.claim("atoms.r2", 0.91234, "R2=euclid", "heldout"),
-                          run.claim("atoms.r2", None, "R2=euclid", "train", note="not measured")])
+    t = claims_table([claim("atoms.r2", 0.91234, "R2=euclid", "heldout"),
+                          claim("atoms.r2", None, "R2=euclid", "train", note="not measured")])
     assert list(t["value"]) == ["0.9123", "—"]
     assert list(t["note"]) == ["", "not measured"]      # not NaN on the page
 
 
 def test_validate_results_names_problems():
-    assert run.validate_results([]) == ["top level must be an object, got list"]
-    probs = run.validate_results({"notebook": "a", "params": {}, "metrics": {}, "claims": [{"claim_id": "x"}]}, "b")
+    assert validate_results([]) == ["top level must be an object, got list"]
+    probs = validate_results({"notebook": "a", "params": {}, "metrics": {}, "claims": [{"claim_id": "x"}]}, "b")
     text = "; ".join(probs)
     assert "missing key 'atomslib_version'" in text and "expected 'b'" in text and "claims[0]" in text
 
@@ -246,17 +252,17 @@ def test_validate_results_names_problems():
 
 def test_run_writes_outputs_then_skips_then_force(project):
     out = project / "book" / "generated"
-    r1 = run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
+    r1 = run_notebook("01_tiny", {}, profile="default", root=project, progress=False)
     assert r1.status == "ok"
     assert output_files(out) == ["01_tiny.ipynb", "results/01_tiny.json"]  # no temp/partial files left
     res = json.loads((out / "results" / "01_tiny.json").read_text())
     nb = json.loads((out / "01_tiny.ipynb").read_text())
     assert res["run_key"] == nb["metadata"]["atoms"]["run_key"] == r1.key
     assert res["params"]["x"] == 2 and res["metrics"] == {"double": 4} and res["notebook"] == "01_tiny"
-    assert run.validate_results(res, "01_tiny") == []
-    assert run.run_notebook("01", {}, profile="default", root=project).status == "skipped"
-    assert run.run_notebook("tiny", {}, profile="default", root=project, force=True).status == "ok"
-    r4 = run.run_notebook("01_tiny", {"x": 3}, profile="default", root=project)
+    assert validate_results(res, "01_tiny") == []
+    assert run_notebook("01", {}, profile="default", root=project).status == "skipped"
+    assert run_notebook("tiny", {}, profile="default", root=project, force=True).status == "ok"
+    r4 = run_notebook("01_tiny", {"x": 3}, profile="default", root=project)
     assert r4.status == "ok" and r4.key != r1.key
     assert json.loads((out / "results" / "01_tiny.json").read_text())["metrics"] == {"double": 6}
 
@@ -266,7 +272,7 @@ def test_kernels_talk_over_private_unix_sockets_and_print_no_transport_warning(p
     # do not. Their sockets go under a unique prefix in the temp folder and are removed afterwards.
     monkeypatch.chdir(project)
     before = set(Path(tempfile.gettempdir()).glob("atoms-kernel-*"))
-    assert run.run_notebook("01_tiny", {}, profile="default", root=project, progress=False, force=True).status == "ok"
+    assert run_notebook("01_tiny", {}, profile="default", root=project, progress=False, force=True).status == "ok"
     err = capfd.readouterr().err
     assert "TCP" not in err, err
     assert set(Path(tempfile.gettempdir()).glob("atoms-kernel-*")) == before
@@ -275,10 +281,10 @@ def test_kernels_talk_over_private_unix_sockets_and_print_no_transport_warning(p
 
 def test_failing_notebook_names_cell_and_keeps_previous_outputs(project):
     out = project / "book" / "generated"
-    ok = run.run_notebook("01_tiny", {}, profile="default", root=project)
+    ok = run_notebook("01_tiny", {}, profile="default", root=project)
     before = (out / "results" / "01_tiny.json").read_bytes(), (out / "01_tiny.ipynb").read_bytes()
-    with pytest.raises(run.NotebookFailed) as e:
-        run.run_notebook("01_tiny", {"fail": True}, profile="default", root=project)
+    with pytest.raises(NotebookFailed) as e:
+        run_notebook("01_tiny", {"fail": True}, profile="default", root=project)
     msg = str(e.value)
     assert "notebook 01_tiny failed in cell" in msg
     assert "`y = 1 / (0 if fail else 1)" in msg and "ZeroDivisionError" in msg
@@ -353,14 +359,14 @@ def test_run_all_parallel_missing_and_failed(tmp_path, capsys):
     assert json.loads((out / "results" / "01_tiny.json").read_text())["params"]["profile"] == "quick"
 
 
-class _Recorder(run.Executor):
+class _Recorder(Executor):
     seen: list = []
 
     def run(self, tasks, on_result=None):
         res = []
         for t in tasks:
             _Recorder.seen.append((t.name, t.params, Path(t.results_path).name))
-            r = run.TaskResult(t.name, "ok", 0.0, t.key)
+            r = TaskResult(t.name, "ok", 0.0, t.key)
             res.append(r)
             if on_result:
                 on_result(r)
@@ -369,14 +375,14 @@ class _Recorder(run.Executor):
 
 def test_executor_registry(project):
     with pytest.raises(ValueError, match="unknown executor 'nosuch'; available: local"):
-        run.get_executor("nosuch")
+        get_executor("nosuch")
     with pytest.raises(ValueError, match="no --address"):
-        run.get_executor("local", address="ray://x")
-    run.register_executor("recorder", _Recorder)
+        get_executor("local", address="ray://x")
+    register_executor("recorder", _Recorder)
     try:
-        results = run.run_all("default", executor="recorder", root=project, progress=False)
+        results = run_all("default", executor="recorder", root=project, progress=False)
     finally:
-        run._EXECUTORS.pop("recorder")
+        run_module._EXECUTORS.pop("recorder")
     assert [r.status for r in results] == ["ok"]
     assert _Recorder.seen == [("01_tiny", {"x": 2, "profile": "default", "results_dir": "results",
                                            "figures_dir": "figures"}, "01_tiny.json")]

@@ -6,6 +6,11 @@
   bound by an import. A private *module* (`_util`) may be imported; its private names may not.
   Dunder names (`__version__`) are not private.
 
+- Two wings: the library (every module outside `atomslib/book/`) never imports the book wing
+  (`atomslib.book.*`: the notebooks' units store, baselines, results, tasks, runs, display). The
+  `atoms` command (`cli.py`) routes to subcommands of both wings by module name, as strings.
+- No module over 500 lines.
+
 A plug-in that registers itself (an executor, a harvest backend) is loaded on demand by its module's
 name as a string (`importlib.import_module`): that is not an import statement, and not an arrow here.
 """
@@ -192,6 +197,32 @@ def test_no_private_name_across_modules():
                      "or keep the use inside its module):\n  " + "\n  ".join(bad))
 
 
+MAX_LINES = 500
+BOOK = "book"
+
+
+def in_book_wing(mod: str) -> bool:
+    return mod == BOOK or mod.startswith(BOOK + ".")
+
+
+def wing_violations(found: list[Import]) -> list[str]:
+    """Imports from the library wing into the book wing."""
+    return sorted(f"{i.source}.py:{i.line} imports {i.target}" for i in found
+                  if not in_book_wing(i.source) and in_book_wing(i.target))
+
+
+def test_the_library_wing_never_imports_the_book_wing():
+    bad = wing_violations(imports(modules()))
+    assert not bad, ("the library imports the book wing (atomslib.book may import the library, never the reverse; "
+                     "move the shared piece down into the library):\n  " + "\n  ".join(bad))
+
+
+def test_no_module_is_over_500_lines():
+    long = {str(p.relative_to(ROOT.parent)): n for p in sorted(ROOT.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split each along its seams): {long}"
+
+
 # ----------------------------------------------------------------------------- the reader itself
 
 def _parse(files: dict[str, str]) -> dict[str, ast.Module]:
@@ -221,3 +252,15 @@ def test_reader_sees_private_names():
         "d": "import atomslib\natomslib.a._mine\n",
     })
     assert private_uses(mods) == ["b.py:1: from _util import _hidden", "c.py:3: a._mine", "d.py:2: a._mine"]
+
+
+def test_reader_sees_the_library_reaching_into_the_book():
+    mods = _parse({
+        "__init__": "",
+        "models": "",
+        "book.__init__": "from ..models import x\n",
+        "book.results": "from .. import models\n",
+        "train": "def f():\n    from .book import results\n",
+        "cli": "import importlib\nimportlib.import_module('atomslib.book.results')\n",
+    })
+    assert wing_violations(imports(mods)) == ["train.py:2 imports book.results"]

@@ -10,6 +10,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from atomslib import recovery as R
 from atomslib import theory as T
 from atomslib.aip import AIP
 
@@ -154,44 +155,44 @@ def test_uniqueness_breaks_above_the_bound():
 @given(sa=atom_sets(nonneg=False), seed=st.integers(0, 1000))
 def test_basis_pursuit_and_omp_recover_codes(sa, seed):
     assert sa.coherence < 1 / (2 * sa.K - 1)
-    torch.testing.assert_close(T.basis_pursuit(sa.D, sa.acts), sa.codes, rtol=0, atol=1e-6)
-    torch.testing.assert_close(T.omp(sa.D, sa.acts, sa.K), sa.codes, rtol=0, atol=1e-9)
+    torch.testing.assert_close(R.basis_pursuit(sa.D, sa.acts), sa.codes, rtol=0, atol=1e-6)
+    torch.testing.assert_close(R.omp(sa.D, sa.acts, sa.K), sa.codes, rtol=0, atol=1e-9)
     # the same theorem stated under a non-trivial AIP: coordinates mixed by A, S̃ = (A Aᵀ)⁻¹
     D2, m2, aip = _in_aip_geometry(sa, seed)
-    torch.testing.assert_close(T.omp(D2, m2, sa.K, aip=aip), sa.codes, rtol=0, atol=1e-8)
-    torch.testing.assert_close(T.basis_pursuit(D2, m2), sa.codes, rtol=0, atol=1e-6)
+    torch.testing.assert_close(R.omp(D2, m2, sa.K, aip=aip), sa.codes, rtol=0, atol=1e-8)
+    torch.testing.assert_close(R.basis_pursuit(D2, m2), sa.codes, rtol=0, atol=1e-6)
 
 
 def test_recovery_fails_above_the_bound():
     D, code = _parallelogram()
     m = code @ D
-    bp = T.basis_pursuit(D, m)
+    bp = R.basis_pursuit(D, m)
     torch.testing.assert_close(bp, torch.tensor([[0.0, 0.0, 2 ** 0.5]], dtype=f64), rtol=0, atol=1e-7)
-    assert T.support_recovery(code, bp) == 0.0 and T.support_recovery(code, T.omp(D, m, 2)) == 0.0
+    assert R.support_recovery(code, bp) == 0.0 and R.support_recovery(code, R.omp(D, m, 2)) == 0.0
 
 
 def test_omp_stops_early_and_handles_zero_rows():
     D = torch.eye(4, dtype=f64)
     m = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=f64)
-    torch.testing.assert_close(T.omp(D, m, 3), m)
-    assert T.basis_pursuit(D, m[0]).shape == (1, 4)
-    torch.testing.assert_close(T.basis_pursuit(D, m, nonneg=True), m, rtol=0, atol=1e-9)
+    torch.testing.assert_close(R.omp(D, m, 3), m)
+    assert R.basis_pursuit(D, m[0]).shape == (1, 4)
+    torch.testing.assert_close(R.basis_pursuit(D, m, nonneg=True), m, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="K must be an int in"):
-        T.omp(D, m, 5)
+        R.omp(D, m, 5)
     with pytest.raises(ValueError, match="basis pursuit failed for row 0"):
-        T.basis_pursuit(torch.tensor([[1.0, 0.0]], dtype=f64), torch.tensor([[0.0, 1.0]], dtype=f64))
+        R.basis_pursuit(torch.tensor([[1.0, 0.0]], dtype=f64), torch.tensor([[0.0, 1.0]], dtype=f64))
 
 
 # ---- TSAE identifiability ------------------------------------------------------------------------
 def test_threshold_interval_values():
-    assert T.tsae_threshold_interval(0.1, 2, 1.0, 2.0) == pytest.approx((0.4, 0.8))
-    assert T.tsae_threshold_interval(0.0, 5, 1.0, 3.0) == (0.0, 1.0)
-    assert T.tsae_threshold_interval(0.1, 3, 1.0, 2.0) is None            # δmin = ε(2K−1)δmax: empty
-    assert T.tsae_threshold_interval(0.2, 3, 1.0, 1.0) is None
+    assert R.tsae_threshold_interval(0.1, 2, 1.0, 2.0) == pytest.approx((0.4, 0.8))
+    assert R.tsae_threshold_interval(0.0, 5, 1.0, 3.0) == (0.0, 1.0)
+    assert R.tsae_threshold_interval(0.1, 3, 1.0, 2.0) is None            # δmin = ε(2K−1)δmax: empty
+    assert R.tsae_threshold_interval(0.2, 3, 1.0, 1.0) is None
     with pytest.raises(ValueError, match="delta_min"):
-        T.tsae_threshold_interval(0.1, 2, 0.0, 1.0)
+        R.tsae_threshold_interval(0.1, 2, 0.0, 1.0)
     with pytest.raises(ValueError, match="K must be"):
-        T.tsae_threshold_interval(0.1, 0, 1.0, 1.0)
+        R.tsae_threshold_interval(0.1, 0, 1.0, 1.0)
 
 
 @given(sa_K=st.integers(1, 3), frac=st.floats(0.02, 0.98), seed=st.integers(0, 1000), big=st.booleans())
@@ -201,54 +202,54 @@ def test_threshold_encoder_recovers_support_inside_interval(sa_K, frac, seed, bi
     eps = 0.8 / (2 * K - 1)
     dmax = 0.9 / (eps * (2 * K - 1))                                   # δmin = 1 > ε(2K−1)δmax
     sa = T.synthetic_atoms(H, N, eps=eps, K=K, n_samples=40, delta_range=(1.0, dmax), seed=seed)
-    low, high = T.tsae_threshold_interval(sa.coherence, K, 1.0, dmax)
-    enc = T.theorem_tsae(sa.D, tau=low + frac * (high - low))
-    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
-    mid = T.theorem_tsae(sa.D, K=K, delta_range=(1.0, dmax))
-    assert T.support_recovery(sa.codes, mid.encode(sa.acts)) == 1.0
+    low, high = R.tsae_threshold_interval(sa.coherence, K, 1.0, dmax)
+    enc = R.theorem_tsae(sa.D, tau=low + frac * (high - low))
+    assert R.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    mid = R.theorem_tsae(sa.D, K=K, delta_range=(1.0, dmax))
+    assert R.support_recovery(sa.codes, mid.encode(sa.acts)) == 1.0
     D2, m2, aip = _in_aip_geometry(sa, seed)                           # stated under an AIP
-    assert T.support_recovery(sa.codes, T.theorem_tsae(D2, aip, K=K, delta_range=(1.0, dmax))(m2)) == 1.0
+    assert R.support_recovery(sa.codes, R.theorem_tsae(D2, aip, K=K, delta_range=(1.0, dmax))(m2)) == 1.0
     with pytest.raises(ValueError, match="unit norm under the AIP"):
-        T.theorem_tsae(D2, None, tau=0.5)
+        R.theorem_tsae(D2, None, tau=0.5)
 
 
 def test_threshold_below_interval_gives_false_positives():
     eps, K = 0.1, 3
     sa = T.synthetic_atoms(12, 8, eps=eps, K=K, n_samples=30, delta_range=(1.0, 1.0), seed=2)
-    low, high = T.tsae_threshold_interval(sa.coherence, K, 1.0, 1.0)  # off-support pre-acts are exactly εK
-    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=low * 1.001)(sa.acts)) == 1.0
-    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=low * 0.999)(sa.acts)) == 0.0
+    low, high = R.tsae_threshold_interval(sa.coherence, K, 1.0, 1.0)  # off-support pre-acts are exactly εK
+    assert R.support_recovery(sa.codes, R.theorem_tsae(sa.D, tau=low * 1.001)(sa.acts)) == 1.0
+    assert R.support_recovery(sa.codes, R.theorem_tsae(sa.D, tau=low * 0.999)(sa.acts)) == 0.0
 
 
 def test_threshold_above_interval_misses_atoms():
     eps = 0.1                                                          # two atoms at cos −ε, both active
     D = torch.tensor([[1.0, 0.0], [-eps, math.sqrt(1 - eps ** 2)]], dtype=f64)
     code = torch.tensor([[1.0, 2.0]], dtype=f64)                       # δmin = 1, δmax = 2: pre_1 = 1 − 2ε
-    low, high = T.tsae_threshold_interval(eps, 2, 1.0, 2.0)
+    low, high = R.tsae_threshold_interval(eps, 2, 1.0, 2.0)
     assert high == pytest.approx(0.8)
-    assert T.support_recovery(code, T.theorem_tsae(D, tau=high * 0.999)(code @ D)) == 1.0
-    assert T.support_recovery(code, T.theorem_tsae(D, tau=high * 1.001)(code @ D)) == 0.0
+    assert R.support_recovery(code, R.theorem_tsae(D, tau=high * 0.999)(code @ D)) == 1.0
+    assert R.support_recovery(code, R.theorem_tsae(D, tau=high * 1.001)(code @ D)) == 0.0
     with pytest.raises(ValueError, match="threshold interval is empty"):
-        T.theorem_tsae(D, K=2, delta_range=(1.0, 4.0))
+        R.theorem_tsae(D, K=2, delta_range=(1.0, 4.0))
 
 
 def test_truth_aip_rescues_a_coherent_dictionary():
     sa = T.synthetic_atoms(12, 8, eps=0.4, K=3, n_samples=50, delta_range=(1.0, 2.0), seed=3)
-    assert T.tsae_threshold_interval(sa.coherence, 3, 1.0, 2.0) is None   # Euclidean: no valid τ
-    assert T.support_recovery(sa.codes, T.theorem_tsae(sa.D, tau=0.5)(sa.acts)) < 0.5
-    enc = T.theorem_tsae(sa.D, sa.aip, K=3, delta_range=(1.0, 2.0))       # AIP of the truth: μ_S = 0
-    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    assert R.tsae_threshold_interval(sa.coherence, 3, 1.0, 2.0) is None   # Euclidean: no valid τ
+    assert R.support_recovery(sa.codes, R.theorem_tsae(sa.D, tau=0.5)(sa.acts)) < 0.5
+    enc = R.theorem_tsae(sa.D, sa.aip, K=3, delta_range=(1.0, 2.0))       # AIP of the truth: μ_S = 0
+    assert R.support_recovery(sa.codes, enc(sa.acts)) == 1.0
     torch.testing.assert_close(enc.decode(enc(sa.acts)), sa.acts)
 
 
 def test_signed_codes_and_tsae_export():
     sa = T.synthetic_atoms(16, 20, eps=0.15, K=2, n_samples=30, delta_range=(1.0, 1.5), seed=4, nonneg=False)
-    enc = T.theorem_tsae(sa.D, K=2, delta_range=(1.0, 1.5), signed=True)
-    assert T.support_recovery(sa.codes, enc(sa.acts)) == 1.0
+    enc = R.theorem_tsae(sa.D, K=2, delta_range=(1.0, 1.5), signed=True)
+    assert R.support_recovery(sa.codes, enc(sa.acts)) == 1.0
     with pytest.raises(ValueError, match="signed"):
         enc.to_tsae()
     pos = T.synthetic_atoms(16, 20, eps=0.15, K=2, n_samples=30, delta_range=(1.0, 1.5), seed=4)
-    enc = T.theorem_tsae(pos.D, K=2, delta_range=(1.0, 1.5))
+    enc = R.theorem_tsae(pos.D, K=2, delta_range=(1.0, 1.5))
     pytest.importorskip("atomslib.tsae")
     model = enc.to_tsae()
     torch.testing.assert_close(model.encode(pos.acts), enc(pos.acts))
@@ -261,10 +262,10 @@ def test_uniqueness_bound_and_support_recovery():
     with pytest.raises(ValueError, match="mu must be"):
         T.uniqueness_bound(1.5)
     t = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    assert T.support_recovery(t, torch.tensor([[0.5, 0.0], [1e-12, 2.0]])) == 1.0
-    assert T.support_recovery(t, torch.tensor([[0.5, 0.1], [0.0, 2.0]])) == 0.5
+    assert R.support_recovery(t, torch.tensor([[0.5, 0.0], [1e-12, 2.0]])) == 1.0
+    assert R.support_recovery(t, torch.tensor([[0.5, 0.1], [0.0, 2.0]])) == 0.5
     with pytest.raises(ValueError, match="same shape"):
-        T.support_recovery(t, t[:1])
+        R.support_recovery(t, t[:1])
     with pytest.raises(ValueError, match="D has all-zero rows"):
         T.rip_constant_bounds(torch.zeros(3, 2), 2)
 
@@ -330,7 +331,7 @@ def test_nonunique_witness_exists_iff_2K_reaches_the_spark(H, extra, K, seed):
     w = T.nonunique_witness(D, K)
     if 2 * K >= T.spark(D):
         _check_witness(D, K, w)
-        bp = T.basis_pursuit(D, (w.code_a @ D)[None])[0]
+        bp = R.basis_pursuit(D, (w.code_a @ D)[None])[0]
         l1 = lambda c: float((c.abs() * D.norm(dim=1)).sum())  # noqa: E731  (ℓ1 of the unit-atom weights)
         assert l1(w.code_b) <= l1(w.code_a) + 1e-9
         raw = float(bp.abs().sum())                                  # BP minimises the plain ℓ1 of D's coefficients
@@ -345,7 +346,7 @@ def test_nonunique_witness_on_the_simplex_and_the_search_guard():
     w = T.nonunique_witness(D, 3)                                  # K = 3 ≥ (1 + 1/μ)/2 = 2.5
     _check_witness(D, 3, w)
     assert sorted([int((w.code_a != 0).sum()), int((w.code_b != 0).sum())]) == [2, 3]
-    bp = T.basis_pursuit(D, (w.code_a @ D)[None])[0]
+    bp = R.basis_pursuit(D, (w.code_a @ D)[None])[0]
     torch.testing.assert_close(bp, w.code_b, rtol=0, atol=1e-7)    # ‖b‖₁ = 2 < 3 = ‖a‖₁: BP returns b
     big = T.synthetic_atoms(40, 80, K=1, n_samples=1).D
     with pytest.raises(ValueError, match="tiny dictionaries"):
@@ -360,7 +361,7 @@ def test_nonunique_witness_on_the_simplex_and_the_search_guard():
 def test_threshold_worst_case_is_exact(H, N, K, seed, x_max):
     D = T.synthetic_atoms(H, N, K=1, n_samples=1, seed=seed).D
     lo, hi = 1.0, x_max
-    wc = T.threshold_worst_case(D, K, (lo, hi))
+    wc = R.threshold_worst_case(D, K, (lo, hi))
     G = D @ D.T
     off_best, on_best = -math.inf, math.inf
     for S in itertools.combinations(range(N), K):                 # every support and every corner of the box
@@ -376,14 +377,14 @@ def test_threshold_worst_case_is_exact(H, N, K, seed, x_max):
     assert float((G @ wc.off_code)[wc.off_atom]) == pytest.approx(wc.off_max) and wc.off_code[wc.off_atom] == 0
     assert float((G @ wc.on_code)[wc.on_atom]) == pytest.approx(wc.on_min) and wc.on_code[wc.on_atom] == lo
     assert int((wc.off_code != 0).sum()) == K == int((wc.on_code != 0).sum())
-    iv = T.tsae_threshold_interval(float(G.abs().fill_diagonal_(0).max()), K, lo, hi)
+    iv = R.tsae_threshold_interval(float(G.abs().fill_diagonal_(0).max()), K, lo, hi)
     if iv is not None:                                             # the theorem's interval lies inside the exact one
         assert wc.off_max <= iv[0] + 1e-12 and iv[1] <= wc.on_min + 1e-12
     worst = torch.stack([wc.off_code, wc.on_code])
     if wc.off_max >= wc.on_min:                                    # empty: no threshold recovers both codes
         for t in torch.cat([G @ wc.off_code, G @ wc.on_code]).tolist():
             for tau in (t, t + 1e-9):
-                assert T.support_recovery(worst, T.theorem_tsae(D, tau=tau)(worst @ D)) < 1
+                assert R.support_recovery(worst, R.theorem_tsae(D, tau=tau)(worst @ D)) < 1
     else:
         tau = (wc.off_max + wc.on_min) / 2
-        assert T.support_recovery(worst, T.theorem_tsae(D, tau=tau)(worst @ D)) == 1.0
+        assert R.support_recovery(worst, R.theorem_tsae(D, tau=tau)(worst @ D)) == 1.0

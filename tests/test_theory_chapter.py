@@ -4,7 +4,7 @@ The chapter is executed with papermill on the `quick` and on the `default` profi
 20 s on a 2-core CPU), once each per session, into a temporary folder. For every theorem the
 results must hold a case **inside** its hypothesis with K ≥ 2 where the conclusion holds, and a case
 **outside** it where the conclusion fails. The sentences on the page must be the ones
-`theory_checks` writes from the saved results, and they must change when a parameter does.
+`book.theory_prose` writes from the saved results, and they must change when a parameter does.
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from atomslib import run
+from atomslib.book import results, run
 from atomslib import theory_checks as tc
+from atomslib.book import theory_prose as tp
 
 pytestmark = pytest.mark.book
 
@@ -109,13 +110,13 @@ def test_threshold_check_bites(chapter, profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_claims_and_aip_assumption(chapter, profile):
     res = chapter(profile)[0]
-    assert run.validate_results(res, "01_theory") == []
+    assert results.validate_results(res, "01_theory") == []
     by_id = {}
     for c in res["claims"]:
         by_id.setdefault(c["claim_id"], []).append(c["value"])
     assert set(by_id) == {"theorem.rip", "theorem.uniqueness", "theorem.l1_recovery", "theorem.omp_recovery",
                           "theorem.tsae_support"}
-    assert all(run.CLAIMS_BY_ID[k].verdict(v) == "supported" for k, vs in by_id.items() for v in vs)
+    assert all(results.CLAIMS_BY_ID[k].verdict(v) == "supported" for k, vs in by_id.items() for v in vs)
     rows = {r["codes"]: r for r in res["metrics"]["aip_assumption"]}
     assert rows["isotropic"]["E[xxᵀ] ∝ I"] and rows["isotropic"]["κ population"] == pytest.approx(1.0)
     assert all(r["κ population"] > 1.5 for name, r in rows.items() if name != "isotropic")
@@ -123,10 +124,10 @@ def test_claims_and_aip_assumption(chapter, profile):
 
 # ---- the prose is written from the results -------------------------------------------------------
 def _sentences(metrics: dict) -> list[str]:
-    return [tc.aip_assumption_prose(metrics["aip_assumption"]), tc.rip_prose(metrics["rip"]),
-            tc.uniqueness_prose(metrics["uniqueness"]),
-            tc.recovery_prose(metrics["recovery"], metrics["recovery_worst_case"]),
-            tc.threshold_prose(metrics["tsae"]), tc.summary_markdown(metrics)]
+    return [tp.aip_assumption_prose(metrics["aip_assumption"]), tp.rip_prose(metrics["rip"]),
+            tp.uniqueness_prose(metrics["uniqueness"]),
+            tp.recovery_prose(metrics["recovery"], metrics["recovery_worst_case"]),
+            tp.threshold_prose(metrics["tsae"]), tp.summary_markdown(metrics)]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -150,8 +151,8 @@ def test_recovery_sentence_changes_with_the_sweep(chapter):
     full, _ = chapter("quick")
     short, nb = chapter("quick", K_max=2)
     assert short["metrics"]["recovery"]["K"] == [1, 2] and short["params"]["K_max"] == 2
-    before = tc.recovery_prose(full["metrics"]["recovery"], full["metrics"]["recovery_worst_case"])
-    after = tc.recovery_prose(short["metrics"]["recovery"], short["metrics"]["recovery_worst_case"])
+    before = tp.recovery_prose(full["metrics"]["recovery"], full["metrics"]["recovery_worst_case"])
+    after = tp.recovery_prose(short["metrics"]["recovery"], short["metrics"]["recovery_worst_case"])
     assert after != before and after in _markdown_outputs(nb)
     assert "first misses a code" in before and "does not reach the sparsity where random codes start to fail" in after
     assert "first misses" not in after
@@ -161,10 +162,10 @@ def test_exercise_outcomes_are_what_a_run_with_that_parameter_gives(chapter):
     """The expected outcome printed with an exercise is the check itself, run with the exercise's value."""
     res, _ = chapter("quick")
     p = res["params"]
-    e = tc.uniqueness_exercise(8, p["seed"])
+    e = tp.uniqueness_exercise(8, p["seed"])
     row = next(r for r in tc.uniqueness_check(8, p["seed"]) if r["dictionary"].startswith("simplex"))
     assert (e["K certified"], e["K non-unique"]) == (row["K certified"], row["K non-unique"]) == (3, 4)
-    e = tc.rip_exercise(p["H"], 0.45, p["seed"])
+    e = tp.rip_exercise(p["H"], 0.45, p["seed"])
     rows = [r for r in tc.rip_check(tc.packed_dictionaries(p["H"], p["seed"]), p["H"], eq_eps=0.45,
                                     simplex_atoms=p["simplex_atoms"], seed=p["seed"]) if r["dictionary"] == e["dictionary"]]
     assert e["first_K_lost"] == min(r["K"] for r in rows if not r["RIP holds"]) == 4

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomslib._sae_step import Params, sae_step
+from atomslib.sae_step import Params, sae_step
 from atomslib.train import STATE_FILE, TrainLog, train_tsae
 from atomslib.tsae import TSAE, TSAEConfig
 from _disks import fill, read_only_dir, small_disk  # noqa: F401  (fixtures)
@@ -158,7 +158,7 @@ def test_sparse_kernel_equals_dense_kernel(activation, unit):
 
 # ---- data streams --------------------------------------------------------------------------------
 def test_iterable_stream_crosses_epochs_and_restores():
-    from atomslib._train_data import IterStream
+    from atomslib.train_data import IterStream
     x = torch.arange(50 * 3, dtype=torch.float32).reshape(50, 3)
     src = list(x.split(7))
     s = IterStream(src, 3)

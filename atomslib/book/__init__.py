@@ -1,5 +1,6 @@
 """The book wing: what the chapter notebooks share to show their results (figures, tables, prose,
-and chapter 5's atom browser, `atomslib.book.browser`).
+chapter 1's sentences from its results, `atomslib.book.theory_prose`, and chapter 5's atom
+browser, `atomslib.book.browser`).
 
 It may import the library; the library proper never imports it (tests/test_notebook_layout.py).
 Nothing of a chapter's story lives here: the notebooks keep their sentences, this only puts them

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..results import fmt
+from .results import fmt
 
 POSITIVE = (255, 136, 0)    # shading colour of positive activations (orange)
 NEGATIVE = (30, 120, 255)   # and of negative ones (blue)

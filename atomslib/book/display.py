@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..results import fmt
+from .results import fmt
 
 FIGURE_DPI = 110   # the saved PNG's resolution (the page shows the inline copy)
 

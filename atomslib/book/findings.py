@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..results import CLAIMS_BY_ID, PAPER_CLAIMS, fmt
+from .results import CLAIMS_BY_ID, PAPER_CLAIMS, fmt
 
 FINDINGS_FILE = "findings.md"   # in the output folder (book/generated/), beside the executed notebooks
 
@@ -28,7 +28,7 @@ def _measurement(r: Mapping) -> str:
 
 def findings_markdown(rows: Sequence[Mapping], *, profile: str, figure: str | None = None,
                       chapter_titles: Mapping[str, str] | None = None) -> str:
-    """Markdown of the findings from `atomslib.results.evaluate_claims` rows.
+    """Markdown of the findings from `atomslib.book.results.evaluate_claims` rows.
 
     Per claim: the statement, the paper's number (a reference), and each measurement's verdict by
     model and layer: the first metric variant a chapter reported for that model and layer (its

@@ -1,32 +1,39 @@
-"""Glue the notebooks share: harvested train/held-out caches and trained units, keyed and reused.
+"""The units store the notebooks share: harvested train/held-out caches and trained units, keyed
+and reused, and the measurements every chapter takes of them.
 
 Notebooks hold the story and the plots; every computation they need lives in the package. This
 module only wires the pieces together so that several notebooks of one profile share one
 harvest and one trained SAE per (layer, kind, capacity, budget) instead of recomputing them:
-everything is stored under `cache_dir`, in folders named by a hash of what determines them.
+everything is stored under `cache_dir` (default `$ATOMS_CACHE/book`, `atomslib.paths.book_cache`),
+in folders named by a hash of what determines them.
 
 Unit kinds (spec §5):
 - `neurons`: D = I_H, codes = the activations themselves (dense; an entry is active when
   |m_j| > tol).
 - `features`: an ordinary ReLU + L1 SAE (the paper's "traditional" SAE), trained by `train_tsae`.
 - `atoms`: a threshold-activated SAE (TSAE), trained by `train_tsae`.
+- `saelens`: SAELens's own JumpReLU trainer on the same activations (`train_saelens_units`).
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from .cache import ActivationCache, harvest_provenance
-from .harvesting import harvest
-from .lock import hold
-from .models import resolve_layers   # the notebooks call ex.resolve_layers(layers, model)
-from .tsae import TSAE, TSAEConfig
+from .. import criteria
+from .._util import none_for_nan
+from ..cache import ActivationCache, harvest_provenance
+from ..harvesting import harvest
+from ..lock import hold
+from ..models import resolve_layers
+from ..paths import book_cache
+from ..tsae import TSAE, TSAEConfig
 
 KINDS = ("neurons", "features", "atoms")
 _ACTIVATION = {"features": "relu", "atoms": "threshold"}
@@ -40,12 +47,30 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(name)).strip("-")[-40:]
 
 
-def cache_root(cache_dir: str | Path | None) -> Path:
-    """The folder where a profile's shared artefacts live (created)."""
-    import os
-    root = Path(cache_dir or os.environ.get("ATOMS_CACHE_DIR") or Path.cwd() / ".atoms-cache").expanduser()
+def store_root(cache_dir: str | Path | None) -> Path:
+    """The folder where a profile's shared artefacts live (created): `cache_dir`, else `$ATOMS_CACHE/book`."""
+    root = book_cache(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _manifest_id(cache: ActivationCache) -> str:
+    return _key({k: cache.manifest.get(k) for k in ("request", "shards", "n_tokens") if k in cache.manifest}
+                or cache.manifest)
+
+
+def _load_or_train(ck: Path, train: Callable[[], TSAE]) -> TSAE:
+    """The units saved complete at `ck`, else `train()`'s, saved there and marked complete. A damaged
+    final model is trained again (from its checkpoint, where the trainer keeps one), never used silently."""
+    if (ck / "DONE").is_file():
+        try:
+            return TSAE.load(ck)
+        except Exception:
+            (ck / "DONE").unlink()
+    units = train()
+    units.save(ck)
+    (ck / "DONE").write_text("complete\n")
+    return units
 
 
 class Caches(NamedTuple):
@@ -61,7 +86,7 @@ def harvest_caches(*, model: str, layers, site: str, tokens: int, heldout_tokens
     Reused when a complete cache of the same request exists; resumed when one was interrupted.
     """
     layers = resolve_layers(layers, model)
-    root = cache_root(cache_dir) / "acts"
+    root = store_root(cache_dir) / "acts"
     wait = kw.pop("wait", math.inf)
     out = []
     for split, n in (("train", tokens), ("heldout", heldout_tokens)):
@@ -96,25 +121,39 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
         budget = {"n_tokens": int(n_tokens)}
     cfg = TSAEConfig(d_model=H, n_units=N, activation=_ACTIVATION[kind], seed=seed, device=device,
                      **budget, **cfg_overrides)
-    manifest_id = _key({k: cache.manifest.get(k) for k in ("request", "shards", "n_tokens") if k in cache.manifest}
-                       or cache.manifest)
-    ident = {"cache": manifest_id, "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__}
-    ck = cache_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
-    reader = cache.reader(layer, batch_size=cfg.batch_size, max_tokens=max_tokens)
-    # Held while loading or training: a notebook running beside this one waits, then loads the result.
-    with hold(ck, "train_units", wait=math.inf):
-        if (ck / "DONE").is_file():
-            try:
-                return TSAE.load(ck)
-            except Exception:  # a damaged final model: train again from the checkpoint, never use it silently
-                (ck / "DONE").unlink()
-        from .train import train_tsae
+    ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__}
+    ck = store_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
+
+    def train() -> TSAE:
+        from ..train import train_tsae
+        reader = cache.reader(layer, batch_size=cfg.batch_size, max_tokens=max_tokens)
         aip = cache.aip(layer) if cfg.whiten else None
         model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
         model.fit_info["harvest"] = harvest_provenance(cache, layer)   # the hook name and model, for export_saelens
-        model.save(ck)
-        (ck / "DONE").write_text("complete\n")
         return model
+
+    # Held while loading or training: a notebook running beside this one waits, then loads the result.
+    with hold(ck, "train_units", wait=math.inf):
+        return _load_or_train(ck, train)
+
+
+def train_unit_set(cache: ActivationCache, layers, recipes: dict[str, dict], **common: Any) -> dict[tuple[str, int], TSAE]:
+    """Every kind of `recipes` ({kind: its train_units keywords}) on every layer of `cache`, trained or
+    loaded by `train_units` with the same `common` keywords, keyed (kind, layer). Chapter 3 trains this
+    set; chapters 2 and 5 ask for the same one and load it from the store."""
+    return {(kind, layer): train_units(kind, cache, layer, **common, **recipe)
+            for layer in layers for kind, recipe in recipes.items()}
+
+
+@torch.no_grad()
+def encode_rows(units: TSAE, m: torch.Tensor, *, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, m_hat) of rows `m`, encoded `batch_size` rows at a time."""
+    codes, m_hat = [], []
+    for i in range(0, m.shape[0], batch_size):
+        o = units(m[i:i + batch_size])
+        codes.append(o.codes.detach())
+        m_hat.append(o.m_hat.detach())
+    return torch.cat(codes), torch.cat(m_hat)
 
 
 @torch.no_grad()
@@ -124,12 +163,7 @@ def encode_all(units: TSAE | None, cache: ActivationCache, layer: int, *, batch_
     m = cache.load(layer, max_tokens=max_tokens)
     if units is None:
         return m, m, m
-    codes, m_hat = [], []
-    for i in range(0, m.shape[0], batch_size):
-        o = units(m[i:i + batch_size])
-        codes.append(o.codes)
-        m_hat.append(o.m_hat)
-    return m, torch.cat(codes), torch.cat(m_hat)
+    return (m, *encode_rows(units, m, batch_size=batch_size))
 
 
 def dictionary_of(units: TSAE | None, H: int) -> torch.Tensor:
@@ -138,17 +172,12 @@ def dictionary_of(units: TSAE | None, H: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Chapters 3 and 4: measuring units, SAELens units, a memorisation baseline, critical capacity.
-
-def _manifest_id(cache: ActivationCache) -> str:
-    return _key({k: cache.manifest.get(k) for k in ("request", "shards", "n_tokens") if k in cache.manifest}
-                or cache.manifest)
-
+# Measuring units (chapters 3, 4 and 8)
 
 def train_saelens_units(cache: ActivationCache, layer: int, *, capacity: float = 4.0, n_tokens: int, cache_dir=None,
                         seed: int = 0, device: str = "cpu", max_tokens: int | None = None, progress: bool = True,
                         **recipe: Any) -> TSAE:
-    """SAELens's own JumpReLU trainer (`interop.train_saelens_jumprelu`) on `layer` of `cache`,
+    """SAELens's own JumpReLU trainer (`interop_saelens_train.train_saelens_jumprelu`) on `layer` of `cache`,
     |D| = capacity × H, stored and reused like `train_units` (folder `units/saelens-L...`).
 
     `recipe`: further keyword arguments of `train_saelens_jumprelu` (l0_coeff, lr, ...). Needs
@@ -158,19 +187,16 @@ def train_saelens_units(cache: ActivationCache, layer: int, *, capacity: float =
     N = max(1, int(round(capacity * H)))
     ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "n_units": N,
              "n_tokens": int(n_tokens), "seed": int(seed), "recipe": recipe, "trainer": "sae_lens"}
-    ck = cache_root(cache_dir) / "units" / f"saelens-L{layer}-N{N}-{_key(ident)}"
-    if (ck / "DONE").is_file():
-        try:
-            return TSAE.load(ck)
-        except Exception:
-            (ck / "DONE").unlink()
-    from .interop import train_saelens_jumprelu
-    acts = cache.load(layer, max_tokens=max_tokens)
-    units = train_saelens_jumprelu(acts, H, N, n_tokens=int(n_tokens), seed=seed, device=device, progress=progress,
-                                   **recipe)
-    units.save(ck)
-    (ck / "DONE").write_text("complete\n")
-    return units
+    ck = store_root(cache_dir) / "units" / f"saelens-L{layer}-N{N}-{_key(ident)}"
+
+    def train() -> TSAE:
+        from ..interop_saelens_train import train_saelens_jumprelu
+        acts = cache.load(layer, max_tokens=max_tokens)
+        return train_saelens_jumprelu(acts, H, N, n_tokens=int(n_tokens), seed=seed, device=device,
+                                      progress=progress, **recipe)
+
+    with hold(ck, "train_saelens_units", wait=math.inf):
+        return _load_or_train(ck, train)
 
 
 def training_summary(units: TSAE | None) -> dict:
@@ -208,8 +234,6 @@ def evaluate_units(units: TSAE | None, cache: ActivationCache, layer: int, *, ai
     """Every criterion (R² euclid/uncentred/aip, q* A/B/C, L0, dead units, coherence) of `units`
     on the first `max_tokens` rows of `layer` of `cache` (neurons: units=None, D = I, codes = m,
     m̂ = m). `aip` is the AIP the cosines and the aip R² use (fit it on the *training* cache)."""
-    from . import criteria
-
     m, codes, m_hat = encode_all(units, cache, layer, max_tokens=max_tokens)
     D = dictionary_of(units, m.shape[1])
     met = criteria.unit_metrics(D, codes, m, m_hat, aip=aip, tol=tol)
@@ -222,109 +246,8 @@ def evaluate_units(units: TSAE | None, cache: ActivationCache, layer: int, *, ai
 def thresholded_neurons_r2(cache: ActivationCache, layer: int, tol: float, *, max_tokens: int | None = None) -> float:
     """R² (euclid) of the neurons' reconstruction when codes below `tol` are dropped: m̂ = m·1[|m| > tol]
     (what the neurons' L0 at that tol actually keeps)."""
-    from .criteria import faithfulness_r2
-
     m = cache.load(layer, max_tokens=max_tokens)
-    return faithfulness_r2(m, m * (m.abs() > tol))
-
-
-class Memorisation(NamedTuple):
-    """The memorisation baseline: D = the normalised training vectors, a 1-sparse code each."""
-    index: torch.Tensor    # (n,) the training vector chosen for each row
-    coeff: torch.Tensor    # (n,) its coefficient ⟨m, d⟩
-    m_hat: torch.Tensor    # (n, H) coeff · d
-
-
-def memorisation_dictionary(train_m: torch.Tensor) -> torch.Tensor:
-    """The training vectors as unit-norm rows (all-zero rows dropped): a dictionary with |D| = |M|."""
-    train_m = train_m.float()
-    norms = train_m.norm(dim=1)
-    keep = norms > 0
-    return train_m[keep] / norms[keep, None]
-
-
-@torch.no_grad()
-def memorise(D: torch.Tensor, m: torch.Tensor, *, batch_size: int = 1024, device=None) -> Memorisation:
-    """1-sparse codes of `m` on dictionary `D` (N, H): the row most aligned with each m
-    (largest |⟨m, d⟩|, Euclidean), with the projection ⟨m, d⟩ as its coefficient (the best
-    1-sparse least-squares fit on unit rows). On D's own training vectors this reconstructs them
-    exactly (R² = 1); on held-out rows it is nearest-direction lookup."""
-    D = D.float().to(device or D.device)
-    idx, coeff, m_hat = [], [], []
-    for i in range(0, m.shape[0], batch_size):
-        x = m[i:i + batch_size].float().to(D.device)
-        s = x @ D.T
-        a = s.abs().argmax(1)
-        c = s.gather(1, a[:, None]).squeeze(1)
-        idx.append(a.cpu())
-        coeff.append(c.cpu())
-        m_hat.append((c[:, None] * D[a]).cpu())
-    return Memorisation(torch.cat(idx), torch.cat(coeff), torch.cat(m_hat))
-
-
-class _OneHotCodes:
-    """Re-iterable dense (b, N) code batches of a 1-sparse code (index, coeff), built lazily."""
-
-    def __init__(self, index: torch.Tensor, coeff: torch.Tensor, N: int, batch_size: int = 256):
-        self.index, self.coeff, self.N, self.b = index, coeff, N, batch_size
-
-    def __iter__(self):
-        for i in range(0, self.index.numel(), self.b):
-            a, c = self.index[i:i + self.b], self.coeff[i:i + self.b]
-            z = torch.zeros(a.numel(), self.N)
-            z[torch.arange(a.numel()), a] = c
-            yield z
-
-
-@torch.no_grad()
-def memorisation_metrics(train_m: torch.Tensor, eval_m: torch.Tensor, *, aip=None, q_star: bool = True,
-                         device=None) -> dict:
-    """R² (euclid, uncentred, aip) of the memorisation baseline (D = normalised `train_m`) on `eval_m`,
-    its mean L0 (1, or 0 where the projection vanishes) and, when `q_star`, its q* (variant A under
-    `aip`): with K = 1 everywhere it only needs μ_a < 1, i.e. no exact duplicate, so it is ≈ 1.
-    `device`: where the lookup and the coherence pass run (|M| x |M| pairs: use a GPU for large |M|)."""
-    from . import criteria
-
-    D = memorisation_dictionary(train_m)
-    mem = memorise(D, eval_m, device=device)
-    acc = criteria.R2Accumulator(aip)
-    acc.update(eval_m.float(), mem.m_hat)
-    r2 = acc.result()
-    out = {"r2_euclid": r2.euclid, "r2_uncentred": r2.uncentred, "r2_aip": r2.aip,
-           "mean_l0": float((mem.coeff != 0).double().mean()), "n_units": int(D.shape[0]),
-           "n_samples": int(eval_m.shape[0])}
-    if q_star:
-        out["q_star_A"] = criteria.stability_q_star(D, _OneHotCodes(mem.index, mem.coeff, D.shape[0]), aip=aip,
-                                                    variant="A", device=device)
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
-
-
-def critical_capacity(capacities, r2, threshold: float) -> float | None:
-    """The smallest capacity whose R² reaches `threshold` (capacities in any order); None if none does."""
-    pairs = sorted((float(c), r) for c, r in zip(capacities, r2) if r is not None)
-    return next((c for c, r in pairs if r >= threshold), None)
-
-
-def grows_with_scale(scales, critical) -> float | None:
-    """1.0 when the critical capacity grows with data scale (non-decreasing along increasing scale and
-    larger at the largest scale than at the smallest; None, "never reached", counts as beyond every
-    capacity), 0.0 when it does not, None when no scale reached the threshold at all."""
-    pairs = sorted((float(s), math.inf if c is None else float(c)) for s, c in zip(scales, critical))
-    vals = [c for _, c in pairs]
-    if all(v == math.inf for v in vals) or len(vals) < 2:
-        return None
-    mono = all(b >= a for a, b in zip(vals, vals[1:]))
-    return 1.0 if mono and vals[-1] > vals[0] else 0.0
-
-
-def paper_reference(claim_id: str) -> float | None:
-    """The paper's own number for a claim of `run.PAPER_CLAIMS` as a fraction ("48.8%" -> 0.488), for
-    plotting beside ours as a reference; None when the paper states it in words."""
-    from .results import CLAIMS_BY_ID
-
-    text = CLAIMS_BY_ID[claim_id].paper.strip()
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*%", text)
-    return float(m.group(1)) / 100 if m else None
+    return criteria.faithfulness_r2(m, m * (m.abs() > tol))
 
 
 @torch.no_grad()
@@ -332,14 +255,7 @@ def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8
     """The criteria of a grid cell, cheaper than `criteria.unit_metrics` (no pair list, no variant C):
     R² (euclid, uncentred, aip), q* (variant A under `aip`), mean L0 and the fraction of units
     never active, of `units` on rows `m`."""
-    from . import criteria
-
-    codes, m_hat = [], []
-    for i in range(0, m.shape[0], batch_size):
-        o = units(m[i:i + batch_size])
-        codes.append(o.codes.detach())
-        m_hat.append(o.m_hat.detach())
-    codes, m_hat = torch.cat(codes), torch.cat(m_hat)
+    codes, m_hat = encode_rows(units, m, batch_size=batch_size)
     acc = criteria.R2Accumulator(aip)
     acc.update(m.float(), m_hat.float())
     r2 = acc.result()
@@ -349,7 +265,7 @@ def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8
            "mean_l0": float(criteria.l0(codes).double().mean()),
            "dead_fraction": float(criteria.dead_units(codes).double().mean()),
            "n_units": int(D.shape[0]), "n_samples": int(m.shape[0])}
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
+    return none_for_nan(out)
 
 
 def variance_share_of_top(m: torch.Tensor, frac: float = 0.01) -> float:

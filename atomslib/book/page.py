@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from .lock import guard_output
-from .tasks import GENERATED, Project, find_project, find_source, is_default, toc_entries
+from ..lock import guard_output
+from .project import GENERATED, Project, find_project, find_source, toc_entries
+from .tasks import is_default
 
 HTML_DIR = "html"   # under the output folder: html/NN_name/NN_name.html
 

@@ -11,7 +11,7 @@ Every notebook ends by writing `results/NN_name.json` through `save_results`:
 (paths relative to the results folder's parent), `environment`. Every claim value must appear on the
 notebook's page formatted by `fmt` (use `claims_table`): the book test checks it.
 
-Notebooks reach these names as `atomslib.run.NAME` (re-exported there).
+Notebooks use them as `from atomslib.book import results`.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._util import atomic_write_json
-from .tasks import MODELS_DIR
+from .. import __version__
+from .._util import atomic_write_json
+from .project import MODELS_DIR
 
 # ----------------------------------------------------------------------------------------------
 # The paper's claims: the shared vocabulary of results files and the rule each verdict follows.
@@ -108,7 +109,7 @@ def fmt(value: Any) -> str:
 def claim(claim_id: str, value: float | None, variant: str, split: str, **extra: Any) -> dict:
     """Build one claims entry, checked now so that a typo fails in the cell that made it."""
     if claim_id not in CLAIMS_BY_ID:
-        raise ValueError(f"unknown claim_id {claim_id!r}; known: {', '.join(CLAIMS_BY_ID)} (atomslib.run.PAPER_CLAIMS)")
+        raise ValueError(f"unknown claim_id {claim_id!r}; known: {', '.join(CLAIMS_BY_ID)} (atomslib.book.results.PAPER_CLAIMS)")
     if value is not None:
         if hasattr(value, "item"):  # numpy / torch scalars
             value = value.item()
@@ -191,7 +192,7 @@ def load_results(results_dir: str | os.PathLike) -> dict[str, dict]:
 
 def load_model_results(results_dir: str | os.PathLike) -> dict[str, dict]:
     """`load_results(results_dir)` plus the results of the runs on other models, which live in
-    `<results_dir>/../models/<slug>/results/` (`atomslib.tasks.make_model_tasks`), named `NN_name@<slug>`."""
+    `<results_dir>/../models/<slug>/results/` (`atomslib.book.tasks.make_model_tasks`), named `NN_name@<slug>`."""
     out = load_results(results_dir)
     for folder in sorted((Path(results_dir).parent / MODELS_DIR).glob("*/results")):
         out.update({f"{name}@{folder.parent.name}": r for name, r in load_results(folder).items()})
@@ -258,3 +259,10 @@ def conclusion_summary(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
             entry["measurements"].append(f"{r['ours']} ({r['variant']}, {r['split']}, {r['where']})")
     return out
 
+
+def paper_reference(claim_id: str) -> float | None:
+    """The paper's own number for a claim of `PAPER_CLAIMS` as a fraction ("48.8%" -> 0.488), for
+    plotting beside ours as a reference; None when the paper states it in words."""
+    text = CLAIMS_BY_ID[claim_id].paper.strip()
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*%", text)
+    return float(m.group(1)) / 100 if m else None

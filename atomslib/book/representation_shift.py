@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._util import check_acts
-from .aip import AIP, MomentAccumulator, centered_cosine_matrix
+from .._util import check_acts
+from ..aip import AIP, MomentAccumulator, centered_cosine_matrix
 
 Tensor = torch.Tensor
 GEOMETRIES = ("euclid", "centred", "aip")

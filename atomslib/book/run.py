@@ -1,21 +1,20 @@
 """Execute the book's notebooks with papermill: executors, `run_notebook`, `run_all` and `atoms run`.
 
 `atoms run 01_theory --profile quick -p seed=3` runs one notebook (`--html` also renders it as a
-web page, `atomslib.page`); `atoms run --all` runs every notebook named in `_toc.yml`; `--list` shows
+web page, `atomslib.book.page`); `atoms run --all` runs every notebook named in `_toc.yml`; `--list` shows
 the values each notebook would run with. Sources are jupytext MyST files `notebooks/NN_name.md`; the
 outputs go to the book's generated folder (default `book/generated/`)::
 
     book/generated/NN_name.ipynb          executed notebook (what the book renders)
-    book/generated/results/NN_name.json   its numbers (the convention of atomslib.results)
+    book/generated/results/NN_name.json   its numbers (the convention of atomslib.book.results)
     book/generated/figures/...            its figures
 
 The notebook runs with that folder as its working directory, so path parameters are passed relative
 to it (also where `pytest --nbval` re-executes it).
 
-Results files follow the convention of `atomslib.results` (every notebook writes one through
-`save_results`); grids (one notebook over several parameter sets) are `atomslib.grid`; profiles,
-parameters, run keys and `Task` are `atomslib.tasks`. Their names are re-exported here, so notebooks
-need only `from atomslib import run`.
+Results files follow the convention of `atomslib.book.results` (every notebook writes one through
+`save_results`); grids (one notebook over several parameter sets) are `atomslib.book.grid`; profiles,
+parameters, run keys and `Task` are `atomslib.book.tasks`. This module only executes.
 
 Profiles (`data/profiles/NAME.yaml`)
 --------------------------------------
@@ -24,7 +23,7 @@ Profiles (`data/profiles/NAME.yaml`)
 `notebooks` (`NN_name: {param: value}`: overrides for one notebook; a name the notebook does not
 declare is an error). `-p key=value` (values parsed as YAML) comes last. Path parameters:
 `results_dir` and `figures_dir` are relative to the output folder, other `*_dir` ones to the
-project root; `cache_dir: null` means `$ATOMS_CACHE_DIR` or `<root>/.atoms-cache`.
+project root; `cache_dir: null` means `$ATOMS_CACHE/book` (`atomslib.paths`).
 
 Run keys and notebook front matter
 ----------------------------------
@@ -39,12 +38,11 @@ Executors
 A `Task` is plain data (the notebook JSON, parameters, output paths, key) and
 `execute_task` turns one into a `TaskResult` anywhere atomslib is installed. An
 `Executor` runs a list of tasks; `LocalExecutor` runs them one by one or `jobs` at once
-in subprocesses. Another executor (e.g. Ray) lives in its own module `atomslib/run_NAME.py` that
+in subprocesses. Another executor (e.g. Ray) lives in its own module `atomslib/book/run_NAME.py` that
 calls `register_executor("NAME", cls)`; `--executor NAME` imports it on demand.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -59,19 +57,14 @@ from pathlib import Path
 from typing import Any
 
 
-from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
-from .lock import WAIT_ENV, FolderLocked, OutputDirError, add_wait_option, check_output_dir, guard_output
-# Re-exported: notebooks, tests, bench/ and run_ray.py reach all of these as `atomslib.run.NAME`.
-from .grid import (GRID_DIR, GridPoints, expand_grid, grid_label, grid_slug,  # noqa: F401
-                   make_grid_tasks, merge_grid)
-from .results import (CLAIMS_BY_ID, PAPER_CLAIMS, Claim, claim, claims_table, conclusion_summary,  # noqa: F401
-                      evaluate_claims, fmt, load_model_results, load_results, notebook_params, save_results, validate_results,
-                      verdicts_by_model)
-from .tasks import (GENERATED, KEY_EXCLUDED, OUT_RELATIVE, NotebookSource, Profile, Project, Task,  # noqa: F401
-                    MODELS_DIR, TaskResult, find_project, find_source, is_current, is_default, list_sources, load_profile,
-                    make_model_tasks, make_task, model_out, model_slug, models_of, parse_assignments,
-                    read_notebook, resolve_params, run_key, toc_entries)
+from .. import __version__
+from .._util import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from ..lock import FolderLocked, OutputDirError, check_output_dir, guard_output
+from .grid import make_grid_tasks, merge_grid
+from .results import validate_results
+from .project import (MODELS_DIR, NotebookSource, Profile, find_project, find_source, list_sources, load_profile,
+                      read_notebook, toc_model_pages, toc_notebooks)
+from .tasks import Task, TaskResult, is_current, make_model_tasks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +152,7 @@ def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
                                      kernel_name=task.kernel_name, progress_bar=task.progress,
                                      execution_timeout=task.timeout, kernel_manager_class=_ipc_kernel_manager())
         if not res_path.exists():
-            raise RuntimeError(f"it ran but wrote no {res_path}; end it with atomslib.run.save_results(...)")
+            raise RuntimeError(f"it ran but wrote no {res_path}; end it with atomslib.book.results.save_results(...)")
         results = json.loads(res_path.read_text())
         problems = validate_results(results, task.name)
         if problems:
@@ -270,14 +263,15 @@ def get_executor(name: str | Executor = "local", *, jobs: int = 1, address: str 
     if isinstance(name, Executor):
         return name
     if name not in _EXECUTORS:
+        plugin = f"{__package__}.run_{name}"
         try:
-            importlib.import_module(f"atomslib.run_{name}")  # registers itself
+            importlib.import_module(plugin)  # registers itself
         except ModuleNotFoundError as e:
-            if e.name != f"atomslib.run_{name}":
+            if e.name != plugin:
                 raise
     if name not in _EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(_EXECUTORS))} "
-                         f"(a new one lives in atomslib/run_{name}.py and calls register_executor)")
+                         f"(a new one lives in atomslib/book/run_{name}.py and calls register_executor)")
     factory = _EXECUTORS[name]
     if options:
         import inspect
@@ -325,30 +319,6 @@ def run_notebook_models(name: str | os.PathLike, params: Mapping[str, Any] | Non
             raise NotebookFailed(res.message)
         results.append(res)
     return results
-
-
-def toc_notebooks(project: Project) -> list[tuple[str, str]]:
-    """(name, title) of every `book/generated/*` entry of `_toc.yml`, in order; without a toc,
-    every source in `notebooks/`."""
-    if not project.toc.exists():
-        return [(p.stem, p.stem) for p in list_sources(project)]
-    prefix = GENERATED.as_posix() + "/"
-    return [(Path(f).stem if f.endswith(".ipynb") else Path(f).name, e.get("title") or Path(f).name)
-            for e in toc_entries(project) if (f := str(e.get("file", ""))).startswith(prefix)
-            and "/" not in f[len(prefix):]]   # models/<slug>/NN_name pages are the runs of those chapters
-
-
-def toc_model_pages(project: Project) -> list[tuple[str, str]]:
-    """(model folder, notebook name) of every `book/generated/models/<slug>/NN_name` entry of `_toc.yml`:
-    the pages of a chapter's run on another model."""
-    prefix = f"{GENERATED.as_posix()}/{MODELS_DIR}/"
-    out = []
-    for e in toc_entries(project):
-        f = str(e.get("file", ""))
-        if f.startswith(prefix) and f[len(prefix):].count("/") == 1:
-            slug, nb = f[len(prefix):].split("/")
-            out.append((slug, Path(nb).stem if nb.endswith(".ipynb") else nb))
-    return out
 
 
 def write_placeholder(path: Path, name: str, title: str, source: str, note: str | None = None) -> None:
@@ -453,130 +423,3 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
                                    "(or a profile whose `models` list it) writes this page.")
     order = {n: i for i, (n, _) in enumerate(toc)}
     return sorted(results, key=lambda r: (order.get(r.name.split("[")[0], len(order)), "[" in r.name, r.name))
-
-
-def describe_params(profile: str | Profile = "default", params: Mapping[str, Any] | None = None, *,
-                    notebook: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                    out_dir: str | os.PathLike | None = None) -> str:
-    """What `atoms run --list` prints: every parameter of each notebook (or of `notebook`) with the
-    value it would run with under `profile` and `params` (-p), in the notebook's own syntax (what
-    papermill injects); a value other than the notebook's own default says where it comes from
-    (`(profile; notebook: 20000)`, `(-p; ...)`); a gridded notebook also says which axes its points set."""
-    from papermill.translators import PythonTranslator
-
-    project = find_project(root)
-    prof = load_profile(profile, root=project.root)
-    out = Path(out_dir).resolve() if out_dir else project.default_out
-    params = dict(params or {})
-    if notebook is not None:
-        sources = [read_notebook(find_source(project, notebook))]
-    else:
-        sources = [read_notebook(p) for p in list_sources(project)]
-        undeclared = sorted(set(params) - {k for s in sources for k in s.declared})
-        if undeclared:   # the same check as run_all: a -p no notebook takes is a typo
-            raise ValueError(f"-p {', '.join(undeclared)}: no notebook declares it; parameters: "
-                             + ", ".join(sorted({k for s in sources for k in s.declared})))
-    where = os.path.relpath(prof.path, project.root) if prof.path else prof.name
-    given = f" and -p {', '.join(f'{k}={v!r}' for k, v in params.items())}" if params else ""
-    lines = [f"The values each notebook would run with on profile {prof.name!r} ({where}){given}. A value that is not "
-             f"the notebook's own default says where it comes from (profile or -p) and what the notebook's default is; "
-             f"*_dir paths are as the notebook sees them, relative to its working directory {out}."]
-    for src in sources:
-        # strict for one named notebook (a -p it does not declare is an error), lenient over all (as run_all is)
-        resolved = resolve_params(src, prof, params, project=project, out_dir=out, strict=notebook is not None)
-        items = []
-        for k, declared in src.declared.items():
-            if k not in resolved:
-                items.append(f"{k}={declared['default']}")
-            elif is_default(declared["default"], resolved[k]):
-                items.append(f"{k}={PythonTranslator.translate(resolved[k])}")
-            else:
-                origin = "-p" if k in params else "profile"
-                items.append(f"{k}={PythonTranslator.translate(resolved[k])} ({origin}; notebook: {declared['default']})")
-        lines.append(f"{src.name} (stage {src.stage}): " + (", ".join(items) or "(no parameters)"))
-        if prof.grid.get(src.name):
-            points = expand_grid(prof.grid[src.name], where=f"profile {prof.name!r}, grid of {src.name}")
-            axes = list(dict.fromkeys(k for p in points for k in p))
-            lines.append(f"  grid: {len(points)} tasks, each point replacing {', '.join(axes)} above")
-        else:
-            own, models = models_of(src, prof, params)
-            if models != [None] and (len(models) > 1 or str(models[0]) != str(own)):
-                lines.append("  runs on: " + "; ".join(
-                    f"{m} -> {'.' if str(m) == str(own) else model_out(m)}/" for m in models))
-    return "\n".join(lines)
-
-
-def summary_table(results: Sequence[TaskResult]) -> str:
-    """A fixed-width table of results: notebook, status, seconds and the first 12 hex digits of its key."""
-    lines = [f"{'notebook':<32} {'status':<8} {'seconds':>8}  key", "-" * 64]
-    for r in results:
-        secs = f"{r.seconds:8.1f}" if r.status in ("ok", "failed") else f"{'-':>8}"
-        lines.append(f"{r.name:<32} {r.status:<8} {secs}  {r.key[:12] or '-'}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def configure_run_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", nargs="?", help="notebook to run: 01_theory, 01, theory or a path (or use --all)")
-    p.add_argument("--all", action="store_true", help="run every notebook of _toc.yml (stage 1, then stage 2)")
-    p.add_argument("--profile", default="default", help="data/profiles/NAME.yaml or a YAML path (default: default)")
-    p.add_argument("--model", help="shorthand for -p model=M")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a notebook parameter; VALUE is YAML (-p layers=[3,15] -p tokens=2000)")
-    p.add_argument("--out", help=f"output folder (default: {GENERATED}/ in the project)")
-    p.add_argument("--force", action="store_true", help="rerun even when the outputs carry the same run key")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once (--all; default 1)")
-    p.add_argument("--executor", default="local", help="where tasks run: local (default), or a registered one")
-    p.add_argument("--address", help="cluster address for a cluster executor")
-    p.add_argument("--retries", type=int, help="cluster executors: attempts after the first for a task whose "
-                   "worker died (and for out-of-memory cell errors); default 2")
-    p.add_argument("--artifacts", choices=("shared", "local"), help="cluster executors: large artefacts "
-                   "(activation caches, TSAEs) in the shared cache_dir every worker sees (shared, default), "
-                   "or harvested by each worker into its own local cache (local)")
-    p.add_argument("--root", help="project root (default: found from the current folder)")
-    from .page import add_html_option
-    add_html_option(p)
-    p.add_argument("--list", action="store_true", help="list the notebooks (or NOTEBOOK) with the parameter values "
-                   "they would run with (the profile merged, then -p), then exit")
-    add_wait_option(p)   # also for the notebooks' own harvests and trainings (through $ATOMS_LOCK_WAIT)
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    if args.wait is not None:
-        os.environ[WAIT_ENV] = str(args.wait)
-    overrides = parse_assignments(args.param)
-    if args.model:
-        overrides["model"] = args.model
-    if args.list:
-        print(describe_params(args.profile, overrides, notebook=args.notebook, root=args.root, out_dir=args.out))
-        return 0
-    if bool(args.all) == bool(args.notebook):
-        raise ValueError("give one NOTEBOOK or --all (see atoms run --help)")
-    if args.html and not args.notebook:
-        raise ValueError("--html renders one notebook: give NOTEBOOK (the whole book is built by make book)")
-    if args.notebook:
-        if args.jobs != 1 or args.executor != "local":
-            raise ValueError("--jobs and --executor apply to --all")
-        for res in run_notebook_models(args.notebook, overrides, profile=args.profile, out_dir=args.out,
-                                       root=args.root, force=args.force, progress=sys.stderr.isatty()):
-            print(f"{res.name}: {res.status} ({res.seconds:.1f} s, key {res.key[:12]})\n  {res.notebook_path}\n  {res.results_path}")
-            if args.html:
-                from .page import render_page
-                print(f"  {render_page(res.notebook_path, root=args.root)}")
-        return 0
-    results = run_all(args.profile, args.executor, args.jobs, args.address, root=args.root, out_dir=args.out,
-                      params=overrides, force=args.force,
-                      executor_options={"retries": args.retries, "artifacts": args.artifacts})
-    print(summary_table(results))
-    folders = list(dict.fromkeys(str(Path(r.notebook_path).parent) for r in results
-                              if r.notebook_path and r.status in ("ok", "skipped") and f"/{GRID_DIR}/" not in r.notebook_path))   # grid points: their merged page
-    if folders:
-        print("pages and results in: " + ", ".join(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else f
-                                                   for f in folders), file=sys.stderr)
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        print(f"\n{r.message}", file=sys.stderr)
-    return 1 if failed else 0

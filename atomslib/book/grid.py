@@ -2,8 +2,7 @@
 
 Each point is an ordinary `Task` with its own run key and output folder
 (`<out>/grid/NN_name/<slug>/`); once every point has run, `merge_grid` writes the chapter's page and
-results file from theirs. `atomslib/run_ray.py` runs the points on a cluster. Every name here is
-re-exported from `atomslib.run`.
+results file from theirs. `atomslib/book/run_ray.py` runs the points on a cluster.
 """
 from __future__ import annotations
 
@@ -18,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json
+from .. import __version__
+from .._util import atomic_write_bytes, atomic_write_json
 from .results import fmt, validate_results
-from .tasks import (OUT_RELATIVE, NotebookSource, Profile, Project, TaskResult, is_current, make_task, out_params,
-                    resolve_params)
+from .project import NotebookSource, Profile, Project
+from .tasks import OUT_RELATIVE, TaskResult, is_current, make_task, out_params, resolve_params
 
 GRID_DIR = "grid"  # grid points' outputs: <out>/grid/NN_name/<slug>/{NN_name.ipynb,results/,figures/}
 

@@ -1,7 +1,7 @@
 """Run the book's notebooks as Ray tasks: `atoms run --all --executor ray [--address ADDR]`.
 
 Ray is an optional extra (`pip install .[ray]`, pinned in `requirements-ray.lock`); nothing here
-imports it until a grid runs. The executor registers itself as `ray` with `atomslib.run`.
+imports it until a grid runs. The executor registers itself as `ray` with `atomslib.book.run`.
 
 Where tasks run
 ---------------
@@ -32,10 +32,10 @@ Large artefacts: `artifacts="shared"` or `"local"` (`--artifacts`)
 ----------------------------------------------------------------
 Activation caches and trained TSAEs live in the notebooks' `cache_dir` and never travel through the
 object store. `shared` (default): every worker uses the same `cache_dir`, made absolute on the driver
-(`-p cache_dir=/shared/atoms-cache`, `$ATOMS_CACHE_DIR`, or the project's `.atoms-cache`): right on
+(`-p cache_dir=/shared/atoms-cache`, else `$ATOMS_CACHE/book`, `atomslib.paths.book_cache`): right on
 one machine and on clusters with a shared filesystem mounted at the same path; a model's layers are
 harvested once and reused by every chapter. `local`: each worker uses its own node-local cache
-(`local_cache_dir`, else `$ATOMS_CACHE_DIR` on the worker, else `<tmp>/atoms-cache`) and harvests what
+(`local_cache_dir`, else `$ATOMS_CACHE/book` on the worker) and harvests what
 its tasks need; right on clusters without a shared filesystem (more GPU time, no shared storage).
 `cache_dir` is excluded from the run key, so the choice never changes which runs are current.
 
@@ -68,9 +68,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import __version__
-from . import run as _run
-from ._util import atomic_write_bytes
+from .. import __version__
+from .run import Executor, register_executor, safe_execute
+from .tasks import OUT_RELATIVE, Task, TaskResult, is_current
+from .._util import atomic_write_bytes
+from ..paths import book_cache
+from ..patches import ray_on_loopback
 
 ARTIFACT_MODES = ("shared", "local")
 # Parameters that decide which activation cache (and trained units) a task needs: tasks agreeing on
@@ -80,7 +83,7 @@ RETRY_ERRORS = ("OutOfMemoryError", "MemoryError")  # cell errors worth another 
 
 
 @dataclass
-class RayTaskResult(_run.TaskResult):
+class RayTaskResult(TaskResult):
     """A TaskResult with what the cluster did: attempts, the last worker host, time inside the worker
     (`seconds`, comparable to the local executor's) and on the driver (`wall_seconds`, from first
     submission to outputs written), and for a failure its kind and cell."""
@@ -92,19 +95,6 @@ class RayTaskResult(_run.TaskResult):
 
 # ----------------------------------------------------------------------------------------------
 # Cluster
-
-
-class _loopback:
-    """Make Ray take 127.0.0.1 as this node's IP while `ray.init` runs: on Linux it otherwise picks the
-    outward-facing address, which a cluster bound to loopback does not know (and binds to it)."""
-
-    def __enter__(self):
-        from ray._private import ray_constants
-        self.saved, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
-
-    def __exit__(self, *exc):
-        from ray._private import ray_constants
-        ray_constants.ENABLE_RAY_CLUSTER = self.saved
 
 
 def _is_loopback(address: str) -> bool:
@@ -122,7 +112,7 @@ def start_local_cluster(num_cpus: int | None = None, *, temp_dir: str | None = N
     kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
-    with _loopback():  # Ray's servers bind to the node IP it advertises: loopback here
+    with ray_on_loopback():  # Ray's servers bind to the node IP it advertises: loopback here
         ctx = ray.init(address="local", num_cpus=num_cpus, **kwargs)
     ip = ctx.address_info.get("node_ip_address")
     if ip not in ("127.0.0.1", "localhost", "::1"):
@@ -186,15 +176,14 @@ def execute_on_worker(payload: dict) -> dict:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
             shipped[str(dest)] = data
-        task = _run.Task(**payload["task"])
+        task = Task(**payload["task"])
         params = dict(task.params)
         if payload["artifacts"] == "local" and "cache_dir" in params:
-            params["cache_dir"] = (payload["local_cache_dir"] or os.environ.get("ATOMS_CACHE_DIR")
-                                   or os.path.join(tempfile.gettempdir(), f"atoms-cache-{os.getuid()}"))
+            params["cache_dir"] = str(book_cache(payload["local_cache_dir"]))
         nb_path, res_path = out / payload["rel_notebook"], out / payload["rel_results"]
         local = dataclasses.replace(task, params=params, out_dir=str(out), notebook_path=str(nb_path),
                                     results_path=str(os.path.normpath(res_path)), force=True, progress=False)
-        r = _run.safe_execute(local)
+        r = safe_execute(local)
         files = {}
         for f in sorted(p for p in root.rglob("*") if p.is_file()):
             data = f.read_bytes()
@@ -220,7 +209,7 @@ def execute_on_worker(payload: dict) -> dict:
 # Driver side
 
 
-class RayExecutor(_run.Executor):
+class RayExecutor(Executor):
     """Tasks as Ray tasks on a cluster (see the module docstring for resources, outputs, artefacts
     and retries). `init_kwargs` go to `ray.init` (e.g. `runtime_env`, `log_to_driver=True`)."""
 
@@ -258,7 +247,7 @@ class RayExecutor(_run.Executor):
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             kwargs = {"log_to_driver": False, **self.init_kwargs}
             if _is_loopback(address):  # a cluster bound to 127.0.0.1 on this machine (start_local_cluster)
-                with _loopback():
+                with ray_on_loopback():
                     ray.init(address=address, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
@@ -266,17 +255,17 @@ class RayExecutor(_run.Executor):
             start_local_cluster(self.jobs if self.jobs > 1 else None, **self.init_kwargs)
         return ray
 
-    def resources(self, task: _run.Task) -> dict:
+    def resources(self, task: Task) -> dict:
         """Ray resource request of a task: a GPU when its `device` parameter is cuda, else CPUs."""
         gpu = str(task.params.get("device", "cpu")).startswith("cuda")
         return {"num_cpus": self.cpus_per_task, "num_gpus": self.gpus_per_task if gpu else 0}
 
     # -- payloads and outputs ------------------------------------------------------------------
-    def payload(self, task: _run.Task) -> dict:
+    def payload(self, task: Task) -> dict:
         """What travels to the worker: the task, its declared input files and where outputs go."""
         out = Path(task.out_dir)
         params = dict(task.params)
-        for k in _run.OUT_RELATIVE & set(params):
+        for k in OUT_RELATIVE & set(params):
             if params[k] is not None and os.path.isabs(str(params[k])):
                 raise ValueError(f"{k}={params[k]} is outside the output folder {out}: with a cluster executor "
                                  f"{k} must be relative to it (results come back there)")
@@ -295,7 +284,7 @@ class RayExecutor(_run.Executor):
                 "depth": _depth([*files, rel_nb, rel_res]), "rel_notebook": rel_nb, "rel_results": rel_res,
                 "artifacts": self.artifacts, "local_cache_dir": self.local_cache_dir, "version": __version__}
 
-    def write_outputs(self, task: _run.Task, files: dict[str, bytes], ok: bool) -> None:
+    def write_outputs(self, task: Task, files: dict[str, bytes], ok: bool) -> None:
         """Write a worker's files into the driver's output folder, atomically, results and notebook last."""
         out = Path(task.out_dir)
         nb_path, res_path = Path(task.notebook_path).resolve(), Path(task.results_path).resolve()
@@ -317,7 +306,7 @@ class RayExecutor(_run.Executor):
         atomic_write_bytes(nb_path, nbformat.writes(nb).encode())
         partial.unlink(missing_ok=True)
 
-    def artefact_group(self, task: _run.Task) -> str | None:
+    def artefact_group(self, task: Task) -> str | None:
         """Tasks with the same group need the same activation cache: only for notebooks with a cache_dir."""
         if not self.warm_first or "cache_dir" not in task.params:
             return None
@@ -327,17 +316,17 @@ class RayExecutor(_run.Executor):
         return kind in ("worker", "kernel") or (kind == "cell" and bool(error) and error["ename"] in self.retry_errors)
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, tasks: Sequence[_run.Task], on_result: Callable[[_run.TaskResult], None] | None = None):
-        done: list[_run.TaskResult] = []
+    def run(self, tasks: Sequence[Task], on_result: Callable[[TaskResult], None] | None = None):
+        done: list[TaskResult] = []
 
-        def finish(r: _run.TaskResult):
+        def finish(r: TaskResult):
             done.append(r)
             if on_result:
                 on_result(r)
 
         todo = deque()
         for t in tasks:
-            if not t.force and _run.is_current(t.notebook_path, t.results_path, t.key):
+            if not t.force and is_current(t.notebook_path, t.results_path, t.key):
                 finish(RayTaskResult(t.name, "skipped", 0.0, t.key, notebook_path=t.notebook_path,
                                      results_path=t.results_path))
             else:
@@ -353,12 +342,12 @@ class RayExecutor(_run.Executor):
                   "GPU (device: cuda) but the Ray cluster has none yet; they wait until a GPU node joins "
                   "(Ctrl-C stops; finished tasks are kept)", file=sys.stderr)
         cap = self.jobs if self.jobs > 1 else float("inf")
-        in_flight: dict[Any, tuple[_run.Task, int]] = {}
+        in_flight: dict[Any, tuple[Task, int]] = {}
         started: dict[str, float] = {}
         self._t0 = started
         attempts: dict[str, int] = {}
 
-        def submit(t: _run.Task):
+        def submit(t: Task):
             try:
                 payload = self.payload(t)
             except Exception as e:  # noqa: BLE001 -- reported, the grid goes on
@@ -378,7 +367,7 @@ class RayExecutor(_run.Executor):
         warm: set[str] = set()
         warmer: dict[str, str] = {}  # group -> key of the task building its artefacts
 
-        def next_task() -> _run.Task | None:
+        def next_task() -> Task | None:
             for i, t in enumerate(todo):
                 g = self.artefact_group(t)
                 if g is None or g in warm or warmer.get(g, t.key) == t.key:
@@ -419,7 +408,7 @@ class RayExecutor(_run.Executor):
             raise
         return done
 
-    def _result(self, t: _run.Task, res: dict, kind: str | None, attempt: int) -> RayTaskResult:
+    def _result(self, t: Task, res: dict, kind: str | None, attempt: int) -> RayTaskResult:
         wall = time.monotonic() - self._started_at(t)
         files = res.get("files", {})
         size = sum(len(b) for b in files.values()) / 2 ** 20
@@ -446,8 +435,8 @@ class RayExecutor(_run.Executor):
                                                      else " (not retried: deterministic)"))
         return r
 
-    def _started_at(self, t: _run.Task) -> float:
+    def _started_at(self, t: Task) -> float:
         return getattr(self, "_t0", {}).get(t.key, time.monotonic())
 
 
-_run.register_executor("ray", RayExecutor)
+register_executor("ray", RayExecutor)
