@@ -25,6 +25,7 @@ and checked for write access and free space before any compute.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import platform
 import sys
@@ -433,29 +434,38 @@ def _versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- CLI
 
+def harvest_defaults() -> dict[str, Any]:
+    """`harvest()`'s keyword defaults: the one place the CLI (and the TransformerLens bridge) read them."""
+    return {k: v.default for k, v in inspect.signature(harvest).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+
+
 def configure_harvest_parser(p) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' (default) or 'gemma3-270m' (embedded, "
+    d = harvest_defaults()
+    layers = ",".join(map(str, d["layers"]))
+    p.add_argument("--model", default=d["model"], help=f"'{d['model']}' (default) or 'gemma3-270m' (embedded, "
                    "offline), a local folder or a HF id")
-    p.add_argument("--layers", default="3,15", help="comma-separated block indices (-1: the last), ranges (0-5), "
-                   "fractions of depth (0.5) or early/middle/late/all, resolved for the model (default 3,15)")
-    p.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site (default resid_post)")
-    p.add_argument("--tokens", type=int, default=20_000, help="token positions to harvest (default 20000)")
+    p.add_argument("--layers", default=layers, help="comma-separated block indices (-1: the last), ranges (0-5), "
+                   f"fractions of depth (0.5) or early/middle/late/all, resolved for the model (default {layers})")
+    p.add_argument("--site", default=d["site"], choices=list(HOOK_SITES), help=f"hook site (default {d['site']})")
+    p.add_argument("--tokens", type=int, default=d["tokens"], help=f"token positions to harvest (default {d['tokens']})")
     p.add_argument("--out", default=None, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
-    p.add_argument("--corpus", default=WIKI_OFFLINE, help="corpus name or .txt/.jsonl path/glob (default wiki-offline)")
-    p.add_argument("--split", default="train", choices=["train", "heldout", "all"])
-    p.add_argument("--ctx-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=list(_DTYPES), help="storage dtype")
-    p.add_argument("--model-dtype", default=None, choices=list(_DTYPES), help="parameter dtype (bfloat16 for big models)")
-    p.add_argument("--device", default="cpu", type=cli_device, help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument("--corpus", default=d["corpus"], help=f"corpus name or .txt/.jsonl path/glob (default {d['corpus']})")
+    p.add_argument("--split", default=d["split"], choices=["train", "heldout", "all"], help=f"corpus split: heldout documents are never in train (default {d['split']})")
+    p.add_argument("--ctx-len", type=int, default=d["ctx_len"], help=f"tokens per context (default {d['ctx_len']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"contexts per forward (default {d['batch_size']})")
+    p.add_argument("--dtype", default=d["dtype"], choices=list(_DTYPES), help=f"storage dtype (default {d['dtype']})")
+    p.add_argument("--model-dtype", default=d["model_dtype"], choices=list(_DTYPES),
+                   help="parameter dtype (bfloat16 for big models; default: the model's own)")
+    p.add_argument("--device", default=d["device"], type=cli_device, help=f"cpu, cuda, cuda:1, mps (default {d['device']})")
     p.add_argument("--keep-first", action="store_true", help="keep position 0 (the attention sink)")
-    p.add_argument("--outlier-ratio", default="50", type=_outlier_ratio,
-                   help="drop tokens with norm > R x median ('none' keeps all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-tokens", type=int, default=None)
+    p.add_argument("--outlier-ratio", default=str(d["outlier_ratio"]), type=_outlier_ratio,
+                   help=f"drop tokens with norm > R x median ('none' keeps all; default {d['outlier_ratio']:g})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"seed of the document order (default {d['seed']})")
+    p.add_argument("--shard-tokens", type=int, default=d["shard_tokens"], help="token positions per shard (default: sized by the harvest)")
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", default="hooks", choices=backend_names(),
+    p.add_argument("--backend", default=d["backend"], choices=backend_names(),
                    help="plain torch hooks (default) or a TransformerLens TransformerBridge (same activations)")
     add_wait_option(p)
 

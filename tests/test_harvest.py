@@ -442,3 +442,29 @@ def test_gemma_harvest_is_deterministic_and_a_killed_one_resumes_identically(gem
     harvest(gemma, out=out, on_shard=lambda i, n: ran.append(i), **{**GEMMA_RESUME, "layers": [3, 9]})
     assert ran == [3]                                                  # only the missing shard was computed
     same_cache(ref.path, out)
+
+
+def test_every_harvest_default_lives_in_one_place():
+    """harvest()'s keyword defaults are the ones HarvestConfig records, the ones `atoms harvest` offers
+    (its parser is built from them) and the ones the TransformerLens bridge passes on (issue 13)."""
+    import argparse
+    import dataclasses
+    import inspect
+
+    from atomslib.harvesting import HarvestConfig, configure_harvest_parser, harvest_defaults
+    from atomslib.interop_tlens import harvest_transformer_bridge
+
+    d = harvest_defaults()
+    fields = {f.name: f.default for f in dataclasses.fields(HarvestConfig) if f.name in d}
+    # model_dtype: the config records what was used (float32 when harvest() leaves the model as loaded)
+    assert {k: v for k, v in fields.items() if k != "model_dtype"} == {k: d[k] for k in fields if k != "model_dtype"}
+    p = argparse.ArgumentParser()
+    configure_harvest_parser(p)
+    cli = vars(p.parse_args([]))
+    assert cli["layers"] == ",".join(map(str, d["layers"]))
+    for name in ("model", "site", "tokens", "corpus", "split", "ctx_len", "batch_size", "dtype", "model_dtype",
+                 "device", "seed", "shard_tokens", "backend", "outlier_ratio"):
+        assert cli[name] == d[name], name
+    bridge = {k: v.default for k, v in inspect.signature(harvest_transformer_bridge).parameters.items()
+              if v.default is not inspect.Parameter.empty}
+    assert {k: bridge[k] for k in bridge if k in d} == {k: d[k] for k in bridge if k in d}
