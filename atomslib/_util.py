@@ -225,3 +225,10 @@ def none_for_nan(record: dict) -> dict:
     """`record` with every float NaN replaced by None (what a results file holds for "not defined":
     JSON has no NaN)."""
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
+
+
+# The one name -> dtype table. Each user offers the subset it supports: storage (harvest), parameters
+# (a model: also the usual short names), an SAE's own weights.
+DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                                  "float64": torch.float64}
+DTYPE_ALIASES: dict[str, str] = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32"}

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json, cli_device
+from ._util import DTYPES, atomic_write_bytes, atomic_write_json, cli_device
 from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
 from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
                           write_moments)
@@ -49,7 +49,7 @@ from .recorder import ActivationRecorder, backend_names, get_backend
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {name: DTYPES[name] for name in ("float32", "float16", "bfloat16")}   # storage and model parameters
 _SHARD_TARGET_BYTES = 64 << 20   # default shard size: large enough for fast I/O, small enough to buffer
 _LOG = "harvest_log.json"
 

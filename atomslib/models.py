@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ._util import device_of, sha256_file
+from ._util import DTYPE_ALIASES, DTYPES, device_of, sha256_file
 from .assets import EMBEDDED, MARKER, ModelLoadError, embedded_folder, locate, transformers_progress_bars
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -115,11 +115,10 @@ def smollm2_folder(*, rebuild: bool = False, progress: bool = True) -> Path:
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in table:
+    name = DTYPE_ALIASES.get(dtype, dtype)
+    if name not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype={dtype!r} is not understood; use one of float32, float16, bfloat16 (or a torch.dtype)")
-    return table[dtype]
+    return DTYPES[name]
 
 
 def offline_env() -> bool:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._util import atomic_save_safetensors, atomic_write_json, check_acts, device_of, sha256_file
+from ._util import DTYPES, atomic_save_safetensors, atomic_write_json, check_acts, device_of, sha256_file
 
 Tensor = torch.Tensor
 
@@ -40,7 +40,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = {name: DTYPES[name] for name in ("float32", "float64")}   # an SAE's weights
 
 
 @dataclass
