@@ -221,6 +221,18 @@ def cli_device(s: str) -> str:
     return s
 
 
+def fmt(value: Any) -> str:
+    """The one number format of the project (4 significant digits for a float): the book's pages
+    show fmt(x), the book test looks for fmt(x), and the library's record labels use it too."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.4g}"
+    return str(value)
+
+
 def none_for_nan(record: dict) -> dict:
     """`record` with every float NaN replaced by None (what a results file holds for "not defined":
     JSON has no NaN)."""

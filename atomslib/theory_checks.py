@@ -21,18 +21,12 @@ import torch
 
 from . import recovery as rc
 from . import theory as th
+from ._util import fmt
 from .aip import AIP
 
 TOL = 1e-9                 # boundary cases ((K−1)μ = 1, δ_K = 1) count as outside / failed
 PACKING = (1.5, 1.9, 2.4, 3.0, 3.8, 4.8)   # coherences of the chapter's dictionaries, × the Welch bound
 RECOVERY_RANGE = (1.0, 2.0)                 # |x_a| of the random codes of the recovery sweep
-
-
-def _label_number(x: float) -> str:
-    """x in a record's label ("packed μ=0.3536") as the book's `fmt` writes a float (4 significant
-    digits), so that the labels read like the page around them; `fmt` itself is the book wing's,
-    which the library does not import."""
-    return f"{x:.4g}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,7 +107,7 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
         pop = AIP.from_moment(X.T @ C @ X)
         codes = th.sparse_codes(N, K, n, delta_range=RECOVERY_RANGE, seed=seed + i, **kw)
         est = AIP.fit(codes @ X)
-        distribution = what.format(scales=_label_number(opt.get("scales", math.nan)))   # cases without {scales} ignore it
+        distribution = what.format(scales=fmt(float(opt.get("scales", math.nan))))   # cases without {scales} ignore it
         rows.append({"codes": name, "distribution": distribution, "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
                      "κ population": relative_condition(pop.S, S_true), "κ estimated": relative_condition(est.S, S_true),
                      "μ under S̃": coherence(X, truth), "μ population": coherence(X, pop), "μ estimated": coherence(X, est),
@@ -152,7 +146,7 @@ def rip_equiangular_rows(H: int, eq_eps: float, seed: int = 0) -> list[dict]:
         D = th.synthetic_atoms(H, N, eps=eps, K=1, n_samples=1, seed=seed).D
         first_lost = math.ceil(1 + 1 / eps - 1e-12)
         for K in sorted({k for k in (2, 3, 4, 6, first_lost) if k <= N}):
-            rows.append(_rip_row("equiangular", f"equiangular ε={_label_number(eps)}", D, K, seed, exact_by_symmetry=True))
+            rows.append(_rip_row("equiangular", f"equiangular ε={fmt(float(eps))}", D, K, seed, exact_by_symmetry=True))
     return rows
 
 
@@ -172,7 +166,7 @@ def rip_check(packed: Mapping[float, torch.Tensor], H: int, *, eq_eps: float, si
     for j, D in enumerate(packed.values()):
         mu = coherence(D)
         for K in (2, 3, 4, 6, 8):
-            rows.append(_rip_row("packed", f"packed μ={_label_number(mu)}", D, K, seed))
+            rows.append(_rip_row("packed", f"packed μ={fmt(float(mu))}", D, K, seed))
     D_gauss = th.synthetic_atoms(H, 2 * H, K=1, n_samples=1, seed=seed).D
     for K in (2, 3, 4):
         rows.append(_rip_row("gaussian", "gaussian", D_gauss, K, seed))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._util import atomic_write_json
+from .._util import atomic_write_json, fmt  # fmt: the one number format, defined in the library (the book's pages use results.fmt)
 from .project import MODELS_DIR
 
 # ----------------------------------------------------------------------------------------------
@@ -91,19 +91,6 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
           "grows with |M|", _C, lo=1.0),
 )
 CLAIMS_BY_ID = {c.claim_id: c for c in PAPER_CLAIMS}
-
-
-def fmt(value: Any) -> str:
-    """The one number format of the book: pages show fmt(x), the book test looks for fmt(x)."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
 
 
 def claim(claim_id: str, value: float | None, variant: str, split: str, **extra: Any) -> dict:
