@@ -33,7 +33,10 @@ from .tsae import TSAE, TSAEConfig
 Tensor = torch.Tensor
 
 STATE_FILE = "trainer_state.safetensors"
-STATE_VERSION = 1
+# The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that
+# neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
+# taken for this one's. 2: the target form's threshold lr is lr (TSAEConfig.threshold_lr).
+STATE_VERSION = 2
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -113,7 +116,7 @@ class _Run:
         m = self.model
         groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": cfg.lr, "base_lr": cfg.lr}]
         if cfg.activation == "threshold":
-            tlr = cfg.threshold_lr if cfg.threshold_lr is not None else 10 * cfg.lr
+            tlr = cfg.threshold_lr_used()
             groups.append({"params": [m.threshold], "lr": tlr, "base_lr": tlr})
         fused = dev.type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, fused=fused)

@@ -121,7 +121,9 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
         budget = {"n_tokens": int(n_tokens)}
     cfg = TSAEConfig(d_model=H, n_units=N, activation=_ACTIVATION[kind], seed=seed, device=device,
                      **budget, **cfg_overrides)
-    ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__}
+    from ..train import STATE_VERSION      # a model trained by another trainer version is not this one
+    ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__,
+             "trainer": STATE_VERSION}
     ck = store_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
 
     def train() -> TSAE:
