@@ -415,7 +415,9 @@ def _depth_if_known(model: Any, required: bool = False) -> int | None:
     if name in EMBEDDED:   # the converted folder's config (converting once if needed); the load validates it
         from .paths import cache_root
         folder = cache_root() / "models" / name
-        src: str | Path = folder if (folder / "config.json").is_file() else embedded_folder(name)
+        # Quietly: a depth lookup (resolving `layers`) is not where a page should show the
+        # conversion's per-tensor progress bars; the load that follows reports what it does.
+        src: str | Path = folder if (folder / "config.json").is_file() else embedded_folder(name, progress=False)
     elif Path(name).expanduser().is_dir():
         src = Path(name).expanduser()
     else:

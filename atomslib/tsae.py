@@ -165,7 +165,8 @@ class TSAEConfig:
     stays dead). Default on: on planted atoms a dead unit is an atom left unfound."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
-    matrix products) or "auto" (sparse while few codes are active)."""
+    matrix products) or "auto" (sparse while few codes are active, on problems large enough
+    for the sparse products to pay: H·N of at least sae_step.SPARSE_MIN_ENTRIES)."""
     log_every: int = 50
     """Steps between log records (L0, dead units, R², lr, throughput)."""
     checkpoint_every: int = 500

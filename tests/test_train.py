@@ -116,6 +116,20 @@ def test_straight_through_backward_equals_autograd_ste(kernel):
         torch.testing.assert_close(mine, ref.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_auto_kernel_is_sparse_only_on_problems_large_enough_to_pay(monkeypatch):
+    from atomslib import sae_step as step_module
+    x, ps = _params(B=64, N=40, seed=2)
+    ps[4] = ps[4] + 5.0                       # high thresholds: almost no code is active
+    kw = dict(activation="threshold", lam=0.02, eps=0.25, kernel="auto")
+    g_small, st = sae_step(Params(*ps), x, **kw)
+    assert not st.sparse                      # H·N = 400 < SPARSE_MIN_ENTRIES: dense
+    monkeypatch.setattr(step_module, "SPARSE_MIN_ENTRIES", 400)
+    g_large, st = sae_step(Params(*ps), x, **kw)
+    assert st.sparse                          # large enough and sparse enough: CSR
+    for a, b in zip(g_small, g_large):        # the two kernels compute the same gradients
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_ste_gradients_match_finite_differences_of_smoothed_loss():
     # One token: the b_enc gradient is then the gradient w.r.t. each pre-activation.
     x, ps = _params(B=1, H=8, N=60, seed=5)
@@ -219,7 +233,10 @@ def test_recovers_planted_dictionary(planted, trained):
     assert 2.0 <= l0 <= 8.0, l0           # truth: K = 3
     log = trained.train_log
     assert isinstance(log, TrainLog) and log.last["step"] == 235 and log.last["r2"] > 0.9
-    assert log.series("r2")[-1] > log.series("r2")[0] and log.last["sparse_frac"] > 0.5
+    assert log.series("r2")[-1] > log.series("r2")[0]
+    # H·N = 64·256 is below SPARSE_MIN_ENTRIES, where the CSR products cost more than they save:
+    # "auto" trains this problem with the dense kernel throughout.
+    assert log.last["sparse_frac"] == 0.0
     assert {"l0", "dead", "lr", "lam", "tok_per_s", "tokens", "epoch"} <= set(log.last)
 
 
