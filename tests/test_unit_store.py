@@ -28,6 +28,25 @@ def test_units_are_trained_once_then_loaded_and_a_new_setting_is_a_new_entry(sma
         unit_store.train_units("neurons", small_cache, 3, **kw)
 
 
+def test_prefetched_units_are_those_trained_one_by_one_on_one_thread(small_cache, tmp_path):
+    kw = dict(capacity=0.5, n_tokens=2048, progress=False, seed=0)
+    recipes = {"atoms": {}, "features": {}}
+    sets = unit_store.train_unit_set(small_cache, [3, 15], recipes, cache_dir=tmp_path / "side", workers=2, **kw)
+    assert len(list((tmp_path / "side").glob("units/*/DONE"))) == 4        # trained in the children, then loaded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for (kind, layer), units in sets.items():
+            alone = unit_store.train_units(kind, small_cache, layer, cache_dir=tmp_path / "alone", **kw)
+            assert torch.equal(alone.W_dec, units.W_dec) and torch.equal(alone.threshold, units.threshold), (kind, layer)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    calls = []
+    unit_store.prefetch([lambda: calls.append(1)], device="cuda")           # off the CPU: the notebook's calls train
+    assert calls == []
+
+
 def test_a_damaged_final_model_is_trained_again_never_used(small_cache, tmp_path):
     kw = dict(capacity=0.5, cache_dir=tmp_path, n_tokens=1024, progress=False)
     first = unit_store.train_units("features", small_cache, 15, **kw)
