@@ -103,14 +103,18 @@ class TSAEConfig:
     lr: float = 5e-3
     """Adam learning rate of the weights and biases."""
     threshold_lr: float | None = None
-    """Adam learning rate of the threshold; None = 10·lr under the L0 penalty, lr under
-    sparsity_form="target" (see threshold_lr_used). Adam moves a parameter by about lr per
-    step, and thresholds are O(1) while weight entries are O(1/sqrt(H)), so under the penalty a
-    shared lr would leave the thresholds where they started in a CPU-sized budget. Under the
-    target form the threshold gradient changes sign as L0 crosses T, and Adam's step does not
-    shrink with it, so the thresholds wander by about their lr per step around the target: at
-    10·lr that jitter cost held-out R² (SmolLM2 layers 3 / 15, N = 4H, T = 32, 410k tokens:
-    0.895 / 0.699 at 10·lr, 0.912 / 0.730 at lr; SAELens's quadratic loss 0.731 on layer 15)."""
+    """Adam learning rate of the threshold; None = lr (see threshold_lr_used). Near its equilibrium a
+    threshold's gradient changes sign from step to step (under the target form as L0 crosses T;
+    under the penalty as the unit's marginal token crosses it), and Adam's step does not shrink with
+    it, so a threshold wanders by about its lr per step. At 10·lr (the default until trainer
+    version 3) that jitter killed units: on planted atoms with as many units as atoms (2M tokens,
+    bench/planted.py's problems, seeds 5-6) 2 of 12 runs identified at 10·lr, 6 at lr, and 3.3% of
+    the units were dead at the end against 1.6%; with twice the units (1M tokens) every atom was
+    recovered more often. On SmolLM2 (N = 4H, 500k tokens) lr gives a little less held-out R² at
+    the same L0 than 10·lr (layer 3 -0.001 to -0.002, layer 15 -0.007 to -0.010: the thresholds
+    travel less far), still above SAELens's tanh frontier (bench/results/frontier.json). Under the
+    target form at 10·lr: SmolLM2 layers 3 / 15, N = 4H, T = 32, 410k tokens, R² 0.895 / 0.699
+    against 0.912 / 0.730 at lr."""
     lr_warmup_frac: float = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay_frac: float = 0.2
@@ -173,10 +177,8 @@ class TSAEConfig:
     """Steps between checkpoints when a checkpoint_dir is given (0 = only at the end)."""
 
     def threshold_lr_used(self) -> float:
-        """The threshold's learning rate that training uses (threshold_lr, or its default)."""
-        if self.threshold_lr is not None:
-            return self.threshold_lr
-        return self.lr if self.sparsity_form == "target" else 10 * self.lr
+        """The threshold's learning rate that training uses (threshold_lr, or its default lr)."""
+        return self.lr if self.threshold_lr is None else self.threshold_lr
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, msg: str) -> None:
@@ -212,7 +214,7 @@ class TSAEConfig:
             need(_finite(v) and v > 0, name, "must be a finite number > 0")
         if self.threshold_lr is not None:
             need(_finite(self.threshold_lr) and self.threshold_lr >= 0, "threshold_lr",
-                 "must be a finite number >= 0, or None for 10·lr")
+                 "must be a finite number >= 0, or None for lr")
         for name in ("lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac"):
             v = getattr(self, name)
             need(_finite(v) and 0 <= v <= 1, name, "must be in [0, 1]")

@@ -56,8 +56,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE (default 1M, the book's)")
     ap.add_argument("--seeds", default="5,6", help="problem (and initialisation) seeds")
     ap.add_argument("--width", type=float, default=2.0, help="units per planted atom (default 2)")
-    ap.add_argument("--saelens-batches", default="512,1024", help="batch sizes of the SAELens runs")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--trainers", default="atomslib,atomslib B=2048",
+                    help="comma-separated: atomslib, 'atomslib B=2048', 'SAELens step' (SAELens tanh runs: --saelens-batches)")
+    ap.add_argument("--saelens-batches", default="512,1024", help="batch sizes of the SAELens tanh runs ('' for none)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs side by side in forked processes, one thread each (the rows do not depend on it)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "planted.json"))
     args = ap.parse_args(argv)
     seeds = [int(v) for v in args.seeds.split(",") if v]
@@ -67,34 +71,54 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     from atomslib import identification as idf
+    from atomslib.parallel import fork_map
     from atomslib.interop_saelens_train import train_saelens_jumprelu
     from atomslib.train import train_tsae
     from atomslib.tsae import TSAEConfig
 
+    trainer_names = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    for b in [int(v) for v in args.saelens_batches.split(",") if v]:
+        trainer_names.append(f"SAELens tanh B={b}")
+    fits = {"atomslib": lambda p, H, n_units, seed: train_tsae(
+                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed), progress=False),
+            "atomslib B=2048": lambda p, H, n_units, seed: train_tsae(
+                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=2048),
+                progress=False),
+            # DeepMind's step loss as SAELens trains it (the recipe of the table: lr 1e-3, threshold
+            # 0.01, bandwidth 0.05, batch 1024, no schedules; the STE reaches the threshold only).
+            "SAELens step": lambda p, H, n_units, seed: train_saelens_jumprelu(
+                p.train, H, n_units, n_tokens=args.tokens, seed=seed, sparsity_loss="step", l0_coeff=1.0 / H,
+                lr=1e-3, init_threshold=0.01, bandwidth=0.05, batch_size=1024, ste_to_input=False,
+                lr_warmup_frac=0.0, lr_decay_frac=0.0, l0_warmup_frac=0.0, progress=False)}
+    for t in trainer_names:
+        if t.startswith("SAELens tanh B="):
+            b = int(t.rsplit("=", 1)[1])
+            fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
+                p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False)
+        elif t not in fits:
+            raise SystemExit(f"--trainers: unknown trainer {t!r}; use some of {sorted(fits)}")
+
+    def job(spec):
+        (H, N, K), seed, trainer = spec
+        p = idf.planted_problem(H, N, K, n_train=40_000, n_heldout=5_000, seed=seed)
+        n_units = int(round(args.width * N))
+        t = time.perf_counter()
+        units = fits[trainer](p, H, n_units, seed)
+        sec = time.perf_counter() - t
+        s = idf.identification_scores(p, units)
+        return {"H": H, "N": N, "K": K, "seed": seed, "n_units": n_units, "trainer": trainer,
+                "mcc": s.mcc, "recovered_95": s.recovered_95, "recovered_99": s.recovered_99,
+                "l0": s.l0, "r2": s.r2, "dead_fraction": s.dead_fraction, "identifies": identifies(s, K),
+                "seconds": sec}
+
+    specs = [(prob, seed, t) for prob in problems for seed in seeds for t in trainer_names]
     rows = []
-    for H, N, K in problems:
-        for seed in seeds:
-            p = idf.planted_problem(H, N, K, n_train=40_000, n_heldout=5_000, seed=seed)
-            n_units = int(round(args.width * N))
-            jobs = [("atomslib", lambda: train_tsae(p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens,
-                                                                        seed=seed), progress=False)),
-                    ("atomslib B=2048", lambda: train_tsae(p.train, TSAEConfig(
-                        d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=2048), progress=False))]
-            for b in [int(v) for v in args.saelens_batches.split(",") if v]:
-                jobs.append((f"SAELens tanh B={b}", lambda b=b: train_saelens_jumprelu(
-                    p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H,
-                    progress=False)))
-            for trainer, fit in jobs:
-                t = time.perf_counter()
-                units = fit()
-                sec = time.perf_counter() - t
-                s = idf.identification_scores(p, units)
-                rows.append({"H": H, "N": N, "K": K, "seed": seed, "n_units": n_units, "trainer": trainer,
-                             "mcc": s.mcc, "recovered_95": s.recovered_95, "recovered_99": s.recovered_99,
-                             "l0": s.l0, "r2": s.r2, "identifies": identifies(s, K), "seconds": sec})
-                print(f"H {H:>3} N {N:>4} K {K} seed {seed}  {trainer:<20} MCC {s.mcc:.3f}  "
-                      f"@0.95 {s.recovered_95:6.1%}  L0 {s.l0:5.2f}  R² {s.r2:.3f}  "
-                      f"{'identifies' if rows[-1]['identifies'] else '-':<10} {sec:5.1f} s", flush=True)
+    # Every run is seeded by its arguments and trains on one thread, so the rows do not depend on --workers.
+    for r in fork_map(job, specs, workers=args.workers):
+        rows.append(r)
+        print(f"H {r['H']:>3} N {r['N']:>4} K {r['K']} seed {r['seed']}  {r['trainer']:<20} MCC {r['mcc']:.3f}  "
+              f"@0.95 {r['recovered_95']:6.1%}  L0 {r['l0']:5.2f}  R² {r['r2']:.3f}  dead {r['dead_fraction']:5.1%}  "
+              f"{'identifies' if r['identifies'] else '-':<10} {r['seconds']:5.1f} s", flush=True)
     trainers = list(dict.fromkeys(r["trainer"] for r in rows))
     summary = {t: {"identifies": sum(r["identifies"] for r in rows if r["trainer"] == t),
                    "runs": sum(r["trainer"] == t for r in rows)} for t in trainers}
@@ -113,7 +137,7 @@ def main(argv=None) -> dict:
                           "torch": torch.__version__, "python": platform.python_version(),
                           "load_average_end": os.getloadavg()},
               "setup": {"problems": [list(p) for p in problems], "seeds": seeds, "tokens_per_sae": args.tokens,
-                        "width": args.width, "n_train": 40_000, "n_heldout": 5_000, "delta_range": [1.0, 2.0],
+                        "width": args.width, "trainers": trainer_names, "workers": args.workers, "n_train": 40_000, "n_heldout": 5_000, "delta_range": [1.0, 2.0],
                         "quick": args.quick},
               "rows": rows, "summary": summary, "saelens_identifies_atomslib_does_not": saelens_only}
     atomic_write_json(args.out, result)
