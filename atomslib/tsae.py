@@ -117,11 +117,13 @@ class TSAEConfig:
     10·lr that jitter cost held-out R² (SmolLM2 layers 3 / 15, N = 4H, T = 32, 410k tokens:
     0.895 / 0.699 at 10·lr, 0.912 / 0.730 at lr; SAELens's quadratic loss 0.731 on layer 15).
     The penalty's 10·lr is a trade-off, measured on 2026-12-04 against lr: with as many units as
-    planted atoms (bench/planted.py's problems, 2M tokens) lr identified in 13 of 20 runs and 10·lr
-    in far fewer (units die at 10·lr); with twice the units on the identification chapter's
-    inside-the-condition cells (H 32, 1M tokens) 10·lr recovered 0.958-1.0 of the atoms per run and
-    lr 0.83-1.0 (spare units that share an atom survive at lr); on SmolLM2 at matched L0 lr was up
-    to 0.01 below in held-out R². The book's claims rest on the second, so 10·lr stays."""
+    planted atoms (bench/planted.py's problems, seeds 5-8, 2M tokens) lr identified in 13 of 20 runs
+    and 10·lr in 3 (bench/results/planted_width1.json: units die at 10·lr), and with twice the units
+    (1M tokens) in 20 and 18 of 20 (bench/results/planted.json); but on the identification
+    chapter's inside-the-condition cells (H 32, twice the units, 1M tokens) 10·lr recovered
+    0.958-1.0 of the atoms per run and lr 0.83-1.0 (spare units that share an atom survive at lr),
+    and on SmolLM2 at matched L0 lr was up to 0.01 below in held-out R². The book's claim rests on
+    that chapter's cells, so 10·lr stays."""
     lr_warmup_frac: float = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay_frac: float = 0.2
