@@ -35,10 +35,8 @@ Tensor = torch.Tensor
 STATE_FILE = "trainer_state.safetensors"
 # The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that
 # neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
-# taken for this one's. 2: the target form's threshold lr is lr (TSAEConfig.threshold_lr). (3, a threshold
-# lr of lr under the penalty too, was tried and reverted on 2026-12-04: its cached models carry 3 and are
-# never served as 2's.)
-STATE_VERSION = 2
+# taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr).
+STATE_VERSION = 3
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 

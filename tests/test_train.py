@@ -200,8 +200,8 @@ def planted():
 
 
 def _cfg(**kw):
-    # A short run (235 steps): the thresholds need 10·lr (the penalty's default, stated here so that these
-    # tests do not move with it) to travel from their start in that time.
+    # A short run (235 steps): the thresholds get 10·lr to travel from their start in that time (the
+    # default, lr, is for the default budget; TSAEConfig.threshold_lr).
     base = dict(d_model=64, n_units=256, batch_size=1024, n_tokens=240_000, lr=4e-3, threshold_lr=4e-2,
                 l0_coeff=3e-3, log_every=20, seed=0)
     base.update(kw)

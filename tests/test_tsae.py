@@ -63,13 +63,14 @@ def test_cross_field_validation():
 
 
 def test_threshold_lr_default_depends_on_the_sparsity_form_and_reaches_the_optimiser():
-    """10·lr under the L0 penalty, lr under the target form (why: TSAEConfig.threshold_lr); a set
+    """lr under the L0 penalty and under the target form (why: TSAEConfig.threshold_lr); a set
     value wins; and the trainer's Adam group of the threshold gets exactly that lr."""
     from atomslib.train import _Run
 
     pen = TSAEConfig(d_model=8, n_units=16, lr=2e-3)
     tgt = TSAEConfig(d_model=8, n_units=16, lr=2e-3, sparsity_form="target", target_l0=3)
-    assert pen.threshold_lr_used() == pytest.approx(2e-2)
+    assert pen.threshold_lr_used() == pytest.approx(2e-3)
+    assert TSAEConfig(d_model=8, n_units=16, threshold_lr=2e-2).threshold_lr_used() == 2e-2
     assert tgt.threshold_lr_used() == pytest.approx(2e-3)
     assert TSAEConfig(d_model=8, n_units=16, threshold_lr=7e-4, sparsity_form="target", target_l0=3).threshold_lr_used() == 7e-4
     for cfg in (pen, tgt):
