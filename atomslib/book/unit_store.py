@@ -164,12 +164,8 @@ def prefetch(calls: Sequence[Callable[[], Any]], *, workers: int = 1, device: st
             torch.set_num_threads(threads)
         return
     # The children return nothing: the SAEs travel through the store, not through a pipe.
-    for _ in fork_map(lambda i: _run_quietly(calls[i]), range(len(calls)), workers=workers):
+    for _ in fork_map(lambda i: calls[i](), range(len(calls)), workers=workers):
         pass
-
-
-def _run_quietly(call: Callable[[], Any]) -> None:
-    call()
 
 
 def train_unit_set(cache: ActivationCache, layers, recipes: dict[str, dict], *, workers: int = 1,
