@@ -40,7 +40,9 @@ class TensorStream:
         if not self.shuffle:
             return None
         if self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(self.n, generator=epoch_generator(self.seed, epoch)))
+            # Drawn on the CPU (the same order whatever the device), used where the rows live.
+            perm = torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
+            self._perm = (epoch, perm.to(self.x.device))
         return self._perm[1]
 
     def peek(self, size: int) -> Tensor:
