@@ -28,6 +28,10 @@ embedded SmolLM2-135M harvested here (cached under $ATOMS_CACHE); if that is imp
 Gaussian activations with a power-law spectrum (the output says which).
 
     python bench/train_throughput.py [--quick] [--tokens T] [--width N] [--batch B] [--cache DIR --layer L]
+    python bench/train_throughput.py --device cuda --no-saelens --cache DIR --layer L --out bench/results/train_throughput_cuda.json
+
+On a GPU (`--device cuda`) the activations are moved to it once, both trainers step there, the
+roofline is the card's fp32 product, and the JSON names the card.
 
 Writes bench/results/train_throughput.json and prints a table.
 """
@@ -85,13 +89,20 @@ def get_acts(args, n_rows: int) -> tuple[torch.Tensor, str]:
         return x, "Gaussian, power-law spectrum (exponent -0.75), H=576"
 
 
-def matmul_flops(B: int, H: int, N: int, reps: int = 5) -> float:
-    x, W = torch.randn(B, H), torch.randn(H, N)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_flops(B: int, H: int, N: int, reps: int = 5, device: str = "cpu") -> float:
+    x, W = torch.randn(B, H, device=device), torch.randn(H, N, device=device)
     torch.mm(x, W)
     best = math.inf
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
         torch.mm(x, W)
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * B * H * N / best
 
@@ -112,9 +123,11 @@ def run_ours(train, args, H):
     target = {"sparsity_form": "target", "target_l0": args.target_l0} if args.target_l0 else {}
     cfg = TSAEConfig(d_model=H, n_units=args.width, batch_size=args.batch, n_tokens=args.tokens, lr=args.lr,
                      l0_coeff=args.l0_coeff, bandwidth=args.bandwidth, init_threshold=args.init_threshold,
-                     log_every=10**9, seed=0, **target)
+                     log_every=10**9, seed=0, device=args.device, **target)
+    _sync(args.device)
     t = time.perf_counter()
     model = train_tsae(train, cfg, progress=False)
+    _sync(args.device)
     return time.perf_counter() - t, model
 
 
@@ -156,7 +169,7 @@ def run_saelens(train, args, H):
 
     cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr,
                            lr_end=args.lr, lr_warm_up_steps=sched["lr_warmup"], lr_decay_steps=sched["lr_decay"],
-                           n_batches_for_norm_estimate=n_norm, device="cpu")
+                           n_batches_for_norm_estimate=n_norm, device=args.device)
     t = time.perf_counter()
     trainer = SAETrainer(cfg, sae, provider())
     import contextlib
@@ -184,6 +197,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--init-threshold", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both trainers (best counts)")
     ap.add_argument("--no-saelens", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both trainers step (default cpu)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_throughput.json"))
     args = ap.parse_args(argv)
     if args.tokens is None:
@@ -193,15 +207,16 @@ def main(argv=None) -> dict:
     n_eval = 8192
     n_train = min(max(args.tokens // 4, 4 * args.batch), 65_536)   # rows are cycled; enough to not memorise
     acts, source = get_acts(args, n_train + n_eval)
-    acts = acts.float()
+    acts = acts.float().to(args.device)
     train, held = acts[:-n_eval].contiguous(), acts[-n_eval:].contiguous()
     H = acts.shape[1]
     print(f"activations: {source}; {train.shape[0]} train rows, {held.shape[0]} held out, H={H}")
-    print(f"SAE width N={args.width}, batch {args.batch}, {args.tokens} tokens per trainer, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"SAE width N={args.width}, batch {args.batch}, {args.tokens} tokens per trainer, on {where}, "
+          f"load average {os.getloadavg()[0]:.2f}")
 
     load_start = os.getloadavg()
-    flops_before = matmul_flops(args.batch, H, args.width)
+    flops_before = matmul_flops(args.batch, H, args.width, device=args.device)
     # Rounds alternate the two trainers, so that load from other processes hits both alike; the
     # best round of each is its speed (contention only ever slows a run down).
     rows = {"atomslib": {"api": "train_tsae(acts, cfg)", "tok_per_s_runs": []}}
@@ -213,7 +228,7 @@ def main(argv=None) -> dict:
         if not args.no_saelens:
             t, sae = run_saelens(train, args, H)
             rows["saelens"]["tok_per_s_runs"].append(args.tokens / t)
-    flops_after = matmul_flops(args.batch, H, args.width)
+    flops_after = matmul_flops(args.batch, H, args.width, device=args.device)
     peak = max(flops_before, flops_after)
     for r in rows.values():
         r["tok_per_s"] = max(r["tok_per_s_runs"])
@@ -242,7 +257,9 @@ def main(argv=None) -> dict:
               f"{', '.join(f'{v:,.0f}' for v in rows['saelens']['tok_per_s_runs'])})")
     result = {
         "benchmark": "train_throughput", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": args.device,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "sae_lens": _version("sae_lens"), "load_average_start": load_start,
                     "load_average_end": os.getloadavg()},
