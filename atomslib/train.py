@@ -35,8 +35,9 @@ Tensor = torch.Tensor
 STATE_FILE = "trainer_state.safetensors"
 # The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that
 # neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
-# taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr).
-STATE_VERSION = 3
+# taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr);
+# 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost).
+STATE_VERSION = 4
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -89,6 +90,13 @@ def _whitening(aip: Any, H: int) -> tuple[Tensor, Tensor]:
     except RuntimeError:
         raise ValueError("aip's whitening matrix is singular; refit the AIP with a ridge > 0") from None
     return A, A_inv
+
+
+def _threshold_boost(cfg: TSAEConfig, step: int, total: int) -> float:
+    """Extra factor on the thresholds' lr at 0-based ``step``: threshold_lr_boost at the start,
+    falling linearly to 1 at threshold_boost_frac of the steps (TSAEConfig.threshold_lr_boost)."""
+    span = cfg.threshold_boost_frac * total
+    return 1.0 + (cfg.threshold_lr_boost - 1.0) * max(0.0, 1.0 - step / span) if span > 0 else 1.0
 
 
 def _schedule(cfg: TSAEConfig, step: int, total: int) -> tuple[float, float]:
@@ -315,6 +323,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         lam = cfg.sparsity_coeff * lam_mult
         for g in run.opt.param_groups:
             g["lr"] = g["base_lr"] * lr_mult
+        if len(run.opt.param_groups) > 1:
+            run.opt.param_groups[1]["lr"] *= _threshold_boost(cfg, step, total)
         p = Params(m.W_enc.data, m.b_enc.data, m.W_dec.data, m.b_dec.data, m.threshold.data)
         grads, st = sae_step(p, x_BH, activation=cfg.activation, lam=lam, eps=eps, ste_to_pre=cfg.ste_to_pre,
                              form=cfg.sparsity_form, target_l0=cfg.target_l0,

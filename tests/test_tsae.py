@@ -39,7 +39,7 @@ def test_defaults_are_valid_and_documented():
 @pytest.mark.parametrize("field,value", [
     ("d_model", 0), ("n_units", 0), ("n_units", -3), ("d_model", 2.5), ("activation", "gelu"),
     ("l0_coeff", -1.0), ("l1_coeff", float("nan")), ("bandwidth", 0.0), ("lr", float("inf")),
-    ("init_threshold", -0.1), ("threshold_lr", -1.0), ("lr_warmup_frac", 1.5), ("adam_beta2", 1.0),
+    ("init_threshold", -0.1), ("threshold_lr", -1.0), ("threshold_lr_boost", -1.0), ("threshold_boost_frac", 1.5), ("lr_warmup_frac", 1.5), ("adam_beta2", 1.0),
     ("batch_size", 0), ("n_tokens", 0), ("n_epochs", 0.0), ("dtype", "float16"), ("normalize", "zscore"),
     ("kernel", "gpu"), ("sparsity_form", "hinge"), ("checkpoint_every", -1), ("log_every", 0),
     ("device", "cuda:0" if not torch.cuda.is_available() else "nonsense"),
@@ -76,6 +76,33 @@ def test_threshold_lr_default_depends_on_the_sparsity_form_and_reaches_the_optim
     for cfg in (pen, tgt):
         groups = _Run(cfg, torch.device("cpu")).opt.param_groups
         assert groups[-1]["base_lr"] == pytest.approx(cfg.threshold_lr_used())
+
+
+def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
+    """10x at the first step, 1x from threshold_boost_frac of the steps on, linear between; 1 or a
+    zero fraction switch it off; and the thresholds' Adam step during training is the boosted one."""
+    from atomslib.train import _threshold_boost, train_tsae
+
+    cfg = TSAEConfig(d_model=8, n_units=16)
+    assert (cfg.threshold_lr_boost, cfg.threshold_boost_frac) == (10.0, 0.5)
+    assert _threshold_boost(cfg, 0, 100) == pytest.approx(10.0)
+    assert _threshold_boost(cfg, 25, 100) == pytest.approx(5.5)
+    assert [_threshold_boost(cfg, s, 100) for s in (50, 70, 99)] == [1.0, 1.0, 1.0]
+    assert _threshold_boost(TSAEConfig(d_model=8, n_units=16, threshold_lr_boost=1.0), 0, 100) == 1.0
+    assert _threshold_boost(TSAEConfig(d_model=8, n_units=16, threshold_boost_frac=0.0), 0, 100) == 1.0
+    seen = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, *a, **k):
+            seen.append((self.param_groups[0]["lr"], self.param_groups[1]["lr"]))
+            return super().step(*a, **k)
+    x = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0))
+    from unittest import mock
+    with mock.patch("atomslib.train.torch.optim.Adam", Spy):
+        train_tsae(x, TSAEConfig(d_model=8, n_units=16, n_tokens=100 * 64, batch_size=64, lr_warmup_frac=0.0),
+                   progress=False)
+    assert len(seen) == 100
+    assert seen[0][1] == pytest.approx(10 * seen[0][0]) and seen[60][1] == pytest.approx(seen[60][0])
 
 
 # ---- semantics ---------------------------------------------------------------------------------
