@@ -36,8 +36,9 @@ STATE_FILE = "trainer_state.safetensors"
 # The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that
 # neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
 # taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr);
-# 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost).
-STATE_VERSION = 4
+# 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost);
+# 5: that boost is the penalty's only (the target form's is 1 again).
+STATE_VERSION = 5
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -93,10 +94,10 @@ def _whitening(aip: Any, H: int) -> tuple[Tensor, Tensor]:
 
 
 def _threshold_boost(cfg: TSAEConfig, step: int, total: int) -> float:
-    """Extra factor on the thresholds' lr at 0-based ``step``: threshold_lr_boost at the start,
+    """Extra factor on the thresholds' lr at 0-based ``step``: threshold_lr_boost_used() at the start,
     falling linearly to 1 at threshold_boost_frac of the steps (TSAEConfig.threshold_lr_boost)."""
     span = cfg.threshold_boost_frac * total
-    return 1.0 + (cfg.threshold_lr_boost - 1.0) * max(0.0, 1.0 - step / span) if span > 0 else 1.0
+    return 1.0 + (cfg.threshold_lr_boost_used() - 1.0) * max(0.0, 1.0 - step / span) if span > 0 else 1.0
 
 
 def _schedule(cfg: TSAEConfig, step: int, total: int) -> tuple[float, float]:

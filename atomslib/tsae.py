@@ -124,8 +124,9 @@ class TSAEConfig:
     coefficient hardly moves L0 in that budget (layer 3: L0 25, 21, 19 at 1/H, 2/H, 4/H).
     Under the target form at 10·lr: SmolLM2 layers 3 / 15, N = 4H, T = 32, 410k tokens, R² 0.895 /
     0.699 against 0.912 / 0.730 at lr. Early in training it is raised (threshold_lr_boost)."""
-    threshold_lr_boost: float = 10.0
-    """The thresholds' learning rate starts at this multiple of threshold_lr_used() and falls
+    threshold_lr_boost: float | None = None
+    """None (default): 10 under the L0 penalty, 1 (no boost) under the target form (see
+    threshold_lr_boost_used). The thresholds' learning rate starts at this multiple of threshold_lr_used() and falls
     linearly to it over the first threshold_boost_frac of the steps (the lr warm-up and final decay
     apply on top); 1 = no boost. Why (trainer version 4): early, every threshold has to travel from
     init_threshold to where its unit pays for itself, and while they crawl two atoms can settle on
@@ -140,7 +141,12 @@ class TSAEConfig:
     one unit per atom 9/20 / 13/20. Seeds 3-5 and 9-12 were run once, after the candidates were fixed.
     What it costs: in bench/results/planted_width1.json (version 4) SAELens's step loss identifies
     H 48, N 96, K 3 seed 5 (97.9% of the atoms) where this falls one atom short (94.8%), which
-    version 3 identified; with two units per atom (planted.json) it identifies 20 of 20."""
+    version 3 identified; with two units per atom (planted.json) it identifies 20 of 20.
+    Why not under the target form (trainer version 5): it has no planted-atom validation, and on
+    SmolLM2 layer 15 (N = 4H, bench/train_throughput.py's 409,600 tokens, T = 32) the boost gave
+    held-out R² 0.712 at L0 39.6 against 0.735 at L0 36.4 without it (SAELens 0.733 at 36.6); on
+    bench/frontier.py's data (500k tokens) layer 3 0.901 at 35.7 vs 0.907 at 36.7, layer 15 0.744
+    at 36.2 vs 0.748 at 38.2."""
     threshold_boost_frac: float = 0.5
     """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost)."""
     lr_warmup_frac: float = 0.02
@@ -204,6 +210,13 @@ class TSAEConfig:
     checkpoint_every: int = 500
     """Steps between checkpoints when a checkpoint_dir is given (0 = only at the end)."""
 
+    def threshold_lr_boost_used(self) -> float:
+        """The early boost of the thresholds' lr that training uses (threshold_lr_boost, or its default
+        for the sparsity form: 10 under the penalty, 1 under the target form)."""
+        if self.threshold_lr_boost is not None:
+            return self.threshold_lr_boost
+        return 10.0 if self.sparsity_form == "penalty" else 1.0
+
     def threshold_lr_used(self) -> float:
         """The threshold's learning rate that training uses (threshold_lr, or its default lr)."""
         return self.lr if self.threshold_lr is None else self.threshold_lr
@@ -243,8 +256,9 @@ class TSAEConfig:
         if self.threshold_lr is not None:
             need(_finite(self.threshold_lr) and self.threshold_lr >= 0, "threshold_lr",
                  "must be a finite number >= 0, or None for lr")
-        need(_finite(self.threshold_lr_boost) and self.threshold_lr_boost >= 0, "threshold_lr_boost",
-             "must be a finite number >= 0 (1 = no boost)")
+        if self.threshold_lr_boost is not None:
+            need(_finite(self.threshold_lr_boost) and self.threshold_lr_boost >= 0, "threshold_lr_boost",
+                 "must be a finite number >= 0 (1 = no boost), or None for the sparsity form's default")
         need(_finite(self.threshold_boost_frac) and 0 <= self.threshold_boost_frac <= 1, "threshold_boost_frac",
              "must be in [0, 1]")
         for name in ("lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac"):

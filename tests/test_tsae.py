@@ -79,12 +79,16 @@ def test_threshold_lr_default_depends_on_the_sparsity_form_and_reaches_the_optim
 
 
 def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
-    """10x at the first step, 1x from threshold_boost_frac of the steps on, linear between; 1 or a
-    zero fraction switch it off; and the thresholds' Adam step during training is the boosted one."""
+    """10x at the first step under the penalty (none under the target form), 1x from
+    threshold_boost_frac of the steps on, linear between; 1 or a zero fraction switch it off; and the thresholds' Adam step during training is the boosted one."""
     from atomslib.train import _threshold_boost, train_tsae
 
     cfg = TSAEConfig(d_model=8, n_units=16)
-    assert (cfg.threshold_lr_boost, cfg.threshold_boost_frac) == (10.0, 0.5)
+    assert (cfg.threshold_lr_boost_used(), cfg.threshold_boost_frac) == (10.0, 0.5)
+    tgt = TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3)
+    assert tgt.threshold_lr_boost_used() == 1.0 and _threshold_boost(tgt, 0, 100) == 1.0   # penalty only
+    assert TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3,
+                      threshold_lr_boost=4.0).threshold_lr_boost_used() == 4.0
     assert _threshold_boost(cfg, 0, 100) == pytest.approx(10.0)
     assert _threshold_boost(cfg, 25, 100) == pytest.approx(5.5)
     assert [_threshold_boost(cfg, s, 100) for s in (50, 70, 99)] == [1.0, 1.0, 1.0]
