@@ -57,7 +57,7 @@ class TSAEConfig:
     planted one it identifies planted atoms in general position (bench/results/planted.json); with
     exactly one unit per atom it identifies in most problems at the default 2M tokens, and where it
     falls short one or two units in a hundred are dead (bench/results/planted_width1.json, beside
-    SAELens's step and tanh recipes). What it does not recover is said in the chapter too.
+    SAELens's step and tanh recipes; planted_width1_4m.json has every trainer at twice that budget). What it does not recover is said in the chapter too.
     (Full recovery from a random start, once reported here, was an artefact: the planted atoms
     and the initial decoder came from the same seeded generator, so training started at the truth;
     ``planted_problem`` now hashes its seed.)
