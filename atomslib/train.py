@@ -37,7 +37,8 @@ STATE_FILE = "trainer_state.safetensors"
 # neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
 # taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr);
 # 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost);
-# 5: that boost is the penalty's only (the target form's is 1 again).
+# 5: that boost is the penalty's only (the target form's is 1 again); 6: dead units are resampled every 100k
+# tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k).
 STATE_VERSION = 6
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}

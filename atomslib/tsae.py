@@ -141,7 +141,8 @@ class TSAEConfig:
     one unit per atom 9/20 / 13/20. Seeds 3-5 and 9-12 were run once, after the candidates were fixed.
     What it costs: in bench/results/planted_width1.json (version 4) SAELens's step loss identifies
     H 48, N 96, K 3 seed 5 (97.9% of the atoms) where this falls one atom short (94.8%), which
-    version 3 identified; with two units per atom (planted.json) it identifies 20 of 20.
+    version 3 identified (version 6's resampling does too); with two units per atom (planted.json) it
+    identifies 20 of 20.
     Why not under the target form (trainer version 5): it has no planted-atom validation, and on
     SmolLM2 layer 15 (N = 4H, bench/train_throughput.py's 409,600 tokens, T = 32) the boost gave
     held-out R² 0.712 at L0 39.6 against 0.735 at L0 36.4 without it (SAELens 0.733 at 36.6); on
