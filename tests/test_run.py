@@ -386,3 +386,33 @@ def test_executor_registry(project):
     assert [r.status for r in results] == ["ok"]
     assert _Recorder.seen == [("01_tiny", {"x": 2, "profile": "default", "results_dir": "results",
                                            "figures_dir": "figures"}, "01_tiny.json")]
+
+
+def test_an_unhealthy_sae_makes_its_claims_inconclusive_with_the_reason():
+    """The health gate (issue: a number from a collapsed SAE is not evidence): a claim that carries
+    an unhealthy record gets INCONCLUSIVE whatever its value, a healthy one its rule's verdict."""
+    from atomslib.book.results import INCONCLUSIVE, health_words, verdicts_by_model
+
+    sick = {"healthy": False, "reasons": ["97.5% of units never active on held-out tokens (bar 10%)"],
+            "dead_share": 0.975}
+    well = {"healthy": True, "reasons": [], "dead_share": 0.01, "l0": 31.0, "r2_without_massive": 0.8}
+    results = {"03_neurons_features_atoms": {"claims": [
+        claim("features.r2", 0.18, "R2=euclid", "heldout", model="g", layer=2, health=sick),
+        claim("features.r2", 0.50, "R2=euclid", "heldout", model="g", layer=9, health=well),
+        claim("atoms.r2", 0.80, "R2=euclid", "heldout", model="s", layer=3, health=sick)]}}
+    rows = evaluate_claims(results)
+    by = {(r["claim_id"], r.get("layer")): r for r in rows if r.get("model")}
+    assert by[("features.r2", 2)]["verdict"] == INCONCLUSIVE      # 0.18 would be "supported" (≤ 0.9)
+    assert "97.5% of units never active" in by[("features.r2", 2)]["SAE health"]
+    assert by[("features.r2", 9)]["verdict"] == "supported"
+    assert health_words(well).startswith("healthy")
+    per = verdicts_by_model(rows)
+    assert per["features.r2"]["g"] == "supported (1 inconclusive)"
+    assert per["atoms.r2"]["s"] == INCONCLUSIVE
+    summary = conclusion_summary(rows)
+    assert [e["claim_id"] for e in summary[INCONCLUSIVE]] == ["features.r2", "atoms.r2"]
+    assert "unhealthy" in summary[INCONCLUSIVE][0]["measurements"][0]
+    with pytest.raises(ValueError, match="health must be a mapping"):
+        claim("atoms.r2", 0.9, "R2=euclid", "heldout", health={"dead_share": 0.5})
+    assert validate_results({"notebook": "n", "params": {}, "atomslib_version": "0", "created": "", "metrics": {},
+                             "claims": [claim("atoms.r2", 0.9, "R2=euclid", "heldout", health=sick)]}) == []

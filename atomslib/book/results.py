@@ -53,10 +53,19 @@ class Claim:
             return f"value ≥ {self.lo:g}{self.unit}"
         return f"{self.lo:g} ≤ value ≤ {self.hi:g}{self.unit}"
 
-    def verdict(self, value: float | None) -> str:
+    def verdict(self, value: float | None, health: Mapping[str, Any] | None = None) -> str:
+        """The verdict by the rule; INCONCLUSIVE when `health` (the SAE behind the value, see
+        `atomslib.health.sae_health`) failed its bar: a number from a collapsed SAE is not evidence."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "not measured"
+        if health is not None and not health.get("healthy", True):
+            return INCONCLUSIVE
         return "supported" if self.lo <= value <= self.hi else "not supported"
+
+
+# The verdict of a claim measured on an SAE that failed the health bar (atomslib.health.HealthBar).
+INCONCLUSIVE = "inconclusive (unhealthy training)"
+VERDICTS = ("supported", "not supported", INCONCLUSIVE, "not measured")
 
 
 _T, _S, _U, _C = "01_theory", "02_representation_shift", "03_neurons_features_atoms", "04_capacity_scale"
@@ -93,8 +102,12 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
 CLAIMS_BY_ID = {c.claim_id: c for c in PAPER_CLAIMS}
 
 
-def claim(claim_id: str, value: float | None, variant: str, split: str, **extra: Any) -> dict:
-    """Build one claims entry, checked now so that a typo fails in the cell that made it."""
+def claim(claim_id: str, value: float | None, variant: str, split: str, *, health: Mapping[str, Any] | None = None,
+          **extra: Any) -> dict:
+    """Build one claims entry, checked now so that a typo fails in the cell that made it.
+
+    `health`: the health record of the SAE the value was measured on (`atomslib.health.Health._asdict()`,
+    or any mapping with `healthy` and `reasons`); an unhealthy one makes the verdict `INCONCLUSIVE`."""
     if claim_id not in CLAIMS_BY_ID:
         raise ValueError(f"unknown claim_id {claim_id!r}; known: {', '.join(CLAIMS_BY_ID)} (atomslib.book.results.PAPER_CLAIMS)")
     if value is not None:
@@ -106,7 +119,22 @@ def claim(claim_id: str, value: float | None, variant: str, split: str, **extra:
     for name, v in (("variant", variant), ("split", split)):
         if not isinstance(v, str) or not v:
             raise ValueError(f"claim {claim_id}: {name} must be a non-empty string (e.g. variant='R2=euclid', split='heldout')")
+    if health is not None:
+        if not isinstance(health, Mapping) or not isinstance(health.get("healthy"), bool) \
+                or not isinstance(health.get("reasons"), (list, tuple)):
+            raise ValueError(f"claim {claim_id}: health must be a mapping with 'healthy' (bool) and 'reasons' (a list), "
+                             f"e.g. atomslib.health.sae_health(...)._asdict()")
+        extra["health"] = json.loads(json.dumps(dict(health), default=_plain))
     return {"claim_id": claim_id, "value": value, "variant": variant, "split": split, **extra}
+
+
+def _plain(v: Any) -> Any:
+    """JSON for the numbers and tuples of a health record (numpy/torch scalars become numbers)."""
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, (tuple, set)):
+        return list(v)
+    raise TypeError(f"{type(v).__name__} is not JSON")
 
 
 def validate_results(obj: Any, notebook: str | None = None) -> list[str]:
@@ -122,7 +150,7 @@ def validate_results(obj: Any, notebook: str | None = None) -> list[str]:
             problems.append(f"{k!r} must be a {typ.__name__}")
     for i, c in enumerate(obj.get("claims") or []):
         try:
-            claim(c["claim_id"], c["value"], c["variant"], c["split"])
+            claim(c["claim_id"], c["value"], c["variant"], c["split"], health=c.get("health"))
         except (KeyError, TypeError, ValueError) as e:
             problems.append(f"claims[{i}]: {e if not isinstance(e, KeyError) else f'missing key {e}'}")
     return problems
@@ -191,7 +219,8 @@ def claims_table(claims: Sequence[Mapping[str, Any]]):
     import pandas as pd
 
     rows = [{"claim": c["claim_id"], "value": fmt(c["value"]), "variant": c["variant"], "split": c["split"],
-             **{k: fmt(v) for k, v in c.items() if k not in ("claim_id", "value", "variant", "split")}}
+             **{k: fmt(v) for k, v in c.items() if k not in ("claim_id", "value", "variant", "split", "health")},
+             **({"SAE health": health_words(c["health"])} if c.get("health") else {})}
             for c in claims]
     return pd.DataFrame(rows).fillna("")    # a field only some claims carry (e.g. note): blank elsewhere
 
@@ -209,33 +238,56 @@ def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:
                          "verdict": "not measured", "rule": c.rule, "value": None})
         for name, e in found:
             where = ", ".join(str(x) for x in (e.get("model"), e.get("layer") is not None and f"layer {e['layer']}") if x)
+            health = e.get("health")
             rows.append({"claim_id": c.claim_id, "claim": c.statement, "paper (reference)": c.paper,
                          "ours": fmt(e.get("value")), "variant": e.get("variant", "—"), "split": e.get("split", "—"),
-                         "where": where or name, "verdict": c.verdict(e.get("value")), "rule": c.rule,
-                         "value": e.get("value"), "model": e.get("model"), "layer": e.get("layer")})
+                         "where": where or name, "verdict": c.verdict(e.get("value"), health), "rule": c.rule,
+                         "value": e.get("value"), "model": e.get("model"), "layer": e.get("layer"),
+                         "health": health, "SAE health": health_words(health) if health else "—"})
     return rows
+
+
+def health_words(health: Mapping[str, Any] | None) -> str:
+    """One phrase for a health record: "healthy (dead 0.8%, ...)" or "unhealthy: <reasons>"."""
+    if not health:
+        return "—"
+    if not health.get("healthy", True):
+        return "unhealthy: " + "; ".join(map(str, health.get("reasons") or ["failed the health bar"]))
+    facts = [f"{k} {fmt(health[v])}" for k, v in (("dead", "dead_share"), ("L0", "l0"),
+                                                  ("R² w/o massive", "r2_without_massive")) if health.get(v) is not None]
+    return "healthy" + (f" ({', '.join(facts)})" if facts else "")
 
 
 def verdicts_by_model(rows: Sequence[Mapping]) -> dict[str, dict[str, str]]:
     """{claim_id: {model: verdict}} from `evaluate_claims` rows that name a model: "supported" or
-    "not supported" when every measurement on that model (layers, variants) agrees, else
-    "mixed (a of n supported)". Claims measured without a model (the theory chapters) are left out."""
+    "not supported" when every conclusive measurement on that model (layers, variants) agrees, else
+    "mixed (a of n supported)"; `INCONCLUSIVE` when none is conclusive (every SAE behind it failed
+    the health bar), and ", k inconclusive" added when some are. Claims measured without a model
+    (the theory chapters) are left out."""
     counts: dict[str, dict[str, list[int]]] = {}
     for r in rows:
         if r.get("model") is None or r["verdict"] == "not measured":
             continue
-        n = counts.setdefault(r["claim_id"], {}).setdefault(str(r["model"]), [0, 0])
+        n = counts.setdefault(r["claim_id"], {}).setdefault(str(r["model"]), [0, 0, 0])
         n[0] += r["verdict"] == "supported"
-        n[1] += 1
-    return {cid: {m: "supported" if a == n else "not supported" if a == 0 else f"mixed ({a} of {n} supported)"
-                  for m, (a, n) in per.items()} for cid, per in counts.items()}
+        n[1] += r["verdict"] in ("supported", "not supported")
+        n[2] += r["verdict"] == INCONCLUSIVE
+
+    def word(a: int, n: int, k: int) -> str:
+        if n == 0:
+            return INCONCLUSIVE
+        w = "supported" if a == n else "not supported" if a == 0 else f"mixed ({a} of {n} supported)"
+        return w + (f" ({k} inconclusive)" if k else "")
+
+    return {cid: {m: word(*n) for m, n in per.items()} for cid, per in counts.items()}
 
 
 def conclusion_summary(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
     """Group `evaluate_claims` rows by verdict, then by claim: {'supported': [{'claim_id', 'statement',
     'measurements': ['0.995 (R2=euclid, heldout, smollm2-135m, layer 15)', ...]}], 'not supported': [...],
-    'not measured': [...]}. A claim measured under several variants may appear under several verdicts."""
-    out: dict[str, list[dict]] = {"supported": [], "not supported": [], "not measured": []}
+    INCONCLUSIVE: [...], 'not measured': [...]}. A claim measured under several variants may appear under
+    several verdicts."""
+    out: dict[str, list[dict]] = {v: [] for v in VERDICTS}
     for r in rows:
         group = out[r["verdict"]]
         entry = next((e for e in group if e["claim_id"] == r["claim_id"]), None)
@@ -243,7 +295,8 @@ def conclusion_summary(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
             entry = {"claim_id": r["claim_id"], "statement": CLAIMS_BY_ID[r["claim_id"]].statement, "measurements": []}
             group.append(entry)
         if r["value"] is not None:
-            entry["measurements"].append(f"{r['ours']} ({r['variant']}, {r['split']}, {r['where']})")
+            why = f"; {r['SAE health']}" if r["verdict"] == INCONCLUSIVE else ""
+            entry["measurements"].append(f"{r['ours']} ({r['variant']}, {r['split']}, {r['where']}{why})")
     return out
 
 
