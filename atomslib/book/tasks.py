@@ -183,7 +183,7 @@ def device_problem(task_name: str, params: Mapping[str, Any]) -> str | None:
         why = ("this torch is a CPU-only build" if not torch.backends.cuda.is_built()
                else f"torch sees {torch.cuda.device_count()} GPU(s) here")
         return (f"notebook {task_name}: device={device!r} (profile {params.get('profile', '?')!r}) but {why} "
-                f"(torch {torch.__version__}); run it on a GPU machine (README: an offline GPU node), "
+                f"(torch {torch.__version__}); run it on a GPU machine (README: the book at GPU scale), "
                 f"or here on the CPU with -p device=cpu")
     return None
 
