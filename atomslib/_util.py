@@ -208,7 +208,28 @@ def device_of(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no GPU here; use device='cpu' "
                          "or install a CUDA build of torch (see environment.yml)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} was requested but torch sees {torch.cuda.device_count()} GPU(s) here "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those")
     return dev
+
+
+def device_name(device: str | torch.device | None = "cpu") -> tuple[str, str]:
+    """(the torch device `device` resolves to, what it is: the GPU's name for cuda, e.g. 'NVIDIA H100
+    80GB HBM3', the processor's model name for the CPU), for the provenance of a result. A device
+    this machine lacks is `device_of`'s error."""
+    dev = device_of(device)
+    if dev.type == "cuda":
+        return str(dev), torch.cuda.get_device_name(dev)
+    if dev.type != "cpu":
+        return str(dev), dev.type
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return "cpu", model or platform.processor() or platform.machine()
 
 
 def cli_device(s: str) -> str:

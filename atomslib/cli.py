@@ -25,6 +25,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("atomslib.interop_saelens", "export a trained TSAE / ReLU SAE to another library's format (SAELens)"),
     "cache": ("atomslib.cache_repair", "verify a harvested activation cache, or repair it (re-harvests only "
               "missing or corrupt shards)"),
+    "bundle": ("atomslib.bundle", "pack the embedded models, the corpus and optional wheels into 50 MB pieces "
+               "with sha256s, for a machine without network"),
+    "unbundle": ("atomslib.bundle", "check every piece of a bundle and install it (models where atomslib looks)"),
 }
 
 DESCRIPTION = """\

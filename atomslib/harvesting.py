@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._util import DTYPES, atomic_write_bytes, atomic_write_json, cli_device
+from ._util import DTYPES, atomic_write_bytes, atomic_write_json, cli_device, device_of
 from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
 from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
                           write_moments)
@@ -203,7 +203,7 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
             raise ValueError("a loaded model needs its tokenizer: harvest(model, ..., tokenizer=tok) or harvest((model, tok), ...)")
         name = model_spec(model).name
     elif isinstance(model, (str, Path)):
-        name = str(model)
+        name, _ = str(model), device_of(device)   # cuda without a GPU is refused, even where a stored cache would do
     else:
         raise TypeError(f"model must be a model name/folder or a loaded HF model, got {type(model).__name__}")
     # Absolute block indices from here on (-1, fractions, names resolved once, from the model's depth).

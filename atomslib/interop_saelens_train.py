@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ._util import device_of
 from .interop_saelens import units_from_saelens
 from .patches import saelens_bars_off
 from .tsae import TSAE
@@ -87,6 +88,7 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
 
+    device = str(device_of(device))   # cuda without a GPU: one clear line, not SAELens's own error deep inside
     for name, v in (("d_model", d_model), ("n_units", n_units), ("n_tokens", n_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import check_acts
+from ._util import check_acts, device_of
 from .aip import AIP
 
 Tensor = torch.Tensor
@@ -28,7 +28,7 @@ def unit_dictionary(D, aip: AIP | None, dtype: torch.dtype, device=None, name: s
     D = check_acts(D, name)
     if aip is not None and aip.H != D.shape[1]:
         raise ValueError(f"{name} has width H = {D.shape[1]} but the AIP has H = {aip.H}; use the AIP of the same layer/site")
-    dev = torch.device(device) if device is not None else D.device
+    dev = device_of(device) if device is not None else D.device   # cuda without a GPU: a clear error
     W = aip.W.to(dev) if aip is not None else None
     U = torch.empty(D.shape, dtype=dtype, device=dev)
     zero = []

@@ -27,7 +27,7 @@ Activations: `--cache DIR --layer L` (a harvested cache); otherwise real activat
 embedded SmolLM2-135M harvested here (cached under $ATOMS_CACHE); if that is impossible,
 Gaussian activations with a power-law spectrum (the output says which).
 
-    python bench/train_throughput.py [--quick] [--tokens T] [--width N] [--batch B] [--cache DIR --layer L]
+    python bench/train_throughput.py [--quick] [--tokens T] [--width N] [--batch B] [--cache DIR --layer L] [--synthetic]
     python bench/train_throughput.py --device cuda --no-saelens --cache DIR --layer L --out bench/results/train_throughput_cuda.json
 
 On a GPU (`--device cuda`) the activations are moved to it once, both trainers step there, the
@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from atomslib._util import atomic_write_json  # noqa: E402
+from atomslib._util import atomic_write_json, cli_device, device_of  # noqa: E402
 from atomslib.train import train_tsae  # noqa: E402
 from atomslib.tsae import TSAEConfig  # noqa: E402
 
@@ -69,7 +69,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def synthetic_acts(n_rows: int, H: int = 576) -> tuple[torch.Tensor, str]:
+    g = torch.Generator().manual_seed(0)
+    spec = torch.arange(1, H + 1, dtype=torch.float32) ** -0.75
+    Q, _ = torch.linalg.qr(torch.randn(H, H, generator=g))
+    x = torch.randn(n_rows, H, generator=g) * spec @ Q.T * 20 + torch.randn(H, generator=g)
+    return x, f"Gaussian, power-law spectrum (exponent -0.75), H={H}"
+
+
 def get_acts(args, n_rows: int) -> tuple[torch.Tensor, str]:
+    if args.synthetic:
+        return synthetic_acts(n_rows)
     if args.cache:
         from atomslib.cache import ActivationCache
         c = ActivationCache(args.cache)
@@ -81,12 +91,7 @@ def get_acts(args, n_rows: int) -> tuple[torch.Tensor, str]:
         return c.load(args.layer, max_tokens=n_rows), f"SmolLM2-135M resid_post layer {args.layer} (harvested here)"
     except Exception as e:  # no model here: fall back, and say so
         print(f"(could not harvest real activations: {e}; using synthetic ones)")
-        g = torch.Generator().manual_seed(0)
-        H = 576
-        spec = torch.arange(1, H + 1, dtype=torch.float32) ** -0.75
-        Q, _ = torch.linalg.qr(torch.randn(H, H, generator=g))
-        x = torch.randn(n_rows, H, generator=g) * spec @ Q.T * 20 + torch.randn(H, generator=g)
-        return x, "Gaussian, power-law spectrum (exponent -0.75), H=576"
+        return synthetic_acts(n_rows)
 
 
 def _sync(device: str) -> None:
@@ -155,6 +160,7 @@ def run_saelens(train, args, H):
         d_in=H, d_sae=args.width, normalize_activations="expected_average_only_in", decoder_init_norm=1.0,
         jumprelu_init_threshold=args.init_threshold, jumprelu_bandwidth=args.bandwidth,
         l0_coefficient=lam(args, H) * H, l0_warm_up_steps=sched["sparsity_warmup"],
+        device=args.device,      # built where the batches are (SAETrainer also moves it to its cfg.device)
         **({"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": args.target_l0} if args.target_l0 else {})))
     n_norm = max(1, 65536 // args.batch)       # the same norm-estimate sample as ours
 
@@ -197,14 +203,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--init-threshold", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both trainers (best counts)")
     ap.add_argument("--no-saelens", action="store_true")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both trainers step (default cpu)")
+    ap.add_argument("--device", default="cpu", type=cli_device, help="cpu or cuda: where both trainers step (default cpu)")
+    ap.add_argument("--synthetic", action="store_true", help="Gaussian activations (no harvest): a smoke run")
+    ap.add_argument("--eval-rows", type=int, default=8192, help="held-out rows R² and L0 are measured on")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_throughput.json"))
     args = ap.parse_args(argv)
     if args.tokens is None:
         args.tokens = 81_920 if args.quick else 409_600
     torch.set_num_threads(args.threads)
+    try:
+        device_of(args.device)      # cuda without a GPU: one clear line before any work
+    except ValueError as e:
+        raise SystemExit(f"train_throughput: {e}") from None
 
-    n_eval = 8192
+    n_eval = args.eval_rows
     n_train = min(max(args.tokens // 4, 4 * args.batch), 65_536)   # rows are cycled; enough to not memorise
     acts, source = get_acts(args, n_train + n_eval)
     acts = acts.float().to(args.device)

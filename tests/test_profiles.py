@@ -11,7 +11,7 @@ from atomslib.book.grid import expand_grid, make_grid_tasks
 from atomslib.book.project import find_project, list_sources, load_profile, read_notebook
 from atomslib.book.tasks import make_task
 
-SHIPPED = ("default", "quick", "paper")
+SHIPPED = ("default", "quick", "paper", "gpu")
 
 
 @pytest.fixture(scope="module")

@@ -157,12 +157,12 @@ def test_a_notebook_whose_outputs_are_in_use_is_refused(project):
 
 
 def test_shipped_profiles_load():
-    for name in ("default", "quick", "paper"):
+    for name in ("default", "quick", "paper", "gpu"):
         p = load_profile(name)
         for key in ("model", "layers", "site", "tokens", "heldout_tokens", "capacity", "device", "seed",
                     "cache_dir", "results_dir", "figures_dir"):
             assert key in p.common, f"profile {name} lacks {key}"
-    assert load_profile("paper").common["device"] == "cuda"
+    assert load_profile("paper").common["device"] == load_profile("gpu").common["device"] == "cuda"
 
 
 def test_parse_assignments_yaml_values():

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .. import criteria
-from .._util import none_for_nan
+from .._util import device_of, none_for_nan
 
 class Memorisation(NamedTuple):
     """The memorisation baseline: D = the normalised training vectors, a 1-sparse code each."""
@@ -37,7 +37,7 @@ def memorise(D: torch.Tensor, m: torch.Tensor, *, batch_size: int = 1024, device
     (largest |⟨m, d⟩|, Euclidean), with the projection ⟨m, d⟩ as its coefficient (the best
     1-sparse least-squares fit on unit rows). On D's own training vectors this reconstructs them
     exactly (R² = 1); on held-out rows it is nearest-direction lookup."""
-    D = D.float().to(device or D.device)
+    D = D.float().to(device_of(device) if device is not None else D.device)
     idx, coeff, m_hat = [], [], []
     for i in range(0, m.shape[0], batch_size):
         x = m[i:i + batch_size].float().to(D.device)

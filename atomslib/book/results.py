@@ -8,7 +8,8 @@ Every notebook ends by writing `results/NN_name.json` through `save_results`:
 (a list of `{"claim_id", "value", "variant", "split", ...}`; `claim_id` from `PAPER_CLAIMS`,
 `value` a number or `null`, `variant` the metric variant, e.g. `"R2=euclid, q*=A"`, `split`
 `"train"`, `"heldout"` or `"synthetic"`; optional `model`, `layer`, `note`), `figures`
-(paths relative to the results folder's parent), `environment`. Every claim value must appear on the
+(paths relative to the results folder's parent), `environment` (python, torch, platform, and the `device` the
+notebook ran on with its `device_name`: the GPU's or the processor's). Every claim value must appear on the
 notebook's page formatted by `fmt` (use `claims_table`): the book test checks it.
 
 Notebooks use them as `from atomslib.book import results`.
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._util import atomic_write_json, fmt  # fmt: the one number format, defined in the library (the book's pages use results.fmt)
+from .._util import atomic_write_json, device_name, fmt  # fmt: the one number format, defined in the library (the book's pages use results.fmt)
 from .project import MODELS_DIR
 
 # ----------------------------------------------------------------------------------------------
@@ -180,12 +181,15 @@ def save_results(notebook: str, params: Mapping[str, Any], metrics: Mapping[str,
     """Write `<results_dir>/<notebook>.json` atomically under the convention; return its path."""
     import torch  # already imported by _util; recorded for provenance
 
+    # The device the notebook ran on (a notebook without a `device` parameter runs on the CPU), named.
+    device, device_label = device_name(params.get("device") or "cpu")
     obj = {"notebook": notebook, "title": title or notebook, "params": dict(params),
            "atomslib_version": __version__, "run_key": None,
            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "metrics": dict(metrics), "claims": [dict(c) for c in claims], "figures": [str(f) for f in figures],
            "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                           "platform": platform.platform(), "processor": platform.machine()}}
+                           "platform": platform.platform(), "processor": platform.machine(),
+                           "device": device, "device_name": device_label}}
     problems = validate_results(obj, notebook)
     if problems:
         raise ValueError(f"results of {notebook} break the convention: " + "; ".join(problems))

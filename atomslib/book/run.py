@@ -64,7 +64,7 @@ from .grid import make_grid_tasks, merge_grid
 from .results import validate_results
 from .project import (MODELS_DIR, NotebookSource, Profile, find_project, find_source, list_sources, load_profile,
                       read_notebook, toc_model_pages, toc_notebooks)
-from .tasks import Task, TaskResult, is_current, make_model_tasks
+from .tasks import Task, TaskResult, device_problem, is_current, make_model_tasks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +138,10 @@ def _execute_locked(task: Task, res: TaskResult) -> TaskResult:
     t0 = time.monotonic()
     nb_path, res_path = Path(task.notebook_path), Path(task.results_path)
     if not task.force and is_current(nb_path, res_path, task.key):
+        return res
+    problem = device_problem(task.name, task.params)   # before a kernel starts: no silent CPU run
+    if problem:
+        res.status, res.message = "failed", problem
         return res
     res_path.parent.mkdir(parents=True, exist_ok=True)
     partial = nb_path.with_name(f"{task.name}.partial.ipynb")
@@ -401,6 +405,13 @@ def run_all(profile: str | Profile = "default", executor: str | Executor = "loca
                 results.append(TaskResult(s.name, "failed", 0.0, "", f"notebook {s.name}: {type(e).__name__}: {e}"))
                 bar.update(1)
         labels.update({t.key: label for points in grids.values() for label, t in points})
+        if isinstance(ex, LocalExecutor):   # this machine runs them: refuse a device it lacks before any runs
+            problems = [p for t in tasks if (t.force or not is_current(t.notebook_path, t.results_path, t.key))
+                        and (p := device_problem(t.name, t.params))]
+            if problems:
+                bar.leave = False   # the error is the one line left on the screen
+                bar.close()
+                raise ValueError(f"{problems[0]} ({len(problems)} notebook run(s) ask for it; none of them was started)")
 
         def done(r: TaskResult):
             r.name = labels.get(r.key, r.name)  # grid points read NN_name[axis=value,...]

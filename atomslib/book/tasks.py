@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._util import sha256_file
+from .._util import device_of, sha256_file
 from ..paths import book_cache
 from .project import MODELS_DIR, NotebookSource, Profile, Project, find_project
 
@@ -167,6 +167,25 @@ def is_current(notebook_path: str | os.PathLike, results_path: str | os.PathLike
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return False
     return nb_key == key and res_key == key
+
+
+def device_problem(task_name: str, params: Mapping[str, Any]) -> str | None:
+    """Why a notebook with these parameters cannot run on this machine (a `device` torch cannot use
+    here, e.g. cuda without a GPU), as one line naming the fix; None when it can. A GPU run is never
+    done on the CPU instead: its results would carry the CPU's numbers under the GPU profile's name."""
+    device = params.get("device")
+    if device is None or str(device) == "cpu":
+        return None
+    try:
+        device_of(device)
+    except ValueError:
+        import torch
+        why = ("this torch is a CPU-only build" if not torch.backends.cuda.is_built()
+               else f"torch sees {torch.cuda.device_count()} GPU(s) here")
+        return (f"notebook {task_name}: device={device!r} (profile {params.get('profile', '?')!r}) but {why} "
+                f"(torch {torch.__version__}); run it on a GPU machine (README: the book at GPU scale), "
+                f"or here on the CPU with -p device=cpu")
+    return None
 
 
 def make_task(src: NotebookSource, profile: Profile, overrides: Mapping[str, Any] | None, *, project: Project,
