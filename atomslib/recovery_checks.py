@@ -125,7 +125,7 @@ def erc_case(K: int = 3, seed: int = 0) -> dict:
     first = int((m @ D.T).abs().argmax())
     return {"K": K, "H": H, "N": H + 1, "μ": mu, "bound": th.uniqueness_bound(mu), "inside": inside_uniqueness(K, mu),
             "code": code.tolist(), "supports of ≤ K atoms that represent m": [list(S) for S in sparse],
-            "unique": sparse == [T], "next sparsest code's atoms": next_k,
+            "unique": sparse == [T], "atoms of the next sparsest code": next_k,
             "ERC": rc.exact_recovery_coefficient(D, T), "OMP's first atom": first, "OMP's first atom is true": first in T,
             "basis_pursuit": bp.tolist(), "omp": om.tolist(),
             "bp_recovers": bool(float((bp - code).abs().max()) <= 1e-6),
