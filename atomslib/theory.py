@@ -205,11 +205,11 @@ def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, fl
 
     Supports are uniform among the K-subsets; magnitudes |x_a| are uniform in
     `delta_range` = (x_min, x_max); signs are random unless `nonneg`. Options that break the
-    isotropy E[x xᵀ] ∝ I on which the AIP estimate rests (see `AIP`): `code_scales` (N,) multiplies
+    isotropy E[xᵀx] ∝ I on which the AIP estimate rests (see `AIP`): `code_scales` (N,) multiplies
     atom a's coefficients by code_scales[a] (unequal variances; the coefficients then leave
     delta_range); `co_active` = c switches atoms on in groups of c consecutive atoms sharing one sign
     (correlated codes; c must divide N and K). Nonnegative codes are correlated too: their common
-    mean adds a multiple of 11ᵀ to E[x xᵀ].
+    mean adds a multiple of 11ᵀ to E[xᵀx] (x a row: the moment is N x N).
     """
     lo, hi, scales = _check_code_args(N, K, n_samples, delta_range, code_scales, co_active)
     g = torch.Generator().manual_seed(seed)
@@ -218,7 +218,7 @@ def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, fl
 
 def code_second_moment(N: int, K: int, *, delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True,
                        code_scales: Tensor | None = None, co_active: int = 1) -> Tensor:
-    """E[x xᵀ] (N, N) of `sparse_codes` with these options, exactly (no sampling).
+    """E[xᵀx] (N, N) of `sparse_codes` with these options, exactly (no sampling).
 
     With u uniform in (x_min, x_max) and p = K/N the chance that an atom is active:
     diagonal p·E[u²]; off-diagonal 0 for signed codes except within a co-active group (p·E[u]²);

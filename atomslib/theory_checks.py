@@ -104,7 +104,7 @@ def aip_geometries(D: torch.Tensor, A: torch.Tensor, fitted: AIP) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# The AIP and its assumption E[x xᵀ] ∝ I
+# The AIP and its assumption E[xᵀx] ∝ I
 
 
 def relative_condition(S_est: torch.Tensor, S_ref: torch.Tensor) -> float:
@@ -146,7 +146,7 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
         codes = th.sparse_codes(N, K, n, delta_range=RECOVERY_RANGE, seed=seed + i, **kw)
         est = AIP.fit(codes @ X)
         distribution = what.format(scales=fmt(float(opt.get("scales", math.nan))))   # cases without {scales} ignore it
-        rows.append({"codes": name, "distribution": distribution, "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
+        rows.append({"codes": name, "distribution": distribution, "K": K, "x range": list(RECOVERY_RANGE), "E[xᵀx] ∝ I": isotropic,
                      "κ population": relative_condition(pop.S, S_true), "κ estimated": relative_condition(est.S, S_true),
                      "μ under S̃": coherence(X, truth), "μ population": coherence(X, pop), "μ estimated": coherence(X, est),
                      "μ Euclidean": coherence(X), "n_samples": n})

@@ -271,7 +271,7 @@ def test_uniqueness_bound_and_support_recovery():
         T.rip_constant_bounds(torch.zeros(3, 2), 2)
 
 
-# ---- codes that do and do not satisfy E[x xᵀ] ∝ I ---------------------------------------------------
+# ---- codes that do and do not satisfy E[xᵀx] ∝ I ---------------------------------------------------
 def test_sparse_codes_options_and_their_second_moment():
     x = T.sparse_codes(12, 4, 300, delta_range=(0.5, 1.5), nonneg=False, seed=1)
     assert x.shape == (300, 12) and bool(((x != 0).sum(1) == 4).all())

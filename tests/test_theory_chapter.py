@@ -165,7 +165,7 @@ def test_claims_and_aip_assumption(chapter, profile):
                           "theorem.tsae_support"}
     assert all(results.CLAIMS_BY_ID[k].verdict(v) == "supported" for k, vs in by_id.items() for v in vs)
     rows = {r["codes"]: r for r in res["metrics"]["aip_assumption"]}
-    assert rows["isotropic"]["E[xxᵀ] ∝ I"] and rows["isotropic"]["κ population"] == pytest.approx(1.0)
+    assert rows["isotropic"]["E[xᵀx] ∝ I"] and rows["isotropic"]["κ population"] == pytest.approx(1.0)
     assert all(r["κ population"] > 1.5 for name, r in rows.items() if name != "isotropic")
 
 

@@ -86,8 +86,8 @@ def geometries_prose(g: Mapping) -> str:
 
 
 def aip_assumption_prose(rows: Sequence[Mapping]) -> str:
-    iso = [r for r in rows if r["E[xxᵀ] ∝ I"]]
-    non = [r for r in rows if not r["E[xxᵀ] ∝ I"]]
+    iso = [r for r in rows if r["E[xᵀx] ∝ I"]]
+    non = [r for r in rows if not r["E[xᵀx] ∝ I"]]
     lo, hi = rows[0]["x range"]
     out = [f"All {len(rows)} distributions have K = {rows[0]['K']} nonzeros per code with |x_a| in [{fmt(lo)}, {fmt(hi)}] "
            f"before any scaling."]
@@ -389,20 +389,21 @@ def encoder_geometry_prose(rows: Sequence[Mapping], true_rows: Sequence[Mapping]
     by = {r["geometry"].split(" ")[0]: r for r in rows}
     out = []
     for r in rows:
-        out.append(f"{r['geometry']}: μ = {fmt(r['μ'])}, atom norms ν from {fmt(r['ν min'])} to {fmt(r['ν max'])}, so the "
+        name = r["geometry"][0].upper() + r["geometry"][1:]
+        out.append(f"{name}: μ = {fmt(r['μ'])}, atom norms ν from {fmt(r['ν min'])} to {fmt(r['ν max'])}, so the "
                    f"rescaled coefficients lie in [{fmt(r['x̄_min'])}, {fmt(r['x̄_max'])}]; the interval is "
-                   + (f"({fmt(r['theorem low'])}, {fmt(r['theorem high'])}) and every threshold in it recovers "
-                      f"{fmt(r['min rate over interval'])} of the supports" if r["inside"] else "empty")
-                   + f", and the best threshold recovers {fmt(r['best rate over τ'])}.")
+                   + (f"({fmt(r['theorem low'])}, {fmt(r['theorem high'])}), with a recovery rate of at least "
+                      f"{fmt(r['min rate over interval'])} across it" if r["inside"] else "empty")
+                   + f", and the best threshold's recovery rate is {fmt(r['best rate over τ'])}.")
     t = true_rows
     ins = [r["K"] for r in t if r["inside"]]
     mu = t[0]["μ"]
     out.append(f"Under the true S̃ of this over-complete dictionary (N = 2H) the atoms have coherence {fmt(mu)} and, "
                f"rescaled to unit norm, coefficients in [{fmt(t[0]['x̄_min'])}, {fmt(t[0]['x̄_max'])}]: the theorem's "
                + (f"interval is non-empty for K ≤ {max(ins)} (of K = {', '.join(str(r['K']) for r in t)} checked), where "
-                  f"every threshold in it recovers at least {fmt(min(r['min rate over interval'] for r in t if r['inside']))} "
-                  "of the supports" if ins else "interval is empty at every K checked")
-               + f"; the best threshold recovers {', '.join(fmt(r['best rate over τ']) for r in t)} at K = "
+                  f"the recovery rate across it is at least {fmt(min(r['min rate over interval'] for r in t if r['inside']))}"
+                  if ins else "interval is empty at every K checked")
+               + f"; the best threshold's recovery rate is {', '.join(fmt(r['best rate over τ']) for r in t)} at K = "
                f"{', '.join(str(r['K']) for r in t)}.")
     if "pull-back" in by and "true" in by:
         out.append(f"The pull-back S_A and the true S̃ are different geometries for the same atoms (μ {fmt(by['pull-back']['μ'])} "
