@@ -1,12 +1,16 @@
 """Recovering the codes from the activations (spec §4): basis pursuit, OMP and the threshold encoder.
 
-The notation and the geometry are those of `atomslib.theory` (codes x with m = Σ_a x_a d_a, unit
-atoms d_a, coherence μ, coefficients x_min ≤ |x_a| ≤ x_max, named `delta_range`, `delta_min`,
-`delta_max` in the parameters). Everything is float64 on the CPU, for small synthetic atom sets.
+The notation and the geometry are those of `atomslib.theory`: rows are atoms, a code x gives the
+activation m = x D = Σ_a x_a d_a, the atoms are unit vectors in the geometry S of the theorem, μ is
+their coherence and x_min ≤ |x_a| ≤ x_max bound the nonzero coefficients (the parameters keep the
+paper's letters: `delta_range` = (x_min, x_max), `delta_min` = x_min, `delta_max` = x_max).
+Everything is float64 on the CPU, for small synthetic atom sets.
 
-Exact recovery of K-sparse codes when K < (1 + 1/μ)/2: `basis_pursuit` (min ℓ1) and `omp`. The
+Exact recovery of K-sparse codes when K < (1 + 1/μ)/2: `basis_pursuit` (min ℓ1) and `omp`.
+`exact_recovery_coefficient` is Tropp's ERC of a support: below 1, both recover every code on it;
+at or above 1, some code on it defeats OMP even when it is the unique sparsest code. The
 threshold-SAE theorem: `tsae_threshold_interval` (the thresholds the theorem allows),
-`theorem_tsae` (its encoder W_enc = D S̃, a `ThresholdEncoder`), `support_recovery` (the share of
+`theorem_tsae` (its encoder W_enc = D S, a `ThresholdEncoder`), `support_recovery` (the share of
 codes whose support comes back exactly) and `threshold_worst_case` (the exact worst case of that
 encoder over all admissible codes, `ThresholdWorstCase`).
 """
@@ -92,28 +96,31 @@ def omp(D: Tensor, m: Tensor, K: int, *, aip: AIP | None = None, tol: float = 1e
     return torch.zeros(n, N + 1, dtype=torch.float64).scatter_add_(1, idx, coef)[:, :N]
 
 
-def tsae_threshold_interval(eps: float, K: int, delta_min: float, delta_max: float) -> tuple[float, float] | None:
-    """Thresholds τ with ε K x_max < τ < x_min − ε (K−1) x_max (open interval), or None when empty
-    (i.e. unless x_min > ε (2K − 1) x_max). `delta_min`, `delta_max` are x_min, x_max: the bounds on
-    the nonzero coefficients of the (nonnegative) codes; ε is the coherence μ.
+def tsae_threshold_interval(mu: float, K: int, delta_min: float, delta_max: float) -> tuple[float, float] | None:
+    """Thresholds τ with μ K x_max < τ < x_min − μ (K−1) x_max (open interval), or None when empty
+    (i.e. unless x_min > μ (2K − 1) x_max). μ is the coherence of the unit atoms; `delta_min`,
+    `delta_max` are x_min, x_max: the bounds on the nonzero coefficients of the (nonnegative) codes
+    of those unit atoms.
 
-    The two ends come from two cases of the pre-activation p_a = ⟨d_a, m⟩_S = Σ_b x_b cos_S(d_a, d_b):
-    an off-support atom gets K interference terms and no coefficient, |p_a| ≤ K ε x_max (below τ:
+    The two ends come from two cases of the pre-activation p_a = ⟨m, d_a⟩_S = Σ_b x_b cos_S(d_a, d_b):
+    an off-support atom gets K interference terms and no coefficient, |p_a| ≤ K μ x_max (below τ:
     the lower end); an on-support atom gets its coefficient plus K − 1 interference terms,
-    p_a ≥ x_min − (K−1) ε x_max (at least τ: the upper end). `threshold_worst_case` gives the exact
+    p_a ≥ x_min − (K−1) μ x_max (at least τ: the upper end). `threshold_worst_case` gives the exact
     worst case of both for a given dictionary."""
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps must be a coherence in [0, 1], got {eps!r}")
+    if not 0 <= mu <= 1:
+        raise ValueError(f"mu must be a coherence in [0, 1], got {mu!r}")
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be a positive int, got {K!r}")
     if not 0 < delta_min <= delta_max:
-        raise ValueError(f"need 0 < delta_min <= delta_max, got {delta_min!r}, {delta_max!r}")
-    low, high = eps * K * delta_max, delta_min - eps * (K - 1) * delta_max
+        raise ValueError(f"need 0 < delta_min <= delta_max (x_min, x_max: the bounds on the codes' nonzero "
+                         f"coefficients), got {delta_min!r}, {delta_max!r}")
+    low, high = mu * K * delta_max, delta_min - mu * (K - 1) * delta_max
     return (low, high) if low < high else None
 
 
 class ThresholdEncoder:
-    """The theorem's encoder: z = σ_τ(m W_encᵀ) with W_enc = D S̃ (rows layout), σ_τ(t) = t·1[t ≥ τ]
+    """The theorem's encoder: z = σ_τ(m W_encᵀ) with W_enc = D S (rows layout; S the geometry's matrix,
+    the identity for the Euclidean one), σ_τ(t) = t·1[t ≥ τ]
     (`signed=True`: t·1[|t| ≥ τ], for signed codes); decode(z) = z D.
 
     The one-sided gate (a TSAE's) drops every negative pre-activation, so it recovers supports only
@@ -161,13 +168,17 @@ class ThresholdEncoder:
 
 def theorem_tsae(D: Tensor, aip: AIP | None = None, tau: float | Tensor | None = None, *, K: int | None = None,
                  delta_range: tuple[float, float] | None = None, signed: bool = False) -> ThresholdEncoder:
-    """The identifiability construction of spec §4: W_enc = D S̃, W_dec = D, b = 0, threshold τ.
+    """The identifiability construction of spec §4: W_enc = D S, W_dec = D, b = 0, threshold τ, with
+    S = aip.S (None: S = I, the Euclidean geometry).
 
     `delta_range` is (x_min, x_max), the range of the codes' nonzero coefficients.
 
-    Rows of D must have unit norm under the AIP. `tau` is a float or per-unit (N,) tensor; when
-    omitted, the midpoint of `tsae_threshold_interval(μ_S, K, *delta_range)` is used (ValueError
-    when that interval is empty).
+    Rows of D must have unit norm under S. Under the true AIP S̃ = (DᵀD)⁻¹ of an over-complete
+    dictionary (N > H) they cannot all be: Σ_a ‖d_a‖²_S̃ = tr(S̃ DᵀD) = H, so the mean squared norm
+    is H/N. Rescale them, d_a / ν_a with ν_a = ‖d_a‖_S̃, and the codes with them, x_a ν_a: the
+    rescaled coefficients lie in [x_min · min ν, x_max · max ν], the range the theorem then needs.
+    `tau` is a float or per-unit (N,) tensor; when omitted, the midpoint of
+    `tsae_threshold_interval(μ_S, K, *delta_range)` is used (ValueError when that interval is empty).
     """
     X = checked_dictionary(D)
     S = torch.eye(X.shape[1], dtype=torch.float64) if aip is None else aip.S
@@ -175,7 +186,7 @@ def theorem_tsae(D: Tensor, aip: AIP | None = None, tau: float | Tensor | None =
         raise ValueError(f"D has width {X.shape[1]} but the AIP has H = {S.shape[0]}")
     norms = ((X @ S) * X).sum(1).sqrt()
     if not torch.allclose(norms, torch.ones_like(norms), rtol=0, atol=1e-6):
-        raise ValueError("rows of D must have unit norm under the AIP (W_enc = D S̃ assumes ‖d_a‖_S = 1); use "
+        raise ValueError("rows of D must have unit norm under the AIP (W_enc = D S assumes ‖d_a‖_S = 1); use "
                          "D / aip.norm(D)[:, None] and multiply the codes by aip.norm(D)")
     if tau is None:
         if K is None or delta_range is None:
@@ -188,6 +199,26 @@ def theorem_tsae(D: Tensor, aip: AIP | None = None, tau: float | Tensor | None =
         tau = (iv[0] + iv[1]) / 2
     thr = torch.as_tensor(tau, dtype=torch.float64).expand(X.shape[0]).clone()
     return ThresholdEncoder(X @ S, X, thr, signed)
+
+
+def exact_recovery_coefficient(D: Tensor, support, *, aip: AIP | None = None) -> float:
+    """Tropp's exact recovery coefficient of a support T: max over atoms c outside T of ‖D_T⁺ d_c‖₁,
+    for the atoms normalised to unit norm under `aip` (rows layout: the coefficients of d_c's least-
+    squares fit by the atoms of T).
+
+    Below 1 (Tropp's exact recovery condition), OMP and basis pursuit recover every code supported
+    on T (Tropp 2004). At 1 or above, some code on T makes OMP pick an atom
+    outside T first, even where that code is the unique sparsest one; basis pursuit may still recover
+    it (the condition is sufficient for basis pursuit, not necessary).
+    """
+    U = unit_rows(D, aip)
+    N = U.shape[0]
+    T = sorted({int(a) for a in support})
+    if not T or T[0] < 0 or T[-1] >= N or len(T) == N:
+        raise ValueError(f"support must be a non-empty proper subset of the N = {N} atoms, got {support!r}")
+    off = [c for c in range(N) if c not in set(T)]
+    coef = torch.linalg.lstsq(U[T].T, U[off].T, driver="gelsd").solution     # (|T|, N − |T|)
+    return float(coef.abs().sum(0).max())
 
 
 def support_recovery(true_codes: Tensor, est_codes: Tensor, *, tol: float = 1e-8) -> float:

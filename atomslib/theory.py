@@ -1,21 +1,33 @@
 """Atom sets with known truth and their geometry (spec §4: standard compressed sensing under an AIP).
 
-Notation (the book's): a dictionary D has unit atoms d_a (rows here); a code x ∈ R^N gives the
-activation m = Σ_a x_a d_a (`codes @ D`); K is a sparsity level; μ the coherence; δ_K the
-restricted-isometry constant; x_min ≤ |x_a| ≤ x_max the bounds on a code's nonzero coefficients
-(the paper writes δ for the code and δ_min, δ_max for these bounds; the parameters keep the names
-`delta_range`, `delta_min`, `delta_max`).
+Notation (the book's, rows layout): a dictionary D (N, H) has atoms d_a as rows; a code x ∈ R^N
+gives the activation m = x D = Σ_a x_a d_a (`codes @ D`); K is a sparsity level; μ the coherence;
+δ_K the restricted-isometry constant; x_min ≤ |x_a| ≤ x_max the bounds on a code's nonzero
+coefficients (the paper writes δ for the code and δ_min, δ_max for these bounds; the parameters
+keep the names `delta_range`, `delta_min`, `delta_max`).
+
+Three geometries, one symbol each:
+  S̃ = (DᵀD)⁻¹        the true AIP of the dictionary D (needs D to span R^H);
+  Ŝ = (E[mᵀm])⁻¹     its estimate from activations (`AIP.fit`): a multiple of S̃ when the codes have
+                      E[xᵀx] ∝ I (sufficient, not necessary: Dᵀ(E[xᵀx] − σ²I)D = 0 is the condition);
+  S_A = (AᵀA)⁻¹      the pull-back of the Euclidean geometry through an invertible map A
+                      (d ↦ dA, m ↦ mA): cos_{S_A}(dA, d'A) = cos(d, d'), so it keeps the Euclidean
+                      cosines of the atoms before the map.
+S̃ is equivariant (the true AIP of DA is the pull-back of the true AIP of D), so coherence under S̃
+does not depend on A; but it differs from the Euclidean coherence unless DᵀD ∝ I (a tight frame).
 
 Everything here is float64 on the CPU and meant for small synthetic atom sets where the truth
 is known. Geometry: each function takes `aip=None` (Euclidean) or an `AIP`; coherence μ is
 max_{a≠b} |cos_S(d_a, d_b)|. The theorems need atoms of unit norm in the geometry they are stated
-in (basis pursuit's ℓ1 and the encoder W_enc = D S̃ weigh atoms by their norm).
+in (basis pursuit's ℓ1 and the encoder W_enc = D S weigh atoms by their norm). Under S̃ an
+over-complete dictionary (N > H) cannot have unit atoms: Σ_a ‖d_a‖²_S̃ = tr(S̃ DᵀD) = H, a mean of
+H/N; the theorems are then applied to the rescaled atoms d_a/‖d_a‖_S̃ with codes x_a ‖d_a‖_S̃.
 
 `synthetic_atoms` builds D with unit **Euclidean** rows and **Euclidean** coherence ≤ eps, so the
-theorems' hypotheses are set in the Euclidean geometry; it also returns the AIP of the truth
-S̃ = (D_HN D_HNᵀ)⁻¹ (rows layout: (Dᵀ D)⁻¹), under which atoms are exactly orthogonal when N ≤ H,
-and the coherence under that AIP. To state a theorem under a non-trivial AIP, map a Euclidean
-instance through an invertible A (d ↦ A d, m ↦ A m) and use S̃ = (A Aᵀ)⁻¹: cosines are preserved.
+theorems' hypotheses are set in the Euclidean geometry; it also returns the true AIP S̃ = (DᵀD)⁻¹
+(identity on the complement of D's row space), under which atoms are exactly orthogonal when N ≤ H,
+and the coherence under it. To state a theorem under a non-trivial AIP, map a Euclidean instance
+through an invertible A (d ↦ dA, m ↦ mA) and use the pull-back S_A = (AᵀA)⁻¹: cosines are preserved.
 
 What the geometry guarantees: `rip_constant_bounds` (δ_K ≤ (K − 1)μ), `uniqueness_bound` and
 `spark` (a K-sparse code is unique when 2K < spark). Tight cases and witnesses: `regular_simplex`
@@ -44,35 +56,45 @@ class SyntheticAtoms(NamedTuple):
     acts: Tensor            # (n, H) = codes @ D
     coherence: float        # Euclidean coherence of D (≤ eps when eps was given)
     coherence_aip: float    # coherence under `aip`
-    aip: AIP                # AIP of the truth: (DᵀD)⁻¹ on span(D), identity on its complement
+    aip: AIP                # the true AIP S̃ = (DᵀD)⁻¹ on span(D), identity on its complement
     K: int
     delta_range: tuple[float, float]    # (x_min, x_max)
 
 
 class _RIPPair(NamedTuple):
     upper: float            # (K − 1) μ (Gershgorin)
-    sampled_lower: float    # max over examined K-subsets of max |λ(G_S) − 1|; exact δ_K when exhaustive
+    sampled_lower: float    # max over examined K-subsets of max |λ(G_T) − 1|; exact δ_K when exhaustive
 
 
 class RIPBounds(_RIPPair):
     """Bounds on the restricted isometry constant δ_K of the unit-normalised dictionary.
 
-    Unpacks as `(upper, sampled_lower)`; also carries `mu` (the coherence) and `exhaustive`
-    (True when every K-subset was examined, so `sampled_lower` is δ_K itself).
+    δ_K is the smallest δ with (1 − δ)‖x‖² ≤ ‖x D‖²_S ≤ (1 + δ)‖x‖² for every K-sparse x, that is
+    max over K-subsets T of max(1 − λ_min(G_T), λ_max(G_T) − 1), G_T the Gram matrix of T's atoms.
+    Unpacks as `(upper, sampled_lower)`; also carries `mu` (the coherence), `exhaustive` (True when
+    every K-subset was examined, or K ≤ 2 where δ_K is read off the Gram matrix, so `sampled_lower`
+    is δ_K itself), and `lam_min`, `lam_max`: the smallest λ_min(G_T) and largest λ_max(G_T) over the
+    examined subsets. δ_K ≥ 1 through lam_min ≤ 0 means K atoms are linearly dependent (a K-sparse
+    null vector); through lam_max ≥ 2 alone, every K atoms stay independent.
     """
 
-    def __new__(cls, upper: float, sampled_lower: float, mu: float, exhaustive: bool):
+    def __new__(cls, upper: float, sampled_lower: float, mu: float, exhaustive: bool,
+                lam_min: float = float("nan"), lam_max: float = float("nan")):
         self = super().__new__(cls, upper, sampled_lower)
-        self.mu, self.exhaustive = mu, exhaustive
+        self.mu, self.exhaustive, self.lam_min, self.lam_max = mu, exhaustive, lam_min, lam_max
         return self
 
     def __repr__(self) -> str:
         return (f"RIPBounds(upper={self.upper:.4g}, sampled_lower={self.sampled_lower:.4g}, mu={self.mu:.4g}, "
-                f"exhaustive={self.exhaustive})")
+                f"exhaustive={self.exhaustive}, lam_min={self.lam_min:.4g}, lam_max={self.lam_max:.4g})")
 
 
 def welch_bound(N: int, H: int) -> float:
-    """Smallest coherence any N unit vectors in R^H can have (0 when N ≤ H)."""
+    """Welch's lower bound on the coherence of N unit vectors in R^H: √((N − H)/(H(N − 1))) (0 when N ≤ H).
+
+    Every set of N unit vectors has coherence at least this; it is attained only by equiangular
+    tight frames, which exist for few (N, H), so for most pairs the least achievable coherence is
+    strictly larger."""
     return 0.0 if N <= H else math.sqrt((N - H) / (H * (N - 1)))
 
 
@@ -183,11 +205,11 @@ def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, fl
 
     Supports are uniform among the K-subsets; magnitudes |x_a| are uniform in
     `delta_range` = (x_min, x_max); signs are random unless `nonneg`. Options that break the
-    isotropy E[x xᵀ] ∝ I on which the AIP estimate rests (see `AIP`): `code_scales` (N,) multiplies
+    isotropy E[xᵀx] ∝ I on which the AIP estimate rests (see `AIP`): `code_scales` (N,) multiplies
     atom a's coefficients by code_scales[a] (unequal variances; the coefficients then leave
     delta_range); `co_active` = c switches atoms on in groups of c consecutive atoms sharing one sign
     (correlated codes; c must divide N and K). Nonnegative codes are correlated too: their common
-    mean adds a multiple of 11ᵀ to E[x xᵀ].
+    mean adds a multiple of 11ᵀ to E[xᵀx] (x a row: the moment is N x N).
     """
     lo, hi, scales = _check_code_args(N, K, n_samples, delta_range, code_scales, co_active)
     g = torch.Generator().manual_seed(seed)
@@ -196,7 +218,7 @@ def sparse_codes(N: int, K: int, n_samples: int, *, delta_range: tuple[float, fl
 
 def code_second_moment(N: int, K: int, *, delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True,
                        code_scales: Tensor | None = None, co_active: int = 1) -> Tensor:
-    """E[x xᵀ] (N, N) of `sparse_codes` with these options, exactly (no sampling).
+    """E[xᵀx] (N, N) of `sparse_codes` with these options, exactly (no sampling).
 
     With u uniform in (x_min, x_max) and p = K/N the chance that an atom is active:
     diagonal p·E[u²]; off-diagonal 0 for signed codes except within a co-active group (p·E[u]²);
@@ -295,13 +317,18 @@ def uniqueness_bound(mu: float) -> float:
 def rip_constant_bounds(D: Tensor, K: int, *, n_trials: int = 2000, seed: int = 0, aip: AIP | None = None) -> RIPBounds:
     """Bounds on δ_K of the unit-normalised dictionary (under `aip`): upper (K−1)μ, lower from K-subsets.
 
-    When C(N, K) ≤ n_trials every subset is examined and `sampled_lower` is δ_K itself.
+    When C(N, K) ≤ n_trials every subset is examined and `sampled_lower` is δ_K itself. For K ≤ 2 it
+    is exact whatever n_trials: δ_1 = 0, and the Gram matrix of a pair has eigenvalues 1 ± G_ab, so
+    δ_2 = μ, the Gram matrix's largest off-diagonal entry in absolute value.
     """
     U = unit_rows(D, aip)
     N = U.shape[0]
     if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= N:
         raise ValueError(f"K must be an int in [1, N = {N}], got {K!r}")
     mu = coherence_of_unit_rows(U)
+    if K <= 2:                                           # read off the Gram matrix: no sampling
+        d = mu if K == 2 else 0.0
+        return RIPBounds((K - 1) * mu, d, mu, True, 1.0 - d, 1.0 + d)
     exhaustive = math.comb(N, K) <= n_trials
     if exhaustive:
         subsets = torch.tensor(list(itertools.combinations(range(N), K)), dtype=torch.long)
@@ -309,12 +336,13 @@ def rip_constant_bounds(D: Tensor, K: int, *, n_trials: int = 2000, seed: int = 
         g = torch.Generator().manual_seed(seed)
         subsets = torch.cat([torch.rand(min(256, n_trials - i), N, generator=g).topk(K, dim=1).indices
                              for i in range(0, n_trials, 256)])
-    lower = 0.0
+    lam_min, lam_max = math.inf, -math.inf
     for i in range(0, subsets.shape[0], 4096):
         V = U[subsets[i:i + 4096]]                       # (T, K, H)
         lam = torch.linalg.eigvalsh(V @ V.transpose(1, 2))
-        lower = max(lower, float((lam - 1).abs().max()))
-    return RIPBounds((K - 1) * mu, lower, mu, exhaustive)
+        lam_min, lam_max = min(lam_min, float(lam[:, 0].min())), max(lam_max, float(lam[:, -1].max()))
+    lower = max(1.0 - lam_min, lam_max - 1.0)
+    return RIPBounds((K - 1) * mu, lower, mu, exhaustive, lam_min, lam_max)
 
 
 class Witness(NamedTuple):

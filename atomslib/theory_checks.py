@@ -1,4 +1,6 @@
-"""The checks of the theory chapter (notebooks/01_theory.md), as plain JSON records.
+"""The checks of the theory chapter (notebooks/01_theory.md), as plain JSON records: the geometry
+(the AIP and its assumption), Theorem 1 (RIP) and Theorem 2 (uniqueness); Theorems 3 and 4
+(recovery by basis pursuit, OMP and the threshold encoder) are `atomslib.recovery_checks`.
 
 Each `*_check` function runs one theorem's check for the chapter's parameters and returns plain
 JSON data (lists of records, dicts of lists), which the chapter saves in its results file. Every
@@ -7,9 +9,10 @@ record says whether its case lies **inside** the theorem's hypothesis and whethe
 K ≥ 2 the conclusion must hold; outside, the chapter looks for cases where it fails and shows them.
 
 The sentences the chapter writes from these saved results, its closing table and the exercises'
-outcomes are the book wing's (`atomslib.book.theory_prose`). Notation (the book's): codes x with
-m = Σ_a x_a d_a, coefficients x_min ≤ |x_a| ≤ x_max, coherence μ, sparsity K, restricted-isometry
-constant δ_K.
+outcomes are the book wing's (`atomslib.book.theory_prose`). Notation (the book's, rows layout):
+codes x with m = x D = Σ_a x_a d_a, coefficients x_min ≤ |x_a| ≤ x_max, coherence μ, sparsity K,
+restricted-isometry constant δ_K; geometries S̃ = (DᵀD)⁻¹ (the true AIP), Ŝ = (E[mᵀm])⁻¹ (fitted),
+S_A = (AᵀA)⁻¹ (the pull-back through a map A), as in `atomslib.theory`.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import recovery as rc
 from . import theory as th
 from ._util import fmt
 from .aip import AIP
@@ -56,17 +58,53 @@ def coherence(D: torch.Tensor, aip: AIP | None = None) -> float:
     return th.rip_constant_bounds(D, 1, n_trials=1, aip=aip).mu
 
 
-def _inside_uniqueness(K: int, mu: float) -> bool:
+def inside_uniqueness(K: int, mu: float) -> bool:
+    """K < (1 + 1/μ)/2 with a margin TOL: the boundary counts as outside."""
     return K < th.uniqueness_bound(mu) - TOL
 
 
-def _exact_rate(est: torch.Tensor, codes: torch.Tensor) -> float:
+def exact_rate(est: torch.Tensor, codes: torch.Tensor) -> float:
+    """Share of rows of `est` equal to `codes` up to 1e-6 of the largest coefficient."""
     tol = 1e-6 * float(codes.abs().max())
     return float(((est - codes).abs().amax(1) <= tol).double().mean())
 
 
 # ----------------------------------------------------------------------------------------------
-# The AIP and its assumption E[x xᵀ] ∝ I
+# The three geometries of one dictionary
+
+
+def atom_norms(D: torch.Tensor, aip: AIP | None = None) -> torch.Tensor:
+    """ν_a = ‖d_a‖_S of D's rows (Euclidean norms for aip=None), float64 (N,)."""
+    X = D.double()
+    return X.norm(dim=1) if aip is None else aip.norm(X).double()
+
+
+def aip_geometries(D: torch.Tensor, A: torch.Tensor, fitted: AIP) -> dict:
+    """The coherence of the skewed atoms D A (rows layout) in four geometries, and why they differ.
+
+    Euclidean (of D A); the pull-back S_A = (AᵀA)⁻¹, which gives D's own Euclidean cosines back; the
+    true AIP S̃ = ((DA)ᵀ DA)⁻¹, which equals that of D pulled back, so its coherence is D's under
+    (DᵀD)⁻¹ whatever A is; the fitted Ŝ. S̃ differs from the Euclidean geometry of D unless DᵀD ∝ I
+    (a tight frame, eigenvalues all N/H): the record gives DᵀD's eigenvalue range and the atoms'
+    norms under S̃ (Σ_a ν_a² = tr(S̃ DᵀD) = H, so the mean ν² is H/N)."""
+    X = D.double()
+    N, H = X.shape
+    Ds = X @ A.double()
+    pull = AIP.from_moment(A.double().T @ A.double())
+    true = AIP.from_moment(Ds.T @ Ds)
+    lam = torch.linalg.eigvalsh(X.T @ X)
+    nu = atom_norms(Ds, true)
+    return {"N": N, "H": H,
+            "μ Euclidean, before the skew": coherence(X), "μ Euclidean": coherence(Ds),
+            "μ pull-back S_A": coherence(Ds, pull), "μ true S̃": coherence(Ds, true),
+            "μ true S̃ of the unskewed atoms": coherence(X, AIP.from_moment(X.T @ X)), "μ fitted Ŝ": coherence(Ds, fitted),
+            "eig DᵀD min": float(lam.min()), "eig DᵀD max": float(lam.max()), "tight-frame eigenvalue N/H": N / H,
+            "ν min": float(nu.min()), "ν max": float(nu.max()), "mean ν²": float((nu ** 2).mean()),
+            "ν pull-back max |ν − 1|": float((atom_norms(Ds, pull) - 1).abs().max())}
+
+
+# ----------------------------------------------------------------------------------------------
+# The AIP and its assumption E[xᵀx] ∝ I
 
 
 def relative_condition(S_est: torch.Tensor, S_ref: torch.Tensor) -> float:
@@ -86,9 +124,9 @@ AIP_CASES = (   # (label, description, sparse_codes options)
 
 
 def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = None, seed: int = 0) -> list[dict]:
-    """What (E[m mᵀ])⁻¹ gives for codes that do and do not satisfy E[x xᵀ] ∝ I, on the atoms D (N, H).
+    """What Ŝ = (E[mᵀm])⁻¹ gives for codes that do and do not satisfy E[xᵀx] ∝ I, on the atoms D (N, H).
 
-    Per code distribution: whether E[x xᵀ] ∝ I; κ of the population estimate (Dᵀ E[x xᵀ] D)⁻¹
+    Per code distribution: whether E[xᵀx] ∝ I; κ of the population estimate (Dᵀ E[xᵀx] D)⁻¹
     and of the estimate from `n_samples` activations relative to the truth S̃ = (Dᵀ D)⁻¹ (1 = a
     multiple of S̃); and the atoms' coherence under S̃, under each estimate and Euclidean.
     """
@@ -108,7 +146,7 @@ def aip_assumption_check(D: torch.Tensor, K: int = 4, n_samples: int | None = No
         codes = th.sparse_codes(N, K, n, delta_range=RECOVERY_RANGE, seed=seed + i, **kw)
         est = AIP.fit(codes @ X)
         distribution = what.format(scales=fmt(float(opt.get("scales", math.nan))))   # cases without {scales} ignore it
-        rows.append({"codes": name, "distribution": distribution, "K": K, "x range": list(RECOVERY_RANGE), "E[xxᵀ] ∝ I": isotropic,
+        rows.append({"codes": name, "distribution": distribution, "K": K, "x range": list(RECOVERY_RANGE), "E[xᵀx] ∝ I": isotropic,
                      "κ population": relative_condition(pop.S, S_true), "κ estimated": relative_condition(est.S, S_true),
                      "μ under S̃": coherence(X, truth), "μ population": coherence(X, pop), "μ estimated": coherence(X, est),
                      "μ Euclidean": coherence(X), "n_samples": n})
@@ -123,11 +161,15 @@ def _rip_row(family: str, name: str, D: torch.Tensor, K: int, seed: int, exact_b
              n_subsets: int = 500) -> dict:
     b = th.rip_constant_bounds(D, K, n_trials=n_subsets, seed=seed)
     examined = math.comb(D.shape[0], K) if b.exhaustive else n_subsets
-    return {"family": family, "dictionary": name, "N": int(D.shape[0]), "supports examined": examined,
-            "μ": b.mu, "K": K, "bound (K−1)μ": b.upper,
-            "δ_K": b.sampled_lower, "exact": bool(b.exhaustive or exact_by_symmetry),
+    lost = b.sampled_lower >= 1 - TOL
+    # δ_K ≥ 1 has two causes: λ_min(G_T) ≤ 0 (K dependent atoms: a K-sparse null vector) or only
+    # λ_max(G_T) ≥ 2 (every K atoms still independent: the lower inequality of the RIP still holds)
+    how = None if not lost else ("λ_min ≤ 0: dependent atoms" if b.lam_min <= TOL else "λ_max ≥ 2 only")
+    return {"family": family, "dictionary": name, "N": int(D.shape[0]), "H": int(D.shape[1]),
+            "supports examined": examined, "μ": b.mu, "K": K, "bound (K−1)μ": b.upper,
+            "δ_K": b.sampled_lower, "λ_min": b.lam_min, "λ_max": b.lam_max, "exact": bool(b.exhaustive or exact_by_symmetry),
             "inside": b.upper < 1 - TOL, "bound holds": b.sampled_lower <= b.upper + TOL,
-            "RIP holds": b.sampled_lower < 1 - TOL}
+            "RIP holds": not lost, "RIP lost through": how}
 
 
 def equiangular_eps(eq_eps: float) -> list[float]:
@@ -136,8 +178,9 @@ def equiangular_eps(eq_eps: float) -> list[float]:
 
 
 def rip_equiangular_rows(H: int, eq_eps: float, seed: int = 0) -> list[dict]:
-    """Equiangular atoms (N = H/2, every pair at cosine +ε): δ_K = (K − 1)ε exactly, for K = 2, 3, 4, 6
-    and the first K where (K − 1)ε ≥ 1 (when it is at most N)."""
+    """Equiangular atoms, N = H/2 of them (at least 2), every pair at cosine +ε: δ_K = (K − 1)ε exactly,
+    through λ_max = 1 + (K − 1)ε, while λ_min = 1 − ε > 0 (every set of atoms stays independent), for
+    K = 2, 3, 4, 6 and the first K where (K − 1)ε ≥ 1 (when it is at most N)."""
     if not 0 < eq_eps < 1:
         raise ValueError(f"eq_eps must be a cosine in (0, 1), got {eq_eps!r}")
     N = max(H // 2, 2)
@@ -151,7 +194,8 @@ def rip_equiangular_rows(H: int, eq_eps: float, seed: int = 0) -> list[dict]:
 
 
 def rip_simplex_rows(simplex_atoms: int, seed: int = 0) -> list[dict]:
-    """The regular simplex of n atoms (cosine −1/(n−1)): δ_K = (K−1)/(n−1), and δ_n = 1 = (n−1)μ."""
+    """The regular simplex of n atoms (cosine −1/(n−1)): δ_K = (K−1)/(n−1) through λ_min = 1 − (K−1)/(n−1),
+    and δ_n = 1 = (n−1)μ with λ_min = 0: the n atoms sum to zero."""
     D = th.regular_simplex(simplex_atoms, seed=seed)
     return [_rip_row("simplex", f"simplex n={simplex_atoms}", D, K, seed, exact_by_symmetry=True)
             for K in range(2, simplex_atoms + 1)]
@@ -159,9 +203,10 @@ def rip_simplex_rows(simplex_atoms: int, seed: int = 0) -> list[dict]:
 
 def rip_check(packed: Mapping[float, torch.Tensor], H: int, *, eq_eps: float, simplex_atoms: int,
               seed: int = 0) -> list[dict]:
-    """One record per (dictionary, K): μ, the bound (K−1)μ, δ_K (exact, or the largest deviation over
-    500 sampled K-subsets: a lower bound), whether (K−1)μ < 1 (inside), whether δ_K ≤ (K−1)μ and
-    whether the RIP of order K holds (δ_K < 1)."""
+    """One record per (dictionary, K): μ, the bound (K−1)μ, δ_K (exact for K = 2, where δ_2 = μ, and when
+    every support is examined; otherwise the largest deviation over 500 sampled K-subsets: a lower
+    bound), the extreme eigenvalues behind it, whether (K−1)μ < 1 (inside), whether δ_K ≤ (K−1)μ,
+    whether the RIP of order K holds (δ_K < 1) and, when it does not, through which eigenvalue."""
     rows = []
     for j, D in enumerate(packed.values()):
         mu = coherence(D)
@@ -210,13 +255,13 @@ def uniqueness_row(name: str, D: torch.Tensor) -> dict:
     mu = coherence(D)
     spark = th.spark(D)
     bound = th.uniqueness_bound(mu)
-    K_cert = max(k for k in range(0, D.shape[0] + 1) if k == 0 or _inside_uniqueness(k, mu))
+    K_cert = max(k for k in range(0, D.shape[0] + 1) if k == 0 or inside_uniqueness(k, mu))
     no_witness = K_cert >= 1 and th.nonunique_witness(D, K_cert) is None
     K_w = math.ceil(spark / 2)
     w = th.nonunique_witness(D, K_w)
     row = {"dictionary": name, "H": int(D.shape[1]), "N": int(D.shape[0]), "μ": mu, "spark": spark, "1 + 1/μ": 1 + 1 / mu,
            "bound (1+1/μ)/2": bound, "K certified": K_cert, "unique at K certified": bool(no_witness),
-           "spark ≥ 1 + 1/μ": spark >= 1 + 1 / mu - TOL, "K non-unique": K_w, "inside at K non-unique": _inside_uniqueness(K_w, mu)}
+           "spark ≥ 1 + 1/μ": spark >= 1 + 1 / mu - TOL, "K non-unique": K_w, "inside at K non-unique": inside_uniqueness(K_w, mu)}
     if w is not None:
         ma, mb = w.code_a @ D, w.code_b @ D
         row |= {"witness nnz": [int((w.code_a != 0).sum()), int((w.code_b != 0).sum())],
@@ -234,142 +279,17 @@ def uniqueness_check(simplex_atoms: int, seed: int = 0) -> list[dict]:
 
 
 def uniqueness_witness_codes(simplex_atoms: int, seed: int = 0) -> dict:
-    """The simplex's two codes with one activation (the table the chapter shows)."""
+    """The simplex's two codes with one activation (the table the chapter shows): the n atoms sum to
+    zero, so ⌈n/2⌉ of them with weight 1 and the other ⌊n/2⌋ with weight −1 give one activation.
+    For even n the two codes have n/2 nonzeros each and equal ℓ1 norms (a tie: nothing that sees
+    only the activation can prefer either), at μ = 1/(2K − 1) exactly, the boundary of Theorem 2."""
     D = th.regular_simplex(simplex_atoms, seed=seed)
     mu = coherence(D)
     K = math.ceil(simplex_atoms / 2)
     w = th.nonunique_witness(D, K)
-    return {"n": simplex_atoms, "μ": mu, "K": K, "bound": th.uniqueness_bound(mu), "code_a": w.code_a.tolist(),
-            "code_b": w.code_b.tolist(), "residual": float((w.code_a @ D - w.code_b @ D).norm())}
-
-
-# ----------------------------------------------------------------------------------------------
-# Theorem 3: exact recovery by basis pursuit and OMP
-
-
-def recovery_sweep(packed: Mapping[float, torch.Tensor], K_grid: Sequence[int], n_trials: int, seed: int = 0) -> dict:
-    """Exact-recovery rates of basis pursuit and OMP on `n_trials` random signed codes (|x_a| in
-    RECOVERY_RANGE) per (K, dictionary) cell, with the cells inside K < (1 + 1/μ)/2."""
-    Ds = list(packed.values())
-    mus = [coherence(D) for D in Ds]
-    bp = np.zeros((len(K_grid), len(Ds)))
-    om = np.zeros_like(bp)
-    for j, D in enumerate(Ds):
-        for i, K in enumerate(K_grid):
-            codes = th.sparse_codes(D.shape[0], K, n_trials, delta_range=RECOVERY_RANGE, nonneg=False,
-                                    seed=seed + 100 * j + i)
-            acts = codes @ D
-            bp[i, j] = _exact_rate(rc.basis_pursuit(D, acts), codes)
-            om[i, j] = _exact_rate(rc.omp(D, acts, K), codes)
-    inside = [[_inside_uniqueness(K, mu) for mu in mus] for K in K_grid]
-    return {"mu": mus, "K": list(K_grid), "basis_pursuit": bp.tolist(), "omp": om.tolist(), "inside_bound": inside,
-            "n_trials": n_trials, "H": int(Ds[0].shape[1]), "x_range": list(RECOVERY_RANGE)}
-
-
-def recovery_worst_case(simplex_atoms: int, seed: int = 0) -> dict:
-    """Just outside the bound, the worst case: the regular simplex of n atoms (μ = 1/(n−1), bound n/2)
-    and K = ⌈n/2⌉. The activation of code_a (the witness of `nonunique_witness`) also has the code
-    code_b with no larger ℓ1 norm; what basis pursuit and OMP return from it."""
-    D = th.regular_simplex(simplex_atoms, seed=seed)
-    mu = coherence(D)
-    K = math.ceil(simplex_atoms / 2)
-    w = th.nonunique_witness(D, K)
-    m = (w.code_a @ D)[None]
-    bp = rc.basis_pursuit(D, m)[0]
-    om = rc.omp(D, m, K)[0]
-    ok = lambda est: bool((est - w.code_a).abs().max() <= 1e-6)  # noqa: E731
-    return {"n": simplex_atoms, "μ": mu, "K": K, "bound": th.uniqueness_bound(mu), "inside": _inside_uniqueness(K, mu),
-            "code_a": w.code_a.tolist(), "code_b": w.code_b.tolist(), "l1_a": float(w.code_a.abs().sum()),
-            "l1_b": float(w.code_b.abs().sum()), "basis_pursuit": bp.tolist(), "omp": om.tolist(),
-            "bp_recovers": ok(bp), "omp_recovers": ok(om)}
-
-
-def _first_failures(rates: np.ndarray, K: Sequence[int]) -> list[int | None]:
-    """Per column (dictionary), the smallest K whose rate is below 1 (None: none in the sweep)."""
-    out = []
-    for j in range(rates.shape[1]):
-        bad = [K[i] for i in range(rates.shape[0]) if rates[i, j] < 1]
-        out.append(min(bad) if bad else None)
-    return out
-
-
-def recovery_summary(rec: Mapping) -> dict:
-    K = rec["K"]
-    inside = np.array(rec["inside_bound"], dtype=bool)
-    k2 = inside & (np.array(K)[:, None] >= 2)
-    out = {"cells_inside": int(inside.sum()), "cells_inside_K2": int(k2.sum()),
-           "K_inside_max": int(max((K[i] for i in range(len(K)) if inside[i].any()), default=0))}
-    for name in ("basis_pursuit", "omp"):
-        r = np.array(rec[name])
-        first = _first_failures(r, K)
-        out[name] = {"min_inside": float(r[inside].min()) if inside.any() else None,
-                     "min_inside_K2": float(r[k2].min()) if k2.any() else None,
-                     "outside_failed_cells": int((r[~inside] < 1).sum()), "outside_cells": int((~inside).sum()),
-                     "first_failure": first, "mean_outside": float(r[~inside].mean()) if (~inside).any() else None}
-    both = [(a, b) for a, b in zip(out["basis_pursuit"]["first_failure"], out["omp"]["first_failure"])]
-    big = max(K) + 1
-    out["bp_later"] = sum((a or big) > (b or big) for a, b in both)
-    out["omp_later"] = sum((a or big) < (b or big) for a, b in both)
-    out["same"] = sum((a or big) == (b or big) for a, b in both)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Theorem 4: the threshold encoder recovers the support
-
-
-def threshold_check(D: torch.Tensor, x_range: Sequence[float], n_codes: int, seed: int = 0, K_cap: int = 16) -> list[dict]:
-    """One record per K = 1, 2, ... up to the first K where no threshold recovers every support (or K_cap).
-
-    For the unit atoms D (Euclidean geometry): the theorem's interval (K μ x_max, x_min − (K−1) μ x_max) (inside = non-empty);
-    the exact worst case (off_max, on_min] over all nonnegative codes (`recovery.threshold_worst_case`);
-    the same range for `n_codes` random nonnegative codes (the thresholds that recover all of them); on them, the exact-support rate at the interval's midpoint and its
-    minimum over 25 thresholds across the interval; whether the two worst-case codes are recovered at
-    the midpoint; and signed codes through the one-sided gate (a TSAE's) and the two-sided gate |p| ≥ τ.
-    """
-    lo, hi = map(float, x_range)
-    mu = coherence(D)
-    N = D.shape[0]
-    rows = []
-    for K in range(1, min(K_cap, N - 1) + 1):
-        iv = rc.tsae_threshold_interval(mu, K, lo, hi)
-        wc = rc.threshold_worst_case(D, K, (lo, hi))
-        codes = th.sparse_codes(N, K, n_codes, delta_range=(lo, hi), seed=seed + K)
-        signed = th.sparse_codes(N, K, n_codes, delta_range=(lo, hi), nonneg=False, seed=seed + 1000 + K)
-        pre = codes @ D @ D.T                                   # pre-activations of the unit atoms (Euclidean)
-        on = codes != 0
-        row = {"K": K, "μ": mu, "x_min": lo, "x_max": hi, "inside": iv is not None,
-               "theorem low": iv[0] if iv else None, "theorem high": iv[1] if iv else None,
-               "worst off_max": wc.off_max, "worst on_min": wc.on_min, "some τ works": wc.off_max < wc.on_min,
-               "random off_max": float(pre[~on].max()), "random on_min": float(pre[on].min())}
-        if iv is not None:
-            mid = (iv[0] + iv[1]) / 2
-            taus = np.linspace(iv[0], iv[1], 27)[1:-1]
-            rates = [rc.support_recovery(codes, rc.theorem_tsae(D, None, float(t)).encode(codes @ D)) for t in taus]
-            enc = rc.theorem_tsae(D, None, mid)
-            worst = torch.stack([wc.off_code, wc.on_code])
-            row |= {"τ": mid, "rate at τ": rc.support_recovery(codes, enc.encode(codes @ D)), "min rate over interval": min(rates),
-                    "worst codes recovered": rc.support_recovery(worst, enc.encode(worst @ D)) == 1.0,
-                    "signed, one-sided gate": rc.support_recovery(signed, enc.encode(signed @ D)),
-                    "signed, two-sided gate": rc.support_recovery(signed, rc.theorem_tsae(D, None, mid, signed=True).encode(signed @ D))}
-        else:
-            row |= {"τ": None, "rate at τ": None, "min rate over interval": None, "worst codes recovered": None,
-                    "signed, one-sided gate": None, "signed, two-sided gate": None}
-        if not row["some τ works"]:
-            worst = torch.stack([wc.off_code, wc.on_code])
-            pre = worst @ D @ D.T
-            cands = torch.cat([pre.flatten(), pre.flatten() + 1e-9]).tolist()
-            row["best rate over τ, worst codes"] = max(
-                rc.support_recovery(worst, rc.theorem_tsae(D, None, float(t)).encode(worst @ D)) for t in cands)
-        rows.append(row)
-        if not row["some τ works"]:
-            break
-    return rows
-
-
-def threshold_sweep(D: torch.Tensor, K: int, x_range: Sequence[float], n_codes: int, taus: Sequence[float],
-                    seed: int = 0) -> list[float]:
-    """Exact-support rate of random nonnegative codes (the same as `threshold_check`'s) per threshold."""
-    codes = th.sparse_codes(D.shape[0], K, n_codes, delta_range=tuple(map(float, x_range)), seed=seed + K)
-    pre = codes @ D
-    return [rc.support_recovery(codes, rc.theorem_tsae(D, None, float(t)).encode(pre)) for t in taus]
+    nnz = [int((w.code_a != 0).sum()), int((w.code_b != 0).sum())]
+    l1 = [float(w.code_a.abs().sum()), float(w.code_b.abs().sum())]
+    return {"n": simplex_atoms, "μ": mu, "K": K, "bound": th.uniqueness_bound(mu), "inside": inside_uniqueness(K, mu),
+            "code_a": w.code_a.tolist(), "code_b": w.code_b.tolist(), "nnz": nnz, "l1": l1,
+            "tie": nnz[0] == nnz[1] and abs(l1[0] - l1[1]) <= 1e-9 * max(l1),
+            "residual": float((w.code_a @ D - w.code_b @ D).norm())}

@@ -37,7 +37,8 @@ def _random_map(H, seed, cond=20.0):
 
 
 def _in_aip_geometry(sa, seed):
-    """Map an instance through d ↦ A d: with S̃ = (A Aᵀ)⁻¹ every AIP cosine equals the old Euclidean one."""
+    """Map an instance through d ↦ d Aᵀ (rows layout): under the pull-back S_A = (A Aᵀ)⁻¹ every cosine equals the
+    old Euclidean one."""
     A = _random_map(sa.D.shape[1], seed)
     return sa.D @ A.T, sa.acts @ A.T, AIP.from_moment(A @ A.T)
 
@@ -187,7 +188,7 @@ def test_omp_stops_early_and_handles_zero_rows():
 def test_threshold_interval_values():
     assert R.tsae_threshold_interval(0.1, 2, 1.0, 2.0) == pytest.approx((0.4, 0.8))
     assert R.tsae_threshold_interval(0.0, 5, 1.0, 3.0) == (0.0, 1.0)
-    assert R.tsae_threshold_interval(0.1, 3, 1.0, 2.0) is None            # δmin = ε(2K−1)δmax: empty
+    assert R.tsae_threshold_interval(0.1, 3, 1.0, 2.0) is None            # x_min = μ(2K−1)x_max: empty
     assert R.tsae_threshold_interval(0.2, 3, 1.0, 1.0) is None
     with pytest.raises(ValueError, match="delta_min"):
         R.tsae_threshold_interval(0.1, 2, 0.0, 1.0)
@@ -200,7 +201,7 @@ def test_threshold_encoder_recovers_support_inside_interval(sa_K, frac, seed, bi
     K = sa_K
     H, N = (16, 20) if big else (14, 9)
     eps = 0.8 / (2 * K - 1)
-    dmax = 0.9 / (eps * (2 * K - 1))                                   # δmin = 1 > ε(2K−1)δmax
+    dmax = 0.9 / (eps * (2 * K - 1))                                   # x_min = 1 > μ(2K−1)x_max
     sa = T.synthetic_atoms(H, N, eps=eps, K=K, n_samples=40, delta_range=(1.0, dmax), seed=seed)
     low, high = R.tsae_threshold_interval(sa.coherence, K, 1.0, dmax)
     enc = R.theorem_tsae(sa.D, tau=low + frac * (high - low))
@@ -216,15 +217,15 @@ def test_threshold_encoder_recovers_support_inside_interval(sa_K, frac, seed, bi
 def test_threshold_below_interval_gives_false_positives():
     eps, K = 0.1, 3
     sa = T.synthetic_atoms(12, 8, eps=eps, K=K, n_samples=30, delta_range=(1.0, 1.0), seed=2)
-    low, high = R.tsae_threshold_interval(sa.coherence, K, 1.0, 1.0)  # off-support pre-acts are exactly εK
+    low, high = R.tsae_threshold_interval(sa.coherence, K, 1.0, 1.0)  # off-support pre-acts are exactly μK
     assert R.support_recovery(sa.codes, R.theorem_tsae(sa.D, tau=low * 1.001)(sa.acts)) == 1.0
     assert R.support_recovery(sa.codes, R.theorem_tsae(sa.D, tau=low * 0.999)(sa.acts)) == 0.0
 
 
 def test_threshold_above_interval_misses_atoms():
-    eps = 0.1                                                          # two atoms at cos −ε, both active
+    eps = 0.1                                                          # two atoms at cos −μ, both active
     D = torch.tensor([[1.0, 0.0], [-eps, math.sqrt(1 - eps ** 2)]], dtype=f64)
-    code = torch.tensor([[1.0, 2.0]], dtype=f64)                       # δmin = 1, δmax = 2: pre_1 = 1 − 2ε
+    code = torch.tensor([[1.0, 2.0]], dtype=f64)                       # x_min = 1, x_max = 2: pre_1 = 1 − 2μ
     low, high = R.tsae_threshold_interval(eps, 2, 1.0, 2.0)
     assert high == pytest.approx(0.8)
     assert R.support_recovery(code, R.theorem_tsae(D, tau=high * 0.999)(code @ D)) == 1.0
@@ -270,7 +271,7 @@ def test_uniqueness_bound_and_support_recovery():
         T.rip_constant_bounds(torch.zeros(3, 2), 2)
 
 
-# ---- codes that do and do not satisfy E[x xᵀ] ∝ I ---------------------------------------------------
+# ---- codes that do and do not satisfy E[xᵀx] ∝ I ---------------------------------------------------
 def test_sparse_codes_options_and_their_second_moment():
     x = T.sparse_codes(12, 4, 300, delta_range=(0.5, 1.5), nonneg=False, seed=1)
     assert x.shape == (300, 12) and bool(((x != 0).sum(1) == 4).all())
@@ -388,3 +389,65 @@ def test_threshold_worst_case_is_exact(H, N, K, seed, x_max):
     else:
         tau = (wc.off_max + wc.on_min) / 2
         assert R.support_recovery(worst, R.theorem_tsae(D, tau=tau)(worst @ D)) == 1.0
+
+
+# ---- δ_2 exactly, the two ways to lose the RIP, Tropp's ERC ------------------------------------------
+def test_delta_2_is_the_largest_off_diagonal_of_the_gram_matrix_exactly():
+    D = T.synthetic_atoms(16, 40, K=1, n_samples=1, seed=3).D
+    U = D / D.norm(dim=1, keepdim=True)
+    off = (U @ U.T).abs().fill_diagonal_(0).max().item()
+    b = T.rip_constant_bounds(D, 2, n_trials=5, seed=0)           # 5 sampled pairs would miss the worst one
+    assert b.exhaustive and b.sampled_lower == off == b.mu
+    assert (b.lam_min, b.lam_max) == (1 - off, 1 + off)
+
+
+def test_rip_is_lost_through_lambda_min_or_through_lambda_max_only():
+    simplex = T.rip_constant_bounds(T.regular_simplex(5), 5)      # the atoms sum to zero: dependent
+    assert simplex.lam_min == pytest.approx(0.0, abs=1e-12) and simplex.sampled_lower == pytest.approx(1.0)
+    eq = T.rip_constant_bounds(T.synthetic_atoms(12, 6, eps=0.4, K=1, n_samples=1).D, 4)
+    assert eq.sampled_lower == pytest.approx(1.2) and eq.lam_max == pytest.approx(2.2)
+    assert eq.lam_min == pytest.approx(0.6)                        # 1 − ε: every 4 atoms stay independent
+
+
+def test_exact_recovery_coefficient_and_the_unique_code_omp_misses():
+    from atomslib import recovery_checks as RK
+
+    assert R.exact_recovery_coefficient(torch.eye(4, dtype=f64), [0, 1]) == pytest.approx(0.0)
+    c = RK.erc_case(3, seed=1)
+    assert c["ERC"] == pytest.approx(math.sqrt(3 / 2)) and not c["inside"]
+    D = torch.cat([torch.eye(6, dtype=f64), torch.full((1, 6), 6 ** -0.5, dtype=f64)])
+    m = torch.tensor(c["code"], dtype=f64) @ D                      # unrotated: the same case
+    assert [S for S in _representing_supports(D, m, 3) if len(S) <= 3] == [{0, 1, 2}]   # unique, by brute force
+    assert c["unique"] and c["bp_recovers"] and not c["omp_recovers"] and not c["OMP's first atom is true"]
+    with pytest.raises(ValueError, match="K must be an int >= 3"):
+        RK.erc_case(2)
+
+
+# ---- the estimate Ŝ: isotropy is sufficient, not necessary ------------------------------------------
+def test_a_non_isotropic_code_moment_can_give_the_true_aip():
+    from atomslib.theory_checks import relative_condition
+
+    D = T.synthetic_atoms(6, 10, K=1, n_samples=1, seed=2).D
+    v = torch.linalg.svd(D.T, full_matrices=True).Vh[-1]           # v D = 0: a null vector (N > H)
+    C = torch.eye(10, dtype=f64) + 0.7 * torch.outer(v, v)         # not ∝ I, but Dᵀ(C − I)D = 0
+    assert float((C - torch.diag(torch.diag(C))).abs().max()) > 0.01
+    S_true, S_hat = torch.linalg.inv(D.T @ D), torch.linalg.inv(D.T @ C @ D)
+    assert relative_condition(S_hat, S_true) == pytest.approx(1.0, abs=1e-9)
+
+
+# ---- unit atoms under the true S̃ of an over-complete dictionary --------------------------------------
+def test_true_aip_norms_sum_to_H_and_the_encoder_check_rescales():
+    from atomslib import recovery_checks as RK
+    from atomslib import theory_checks as TC
+
+    D = T.synthetic_atoms(8, 16, eps=0.5, K=1, n_samples=1, seed=0).D
+    true = AIP.from_moment(D.T @ D)
+    nu = TC.atom_norms(D, true)
+    assert float((nu ** 2).sum()) == pytest.approx(8.0) and float(nu.max()) < 1   # Σ ν² = tr(S̃ DᵀD) = H
+    codes = T.sparse_codes(16, 1, 50, delta_range=(1.0, 1.5), seed=0)
+    row = RK.encoder_check("true", D, true, codes, (1.0, 1.5))
+    assert (row["x̄_min"], row["x̄_max"]) == pytest.approx((float(nu.min()), 1.5 * float(nu.max())))
+    W = true.W
+    U = (D @ W) / (D @ W).norm(dim=1, keepdim=True)
+    assert row["μ"] == pytest.approx(float((U @ U.T).abs().fill_diagonal_(0).max()), abs=1e-12)
+    assert row["inside"] == (R.tsae_threshold_interval(row["μ"], 1, row["x̄_min"], row["x̄_max"]) is not None)
