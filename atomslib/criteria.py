@@ -23,11 +23,12 @@ from typing import NamedTuple
 import torch
 
 from ._util import check_acts, iter_batches
+from .activation_stats import MASSIVE_STD_RATIO, massive_coordinates
 from .aip import AIP
 from .pairwise_cosines import PairStats, pair_pass, unit_dictionary
 
 Tensor = torch.Tensor
-R2_VARIANTS = ("euclid", "uncentred", "aip")
+R2_VARIANTS = ("euclid", "uncentred", "aip", "without_massive")
 Q_VARIANTS = ("A", "B", "C")
 _DENSE_C_LIMIT = 4096       # variant C precomputes the N x N |cos| matrix up to this N
 _C_GATHER_ELEMENTS = 1 << 24  # above it: support rows gathered per chunk (64 MB of float32)
@@ -36,22 +37,27 @@ _C_GATHER_ELEMENTS = 1 << 24  # above it: support rows gathered per chunk (64 MB
 # ---------------------------------------------------------------------------------------------
 # Faithfulness
 class R2Result(NamedTuple):
-    """The three R² variants of spec §6 (nan where undefined or when no AIP was given)."""
+    """The three R² variants of spec §6, and ours without the massive coordinates (nan where
+    undefined or when no AIP was given)."""
     euclid: float     # 1 − Σ‖m − m̂‖² / Σ‖m − m̄‖² (pooled over dims, per-dimension mean m̄)
     uncentred: float  # 1 − Σ‖m − m̂‖² / Σ‖m‖²
     aip: float        # the euclid form with ‖x‖_S² = xᵀ S̃ x
     n: int
+    without_massive: float = math.nan   # the euclid form over the coordinates that are not massive
+    n_massive: int = 0                  # (std > MASSIVE_STD_RATIO × the median's, on these rows)
 
 
 class _Moments:
     """Streaming Σ‖x − x̂‖², Σ‖x‖² and per-dimension (mean, M2) merged with Chan's formula."""
 
     def __init__(self):
-        self.n, self.sse, self.ss, self.mean, self.m2 = 0, 0.0, 0.0, None, None
+        self.n, self.sse, self.ss, self.mean, self.m2, self.sse_dim = 0, 0.0, 0.0, None, None, 0.0
 
     def update(self, x: Tensor, xh: Tensor) -> None:
         b = x.shape[0]
-        self.sse += float(((x - xh) ** 2).sum())
+        err = ((x - xh) ** 2).sum(0)
+        self.sse_dim = self.sse_dim + err
+        self.sse += float(err.sum())
         self.ss += float((x ** 2).sum())
         mb = x.mean(0)
         m2b = ((x - mb) ** 2).sum(0)
@@ -68,6 +74,16 @@ class _Moments:
         euclid = 1.0 - self.sse / var if var > 0 else math.nan
         unc = 1.0 - self.sse / self.ss if self.ss > 0 else math.nan
         return euclid, unc
+
+    def r2_without_massive(self) -> tuple[float, int]:
+        """(R² euclid over the coordinates that are not massive, how many are)."""
+        if self.m2 is None:
+            return math.nan, 0
+        massive = massive_coordinates((self.m2 / max(self.n - 1, 1)).sqrt(), MASSIVE_STD_RATIO)
+        keep = torch.ones_like(self.m2, dtype=torch.bool)
+        keep[massive] = False
+        var = float(self.m2[keep].sum())
+        return (1.0 - float(self.sse_dim[keep].sum()) / var if var > 0 else math.nan), int(massive.numel())
 
 
 class R2Accumulator:
@@ -105,7 +121,8 @@ class R2Accumulator:
             raise ValueError("no (m, m_hat) rows were given; R² needs at least one row")
         euclid, unc = self._raw.r2()
         aip = self._white.r2()[0] if self._white is not None else math.nan
-        return R2Result(euclid, unc, aip, self._raw.n)
+        wo, n_massive = self._raw.r2_without_massive()
+        return R2Result(euclid, unc, aip, self._raw.n, wo, n_massive)
 
 
 def _pairs(m, m_hat, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -135,7 +152,10 @@ def faithfulness_r2(m, m_hat, *, variant: str = "euclid", aip: AIP | None = None
 
     `m`, `m_hat`: (n, H) tensors, or two iterables yielding matching (b, H) batches.
     variant: "euclid" (default) 1 − Σ‖m − m̂‖²/Σ‖m − m̄‖²; "uncentred" 1 − Σ‖m − m̂‖²/Σ‖m‖²;
-    "aip" the euclid form with the AIP norm (needs `aip`). nan when the denominator is 0.
+    "aip" the euclid form with the AIP norm (needs `aip`); "without_massive" the euclid form over the
+    coordinates that are not massive (`atomslib.activation_stats`: std above 10 × the median's on `m`),
+    so that a reconstruction of a few massive coordinates does not look faithful. nan when the
+    denominator is 0.
     """
     if variant not in R2_VARIANTS:
         raise ValueError(f"variant must be one of {R2_VARIANTS}, got {variant!r}")
@@ -408,7 +428,7 @@ def unit_metrics(D, codes, m, m_hat, *, aip: AIP | None, tol: float = 0.0, block
                  dtype: torch.dtype = torch.float32, batch_size: int = 65536, device=None) -> dict:
     """Every criterion for one set of units, JSON-ready (nan becomes None).
 
-    Keys: r2_euclid, r2_uncentred, r2_aip, q_star_A, q_star_B, q_star_C, q_star_B_resolution,
+    Keys: r2_euclid, r2_uncentred, r2_aip, r2_without_massive, n_massive, q_star_A, q_star_B, q_star_C, q_star_B_resolution,
     mean_l0, median_l0, l0_p10, l0_p90 (inverse-CDF quantiles), dead_fraction, coherence_max, coherence_median,
     n_units, n_samples, H, tol, aip_condition_number. One pass over D's pairs, one over the
     codes, one over (m, m_hat); `codes`, `m`, `m_hat` may be re-iterables of batches.
@@ -428,6 +448,7 @@ def unit_metrics(D, codes, m, m_hat, *, aip: AIP | None, tol: float = 0.0, block
     mu_sorted = torch.sort(ps.mu).values
     out = {
         "r2_euclid": r2.euclid, "r2_uncentred": r2.uncentred, "r2_aip": r2.aip,
+        "r2_without_massive": r2.without_massive, "n_massive": r2.n_massive,
         "q_star_A": qa.q_star, "q_star_B": qb.q_star, "q_star_C": qc.q_star, "q_star_B_resolution": qb.resolution,
         "mean_l0": float(l0s.mean()), "median_l0": l0q[1], "l0_p10": l0q[0], "l0_p90": l0q[2],
         "dead_fraction": float((cs.active == 0).double().mean()),

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .input_map import compose_diagonal, coordinate_clip, diagonal_of, input_scale, whitening
 from .sae_step import Params, Workspace, sae_step
 from .train_data import IterStream, make_stream
 from ._util import atomic_save_safetensors, check_acts, device_of
@@ -72,28 +73,6 @@ class TrainLog:
         return {"history": self.history, "meta": self.meta}
 
 
-def _whitening(aip: Any, H: int) -> tuple[Tensor, Tensor]:
-    """(A_HH, A_inv_HH) with x = m @ A the AIP-whitened activations (A = W.T, W = S~^(1/2))."""
-    W = getattr(aip, "W", aip)
-    if callable(W) and not isinstance(W, Tensor):
-        W = W()
-    if not isinstance(W, Tensor):
-        raise TypeError(f"aip must be an atomslib.aip.AIP (with a whitening matrix .W) or an (H, H) tensor, "
-                        f"got {type(aip).__name__}")
-    if tuple(W.shape) != (H, H):
-        raise ValueError(f"aip's whitening matrix has shape {tuple(W.shape)} but TSAEConfig.d_model={H} needs "
-                         f"({H}, {H}); fit the AIP on the same layer and site as acts")
-    W = W.detach().to(torch.float64).cpu()
-    if not bool(torch.isfinite(W).all()):
-        raise ValueError("aip's whitening matrix contains NaN or inf; refit it (a ridge helps rank-deficient layers)")
-    A = W.T.contiguous()
-    try:
-        A_inv = torch.linalg.inv(A)
-    except RuntimeError:
-        raise ValueError("aip's whitening matrix is singular; refit the AIP with a ridge > 0") from None
-    return A, A_inv
-
-
 def _threshold_boost(cfg: TSAEConfig, step: int, total: int) -> float:
     """Extra factor on the thresholds' lr at 0-based ``step``: threshold_lr_boost_used() at the start,
     falling linearly to 1 at threshold_boost_frac of the steps (TSAEConfig.threshold_lr_boost)."""
@@ -120,8 +99,9 @@ class _Run:
         self.model = TSAE(cfg)                       # training-space parameters
         self.step = 0
         self.scale = 1.0
-        self.A: Tensor | None = None
+        self.A: Tensor | None = None                # x = scale · (m @ A): atomslib.input_map
         self.A_inv: Tensor | None = None
+        self.A_diag: Tensor | None = None           # A's diagonal when A is diagonal (a cheaper to_x)
         self.since_fired = torch.zeros(cfg.n_units, dtype=torch.int64)
         m = self.model
         groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": cfg.lr, "base_lr": cfg.lr}]
@@ -141,6 +121,8 @@ class _Run:
     def to_x(self, m: Tensor) -> Tensor:
         """Raw rows -> training space (a new tensor)."""
         m = m.to(self.dev, self.cfg.torch_dtype)
+        if self.A_diag is not None:
+            return m * (self.A_diag.to(m) * self.scale)
         x = m @ self.A.to(m) if self.A is not None else m.clone()
         return x.mul_(self.scale)
 
@@ -192,24 +174,31 @@ class _Run:
                         "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].to(self.dev)}
         self.since_fired = tensors["since_fired"]
         self.A, self.A_inv = tensors.get("transform.A"), tensors.get("transform.A_inv")
+        self.A_diag = diagonal_of(self.A)
         self.step, self.scale = int(state["step"]), float(state["scale"])
         return state
 
 
 def _init_from_sample(run: _Run, sample: Tensor, unit_scale: float) -> None:
     """Normalisation scale and initial b_dec (the mean) from a sample of raw rows."""
-    cfg, H = run.cfg, run.cfg.d_model
     m = sample.to(run.dev, torch.float64)
     if run.A is not None:
         m = m @ run.A.to(m)
-    mean_norm = float(m.norm(dim=1).mean())
-    if cfg.normalize == "mean_norm":
-        if not mean_norm > 0:
-            raise ValueError("acts are all zero: cannot normalise them (normalize='mean_norm')")
-        run.scale = math.sqrt(H) / mean_norm
+    run.scale = input_scale(m, run.cfg.normalize)
     with torch.no_grad():
         run.model.b_dec.copy_(m.mean(0) * run.scale)
         run.model.threshold.mul_(unit_scale)
+
+
+@torch.no_grad()
+def _init_thresholds_at_rate(run: _Run, sample: Tensor, l0: float) -> None:
+    """Each unit's threshold at the quantile of its initial pre-activations on (up to 8192 rows of) the
+    sample where it fires on a share l0 / n_units of them (TSAEConfig.init_l0), never below 0."""
+    x = run.to_x(sample[:8192])
+    m = run.model
+    pre_nN = (x - m.b_dec) @ m.W_enc.T + m.b_enc
+    k = min(x.shape[0], max(1, math.ceil((1.0 - l0 / run.cfg.n_units) * x.shape[0])))
+    m.threshold.copy_(pre_nN.kthvalue(k, dim=0).values.clamp_min(0.0).to(m.threshold))
 
 
 @torch.no_grad()
@@ -290,18 +279,29 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         trainlog.meta["resumed_at"] = run.step
     else:
         if cfg.whiten:
-            run.A, run.A_inv = _whitening(aip, H)
+            run.A, run.A_inv = whitening(aip, H)
         sample = stream.peek(cfg.norm_estimate_tokens)
+        xs = sample.double() @ run.A if run.A is not None else sample.double()
+        n_clipped = 0
+        if cfg.coord_std_clip is not None:
+            c_H = coordinate_clip(xs, cfg.coord_std_clip)
+            n_clipped = int((c_H < 1).sum())
+            if n_clipped:
+                run.A, run.A_inv = compose_diagonal(run.A, run.A_inv, c_H)
+                run.A_diag = diagonal_of(run.A)
+                xs = xs * c_H
         # Scale-like hyperparameters are in normalised units; without normalisation they follow the
         # data's RMS per coordinate instead.
-        xs = sample.double() @ run.A if run.A is not None else sample.double()
         rms = float(xs.norm(dim=1).mean()) / math.sqrt(H)
-        unit = 1.0 if cfg.normalize == "mean_norm" else rms
+        unit = 1.0 if cfg.normalize != "none" else rms
         _init_from_sample(run, sample, unit)
         if init_dictionary is not None:
             _init_directions(run, init_dictionary)
+        if cfg.init_l0_used() is not None:
+            _init_thresholds_at_rate(run, sample, cfg.init_l0_used())
         trainlog.meta.update({"total_steps": total, "batch_size": B, "n_tokens": n_tokens, "input_scale": run.scale,
-                              "whitened": run.A is not None, "unit": unit, "data": stream.fingerprint(),
+                              "whitened": bool(cfg.whiten), "coordinates_clipped": n_clipped, "unit": unit,
+                              "decay_start": total - math.ceil(cfg.lr_decay_frac * total), "data": stream.fingerprint(),
                               "init": "random" if init_dictionary is None else "init_dictionary"})
     unit = float(trainlog.meta.get("unit", 1.0))
     eps = cfg.bandwidth * unit
@@ -379,11 +379,30 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
     model = run.raw_model()
     last = trainlog.last
     model.fit_info.update({"steps": run.step, "tokens": n_tokens, "l0": last.get("l0"), "r2_train": last.get("r2"),
-                           "dead": last.get("dead")})
+                           "dead": last.get("dead"), "coordinates_clipped": trainlog.meta.get("coordinates_clipped", 0),
+                           "loss_trend": _loss_trend(trainlog)})
     model.train_log = trainlog
     if ckdir is not None:
         model.save(ckdir)
     return model
+
+
+def _loss_trend(log: TrainLog) -> float | None:
+    """Relative fall of the training loss over the last stretch at full learning rate: mean loss of the
+    records in the fourth-last tenth of the steps minus that of the tenth before the final decay, over
+    the latter (what a health check reads as "still falling"); None with too few records."""
+    recs = log.history
+    total = log.meta.get("total_steps") or (recs[-1]["step"] if recs else 0)
+    cfg_decay = log.meta.get("decay_start")
+    if not recs or not total:
+        return None
+    end = cfg_decay or total
+    a = [r["loss"] for r in recs if end - 0.2 * total < r["step"] <= end - 0.1 * total]
+    b = [r["loss"] for r in recs if end - 0.1 * total < r["step"] <= end]
+    if not a or not b:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    return (ma - mb) / mb if mb > 0 else None
 
 
 def _resample_due(cfg: TSAEConfig, step: int, total: int) -> bool:

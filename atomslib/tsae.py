@@ -96,6 +96,12 @@ class TSAEConfig:
     """Initial threshold of every unit, in normalised units. Starting well above zero makes the
     codes sparse from the first step (which the sparse kernel exploits) without killing units:
     the initial encoder is the decoder transposed, so about a third of units fire per token."""
+    init_l0: float | None = None
+    """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
+    sample) where it fires on init_l0/n_units of the tokens, so the first codes have about init_l0
+    active units. None: target_l0 under sparsity_form="target", init_threshold otherwise. Why: a
+    threshold moves about lr per step, so in a short budget the target form's never reached where the
+    target needs them (SmolLM2 layer 3, 200k tokens: L0 40.6 for a target of 32; 66 once centred)."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
@@ -109,45 +115,18 @@ class TSAEConfig:
     """Adam learning rate of the weights and biases."""
     threshold_lr: float | None = None
     """Adam learning rate of the threshold; None = lr (see threshold_lr_used). Near its equilibrium a
-    threshold's gradient changes sign from step to step (under the target form as L0 crosses T;
-    under the penalty as the unit's marginal token crosses it), and Adam's step does not shrink with
-    it, so a threshold wanders by about its lr per step. At 10·lr (the default until trainer
-    version 3) that jitter killed units: on planted atoms with as many units as atoms (2M tokens,
-    bench/planted.py's five problems and the tests' H 48, N 96, K 4, seeds 5-6) 2 of 12 runs
-    identified at 10·lr and 6 at lr (0.5·lr: 11, 0.2·lr: 8, noisy), with 3.3% of the units dead at
-    the end against 1.6%; with twice the units (1M tokens) 12 of 12 identified at 10·lr and at
-    0.5·lr (mean share recovered 0.980 and 0.996), and bench/results/planted.json has 20 of 20 at
-    lr. Seeds 7-8 were not looked at while choosing: bench/results/planted*.json hold all four.
-    On SmolLM2 (N = 4H, 500k tokens) lr gives a little less held-out R² at the same L0 than 10·lr
-    (layer 3 -0.001 to -0.002, layer 15 -0.007 to -0.010: the thresholds travel less far), still
-    above SAELens's tanh frontier (bench/results/frontier.json). Why not 0.5·lr: there the L0
-    coefficient hardly moves L0 in that budget (layer 3: L0 25, 21, 19 at 1/H, 2/H, 4/H).
-    Under the target form at 10·lr: SmolLM2 layers 3 / 15, N = 4H, T = 32, 410k tokens, R² 0.895 /
-    0.699 against 0.912 / 0.730 at lr. Early in training it is raised (threshold_lr_boost)."""
+    threshold's gradient changes sign from step to step, and Adam's step does not shrink with it, so a
+    threshold wanders by about its lr per step: at 10·lr (the default until trainer version 3) that
+    jitter killed units on planted atoms. Early in training it is raised (threshold_lr_boost). The
+    measurements behind this default: DESIGN.md, "The trainer's defaults"."""
     threshold_lr_boost: float | None = None
     """None (default): 10 under the L0 penalty, 1 (no boost) under the target form (see
-    threshold_lr_boost_used). The thresholds' learning rate starts at this multiple of threshold_lr_used() and falls
-    linearly to it over the first threshold_boost_frac of the steps (the lr warm-up and final decay
-    apply on top); 1 = no boost. Why (trainer version 4): early, every threshold has to travel from
-    init_threshold to where its unit pays for itself, and while they crawl two atoms can settle on
-    one unit (a merged unit fires at twice an atom's rate, cos 0.7-0.9 to each, and nothing splits
-    it later); late, a fast threshold only jitters about its equilibrium and kills units
-    (threshold_lr). Chapter 8's nine cells (H 32, 2 units per atom, 1M tokens; runs identifying,
-    seeds 0-2 / 3-5): lr throughout 17/27 / 20/27, of them inside the theorem's condition 4/9 / 7/9
-    (lowest share recovered 0.833 / 0.896); this boost 21/27 / 21/27, inside 8/9 / 9/9 (0.938 /
-    0.958); 10·lr throughout 20/27 inside 9/9 (seeds 0-2) but worse outside (N/H 3). bench/planted.py
-    with one unit per atom (2M tokens; seeds 5-8 / 9-12): lr 13/20 / 10/20, this boost 13/20 /
-    13/20. The same boost over the first quarter of the steps: 20/27 / 19/27, inside 9/9 / 8/9,
-    one unit per atom 9/20 / 13/20. Seeds 3-5 and 9-12 were run once, after the candidates were fixed.
-    What it costs: in bench/results/planted_width1.json (version 4) SAELens's step loss identifies
-    H 48, N 96, K 3 seed 5 (97.9% of the atoms) where this falls one atom short (94.8%), which
-    version 3 identified (version 6's resampling does too); with two units per atom (planted.json) it
-    identifies 20 of 20.
-    Why not under the target form (trainer version 5): it has no planted-atom validation, and on
-    SmolLM2 layer 15 (N = 4H, bench/train_throughput.py's 409,600 tokens, T = 32) the boost gave
-    held-out R² 0.712 at L0 39.6 against 0.735 at L0 36.4 without it (SAELens 0.733 at 36.6); on
-    bench/frontier.py's data (500k tokens) layer 3 0.901 at 35.7 vs 0.907 at 36.7, layer 15 0.744
-    at 36.2 vs 0.748 at 38.2."""
+    threshold_lr_boost_used). The thresholds' learning rate starts at this multiple of threshold_lr_used()
+    and falls linearly to it over the first threshold_boost_frac of the steps (the lr warm-up and final
+    decay apply on top); 1 = no boost. Why (trainer version 4): early, while the thresholds crawl from
+    init_threshold to where their units pay for themselves, two atoms can settle on one unit (a merged
+    unit fires at twice an atom's rate) and nothing splits it later. Off under the target form (version
+    5): there it cost held-out R² on SmolLM2. The measurements: DESIGN.md, "The trainer's defaults"."""
     threshold_boost_frac: float = 0.5
     """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost)."""
     lr_warmup_frac: float = 0.02
@@ -181,9 +160,20 @@ class TSAEConfig:
     """Parameter dtype: "float32" (default) or "float64". The threshold is never below float32."""
     device: str = "cpu"
     """Device of the parameters and of the training step ("cpu" or "cuda")."""
-    normalize: str = "mean_norm"
-    """"mean_norm": scale inputs by a constant s so that E||s·m|| = sqrt(H) (estimated on the
-    first norm_estimate_tokens tokens; folded back into the weights at the end). "none": raw."""
+    normalize: str = "centred_norm"
+    """"centred_norm" (default): scale inputs by a constant s so that E||s·(m - mean)|| = sqrt(H), the
+    part that varies; "mean_norm" (the default up to trainer version 6): E||s·m|| = sqrt(H); both
+    estimated on the first norm_estimate_tokens tokens and folded back into the weights at the end.
+    "none": raw. Why centred: a constant offset (Gemma 3 layer 2: ||mean|| 1,183, E||m - mean|| 310)
+    set the old scale, so the varying part was a quarter of what the L0 coefficient 1/H assumes and
+    nearly every unit died (atomslib.input_map)."""
+    coord_std_clip: float | None = 10.0
+    """Massive coordinates: before training, a coordinate whose standard deviation exceeds this many
+    times the median coordinate's is scaled down to it (a diagonal map, undone in the returned model:
+    atomslib.input_map). None: never. Why: on Gemma 3 five of 640 coordinates carry 75% of the
+    variance; trained on the raw geometry, every SAE kind reconstructed those five and let 81-99.9% of
+    its units die. Coordinates within the ratio are untouched, so data without massive ones train as
+    before."""
     whiten: bool = False
     """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
     trainer then needs aip=. The returned model still takes and returns raw activations."""
@@ -226,6 +216,12 @@ class TSAEConfig:
             return self.threshold_lr_boost
         return 10.0 if self.sparsity_form == "penalty" else 1.0
 
+    def init_l0_used(self) -> float | None:
+        """The L0 the thresholds start at (init_l0, or target_l0 under the target form), None for init_threshold."""
+        if self.init_l0 is not None or self.activation != "threshold":
+            return self.init_l0 if self.activation == "threshold" else None
+        return self.target_l0 if self.sparsity_form == "target" else None
+
     def threshold_lr_used(self) -> float:
         """The threshold's learning rate that training uses (threshold_lr, or its default lr)."""
         return self.lr if self.threshold_lr is None else self.threshold_lr
@@ -253,6 +249,9 @@ class TSAEConfig:
             need(self.target_l0 < self.n_units, "target_l0",
                  f"must be below n_units={self.n_units} (a code cannot have more active units than the "
                  f"dictionary has); lower target_l0 or raise n_units")
+        if self.init_l0 is not None:
+            need(_finite(self.init_l0) and 0 < self.init_l0 < self.n_units, "init_l0",
+                 f"must be a number in (0, n_units={self.n_units}), or None")
         if self.l0_coeff is not None:
             need(_finite(self.l0_coeff) and self.l0_coeff >= 0, "l0_coeff",
                  "must be a finite number >= 0, or None for 1/d_model")
@@ -283,7 +282,11 @@ class TSAEConfig:
             need(isinstance(self.n_tokens, int) and self.n_tokens >= 1, "n_tokens",
                  "must be an integer >= 1 (or set n_epochs instead)")
         need(self.dtype in _DTYPES, "dtype", f"use one of {sorted(_DTYPES)}")
-        need(self.normalize in ("mean_norm", "none"), "normalize", 'use "mean_norm" or "none"')
+        need(self.normalize in ("centred_norm", "mean_norm", "none"), "normalize",
+             'use "centred_norm", "mean_norm" or "none"')
+        if self.coord_std_clip is not None:
+            need(_finite(self.coord_std_clip) and self.coord_std_clip >= 1, "coord_std_clip",
+                 "must be a number >= 1 (a multiple of the median coordinate's standard deviation), or None")
         need(self.kernel in ("auto", "sparse", "dense"), "kernel", 'use "auto", "sparse" or "dense"')
         need(isinstance(self.seed, int), "seed", "must be an integer")
         try:

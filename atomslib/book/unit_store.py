@@ -31,6 +31,7 @@ from .. import criteria
 from .._util import none_for_nan
 from ..cache import ActivationCache, harvest_provenance
 from ..harvesting import harvest
+from ..health import Health, sae_health
 from ..lock import hold
 from ..models import resolve_layers
 from ..parallel import fork_map
@@ -261,6 +262,7 @@ class UnitEval(NamedTuple):
     metrics: dict          # criteria.unit_metrics(...) plus the tol used
     l0: torch.Tensor       # (n,) active units per sample
     curve: Any             # criteria.StabilityCurve of variant A (None unless asked for)
+    health: Health | None = None   # atomslib.health.sae_health of trained units (None for neurons)
 
 
 @torch.no_grad()
@@ -274,7 +276,7 @@ def evaluate_units(units: TSAE | None, cache: ActivationCache, layer: int, *, ai
     met = criteria.unit_metrics(D, codes, m, m_hat, aip=aip, tol=tol)
     l0 = criteria.l0(codes, tol)
     st = criteria.stability_q_star(D, codes, aip=aip, variant="A", tol=tol, return_curve=True).curve if curve else None
-    return UnitEval(met, l0, st)
+    return UnitEval(met, l0, st, None if units is None else sae_health(units, met))
 
 
 @torch.no_grad()
@@ -288,19 +290,23 @@ def thresholded_neurons_r2(cache: ActivationCache, layer: int, tol: float, *, ma
 @torch.no_grad()
 def core_criteria(units: TSAE, m: torch.Tensor, *, aip=None, batch_size: int = 8192, device=None) -> dict:
     """The criteria of a grid cell, cheaper than `criteria.unit_metrics` (no pair list, no variant C):
-    R² (euclid, uncentred, aip), q* (variant A under `aip`), mean L0 and the fraction of units
-    never active, of `units` on rows `m`."""
+    R² (euclid, uncentred, aip, without the massive coordinates), q* (variant A under `aip`), mean L0
+    and the fraction of units never active, of `units` on rows `m`; `health` its
+    `atomslib.health.sae_health` record (a dict)."""
     codes, m_hat = encode_rows(units, m, batch_size=batch_size)
     acc = criteria.R2Accumulator(aip)
     acc.update(m.float(), m_hat.float())
     r2 = acc.result()
     D = units.dictionary().float()
     out = {"r2_euclid": r2.euclid, "r2_uncentred": r2.uncentred, "r2_aip": r2.aip,
+           "r2_without_massive": r2.without_massive, "n_massive": r2.n_massive,
            "q_star_A": criteria.stability_q_star(D, codes, aip=aip, variant="A", device=device),
            "mean_l0": float(criteria.l0(codes).double().mean()),
            "dead_fraction": float(criteria.dead_units(codes).double().mean()),
            "n_units": int(D.shape[0]), "n_samples": int(m.shape[0])}
-    return none_for_nan(out)
+    out = none_for_nan(out)
+    out["health"] = sae_health(units, out)._asdict()
+    return out
 
 
 def variance_share_of_top(m: torch.Tensor, frac: float = 0.01) -> float:
