@@ -83,7 +83,7 @@ def test_table_drops_a_meaningless_index_and_keeps_a_meaningful_one():
     df = pd.DataFrame({"layer": [3, 15], "r2": [0.99123, 0.5]})
     html = Page.table(df)._repr_html_()
     assert "<th>0</th>" not in html and "<th>1</th>" not in html      # no row numbers
-    assert "<td>0.991</td>" in html and "<th>layer</th>" in html
+    assert "<td>0.991</td>" in html and ">layer</th>" in html
     assert not repr(Page.table(df)).lstrip().startswith("0")
     kept = Page.table(df.set_index("layer"))._repr_html_()
     assert "<th>15</th>" in kept and "<th>layer</th>" in kept
@@ -99,6 +99,16 @@ def test_table_shows_every_row_and_all_of_a_long_cell():
         text = repr(Page.table(df))
     assert html.count("<tr") == 81 and "c79" in html and "..." not in html
     assert long.strip() in html and "c79" in text and long.strip() in text
+
+
+def test_table_columns_are_as_wide_as_their_text_up_to_the_wrap_width():
+    from atomslib.book.tables import WRAP_AT
+
+    df = pd.DataFrame({"verdict": ["not supported", "supported"], "k": [1, 2], "note": ["word " * 20, ""]})
+    html = Page.table(df)._repr_html_()
+    assert 'style="min-width: 13ch;">verdict</th>' in html        # "not supported" never breaks in two
+    assert 'style="min-width: 1ch;">k</th>' in html
+    assert f'style="min-width: {WRAP_AT}ch;">note</th>' in html     # long text wraps at the wrap width
 
 
 def test_claims_table_shows_no_row_numbers():

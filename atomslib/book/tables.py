@@ -7,7 +7,10 @@ and which displays
 - without its index when that is the default `RangeIndex` (0, 1, 2 ...: a row number, not data);
   an index a notebook set on purpose (`set_index("layer")`) is kept;
 - with every row and every character of every cell (pandas would elide rows past
-  `display.max_rows` with `...` and cut long text at `display.max_colwidth`).
+  `display.max_rows` with `...` and cut long text at `display.max_colwidth`);
+- with each column at least as wide as its longest text, up to `WRAP_AT` characters (longer text
+  wraps there): the browser never squeezes a column to one word per line, a table too wide for the
+  page scrolls instead (`_static/atoms.css`; scripts/check_site.py flags a squeezed column).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import Any
 import pandas as pd
 
 from .._util import fmt
+
+WRAP_AT = 22   # characters (CSS `ch`): a column is never narrower than its text up to this width
 
 
 def is_row_number(index: pd.Index) -> bool:
@@ -33,9 +38,15 @@ class Table(pd.DataFrame):
     def shows_index(self) -> bool:
         return not is_row_number(self.index)
 
+    def min_widths(self) -> list[str]:
+        """Each column's CSS min-width: its longest text (header included), at most WRAP_AT characters."""
+        heads = [c[-1] if isinstance(c, tuple) else c for c in self.columns]   # a MultiIndex column: its last level
+        return [f"{min(WRAP_AT, max([len(str(heads[j]))] + [len(str(v)) for v in self.iloc[:, j]]))}ch"
+                for j in range(self.shape[1])]
+
     def _repr_html_(self) -> str:
         return self.to_html(index=self.shows_index(), max_rows=None, max_cols=None, border=0, escape=True,
-                            classes="atoms-table")
+                            classes="atoms-table", col_space=self.min_widths())
 
     def __repr__(self) -> str:
         with pd.option_context("display.max_colwidth", None):
