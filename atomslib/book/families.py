@@ -49,7 +49,7 @@ def family_points(rows: Sequence[Mapping], depths: Mapping[str, int | None]) -> 
     return out
 
 
-def families_figure(points: Sequence[Mapping], *, ncols: int = 4):
+def families_figure(points: Sequence[Mapping], *, ncols: int = 3):
     """A figure with one panel per claim that has points: value against relative depth, one colour
     per model, hollow markers for unhealthy SAEs, the rule's supported band shaded. None without points."""
     import matplotlib.pyplot as plt
@@ -60,7 +60,7 @@ def families_figure(points: Sequence[Mapping], *, ncols: int = 4):
     models = list(dict.fromkeys(p["model"] for p in points))
     ncols = min(ncols, len(claims))
     nrows = math.ceil(len(claims) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.7 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
     for ax in axes.flat[len(claims):]:
         ax.set_visible(False)
     for ax, c in zip(axes.flat, claims):
@@ -89,7 +89,7 @@ def families_figure(points: Sequence[Mapping], *, ncols: int = 4):
         ax.set_ylim(*ylim)
         ax.set_xlim(-0.03, 1.03)
         title = short_statement(c.claim_id)
-        ax.set_title(title if len(title) <= 42 else title[:40] + "…", fontsize=8.5)
+        ax.set_title(title if len(title) <= 40 else title[:38] + "…", fontsize=9)
         ax.set_xlabel("layer / blocks", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -99,9 +99,8 @@ def families_figure(points: Sequence[Mapping], *, ncols: int = 4):
     handles += [Line2D([], [], color="0.3", marker="o", mfc="none", ls="none", label="SAE failed the health bar"),
                 Line2D([], [], color="0.4", ls="--", label="paper (reference)"),
                 plt.Rectangle((0, 0), 1, 1, color="#cfe9d3", label="supported by the rule")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.7 / (2.6 * nrows), 1, 1))
     return fig
 
 
