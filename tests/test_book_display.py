@@ -75,6 +75,7 @@ def test_table_uses_the_books_number_format():
     assert out["a"].tolist() == [fmt(0.123456), fmt(2.5)] and out["b"].tolist() == ["x", "3"]
     assert out["n"].tolist() == ["12,000", "7"]           # counts with a thousands separator
     assert Page.table(df["a"])["a"].tolist() == ["0.123", "2.5"]   # a Series too
+    assert Page.table(pd.DataFrame({"l": [[1.416992, 2], [3, 4000]]}))["l"].tolist() == ["[1.42, 2]", "[3, 4000]"]
     with pytest.raises(TypeError, match="DataFrame"):
         Page.table([{"a": 1}])
 

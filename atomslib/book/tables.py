@@ -46,7 +46,7 @@ class Table(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         return self.to_html(index=self.shows_index(), max_rows=None, max_cols=None, border=0, escape=True,
-                            classes="atoms-table", col_space=self.min_widths())
+                            classes="atoms-table", col_space=self.min_widths(), justify="left")
 
     def __repr__(self) -> str:
         with pd.option_context("display.max_colwidth", None):
@@ -59,7 +59,12 @@ def cell(value: Any) -> Any:
         return value
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:   # numpy scalars
         value = value.item()
-    return fmt(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value):
+        # a list of numbers: its floats in the book's format; its integers bare (a thousands separator would
+        # read as a list separator)
+        return "[" + ", ".join(str(v) if isinstance(v, int) else fmt(v) for v in value) + "]"
+    return fmt(value) if isinstance(value, (int, float)) else value
 
 
 def book_table(df: pd.DataFrame | pd.Series) -> Table:
