@@ -16,8 +16,8 @@ Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every 
     image may scroll inside itself (its scrollWidth above its width) but its box must not stick
     out of its container (the nearest block around it) unless a box in between scrolls;
   * flags a squeezed table column: a cell narrower than SQUEEZED_CHARS characters of its own font
-    whose text does not fit on one line (the browser shrank the column until its text stood one word
-    per line, as a long unbreakable code name in the next column does);
+    in which text wraps onto a second line (the browser shrank the column until its text stood one
+    word per line, as a long unbreakable code name in the next column does; a <br> does not count);
   * scans each page's outputs for stray reprs (`stray_outputs`: `PosixPath(...)`, `<Figure size ...>`,
     `<Axes: ...>`, `<... object at 0x...>`: a cell that ended in a value nobody meant to show), and
     the tables the book's display helper makes (`table.atoms-table`) for numbers that break the
@@ -87,15 +87,20 @@ document.querySelectorAll('article table, article img, article figure, article s
   var cr=c.getBoundingClientRect(); if(cr.width===0)continue;
   if(r.right>cr.right+1)bad.push(name(el)+' '+Math.round(r.right-cr.right)+'px wider than its container '+name(c));
   return;}});
-// squeezed columns: a cell narrower than SQUEEZED characters of its font whose text needs more than one line
-var squeezed=[],seen={},cv=document.createElement('canvas').getContext('2d');
+// squeezed columns: a cell narrower than SQUEEZED characters of its font in which a piece of text
+// wraps onto a second line (a text node laid out over several line boxes; a <br> the page meant is not one)
+var squeezed=[],seen={},cv=document.createElement('canvas').getContext('2d'),rg=document.createRange();
+function wraps(c){var w=document.createTreeWalker(c,NodeFilter.SHOW_TEXT),n;
+ while((n=w.nextNode())){if(!n.textContent.trim())continue;rg.selectNodeContents(n);var tops={},k=0;
+  Array.prototype.forEach.call(rg.getClientRects(),function(q){var t=Math.round(q.top);if(q.width>0&&!tops[t]){tops[t]=1;k++;}});
+  if(k>1)return true;}return false;}
 document.querySelectorAll('article table').forEach(function(t,ti){
  if(t.closest('.MathJax, mjx-container'))return;
  t.querySelectorAll('td, th').forEach(function(c){
   var cs=getComputedStyle(c),text=(c.innerText||'').replace(/\\s+/g,' ').trim(); if(!text)return;
   var avail=c.clientWidth-parseFloat(cs.paddingLeft)-parseFloat(cs.paddingRight); if(avail<=0)return;
   cv.font=cs.font; var ch=cv.measureText('0').width; if(!ch)return;
-  if(avail/ch>=SQUEEZED||cv.measureText(text).width<=avail+1)return;
+  if(avail/ch>=SQUEEZED||!wraps(c))return;
   var key=ti+':'+c.cellIndex; if(seen[key])return; seen[key]=1;
   squeezed.push(name(t)+' #'+(ti+1)+' column '+(c.cellIndex+1)+' is '+(avail/ch).toFixed(1)+' characters wide for "'+text.slice(0,40)+'"');});});
 function meta(n,v){var m=document.createElement('meta');m.name=n;m.content=v;document.head.appendChild(m);}
