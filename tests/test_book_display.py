@@ -103,13 +103,13 @@ def test_table_shows_every_row_and_all_of_a_long_cell():
 
 
 def test_table_columns_are_as_wide_as_their_text_up_to_the_wrap_width():
-    from atomslib.book.tables import WRAP_AT
+    from atomslib.book.tables import LETTER_WIDTH, WRAP_AT
 
     df = pd.DataFrame({"verdict": ["not supported", "supported"], "k": [1, 2], "note": ["word " * 20, ""]})
     html = Page.table(df)._repr_html_()
-    assert 'style="min-width: 13ch;">verdict</th>' in html        # "not supported" never breaks in two
-    assert 'style="min-width: 1ch;">k</th>' in html
-    assert f'style="min-width: {WRAP_AT}ch;">note</th>' in html     # long text wraps at the wrap width
+    assert f'style="min-width: {13 * LETTER_WIDTH:g}ch;">verdict</th>' in html   # "not supported" never breaks in two
+    assert f'style="min-width: {LETTER_WIDTH:g}ch;">k</th>' in html
+    assert f'style="min-width: {WRAP_AT * LETTER_WIDTH:g}ch;">note</th>' in html   # long text wraps at the wrap width
 
 
 def test_claims_table_shows_no_row_numbers():

@@ -20,7 +20,8 @@ import pandas as pd
 
 from .._util import fmt
 
-WRAP_AT = 22   # characters (CSS `ch`): a column is never narrower than its text up to this width
+WRAP_AT = 22   # characters: a column is never narrower than its text up to this many characters
+LETTER_WIDTH = 1.2   # a character of text in `ch` (proportional fonts: "m" and capitals are wider than "0")
 
 
 def is_row_number(index: pd.Index) -> bool:
@@ -39,10 +40,12 @@ class Table(pd.DataFrame):
         return not is_row_number(self.index)
 
     def min_widths(self) -> list[str]:
-        """Each column's CSS min-width: its longest text (header included), at most WRAP_AT characters."""
+        """Each column's CSS min-width: its longest text (header included), at most WRAP_AT characters, in
+        `ch` (the width of a "0") with room for letters wider than a digit (m, w, capitals)."""
         heads = [c[-1] if isinstance(c, tuple) else c for c in self.columns]   # a MultiIndex column: its last level
-        return [f"{min(WRAP_AT, max([len(str(heads[j]))] + [len(str(v)) for v in self.iloc[:, j]]))}ch"
-                for j in range(self.shape[1])]
+        chars = [min(WRAP_AT, max([len(str(heads[j]))] + [len(str(v)) for v in self.iloc[:, j]]))
+                 for j in range(self.shape[1])]
+        return [f"{round(LETTER_WIDTH * n, 1):g}ch" for n in chars]
 
     def _repr_html_(self) -> str:
         return self.to_html(index=self.shows_index(), max_rows=None, max_cols=None, border=0, escape=True,
