@@ -242,15 +242,34 @@ def cli_device(s: str) -> str:
     return s
 
 
+FMT_DIGITS = 3   # significant digits of a float on the book's pages
+
+
 def fmt(value: Any) -> str:
-    """The one number format of the project (4 significant digits for a float): the book's pages
-    show fmt(x), the book test looks for fmt(x), and the library's record labels use it too."""
+    """The one number format of the project: the book's pages show fmt(x) (tables through
+    `atomslib.book.Page.table`), the book test looks for fmt(x), and the library's record labels use it.
+
+    The rule: an integer (a count) in full with thousands separators (`12,345`); a float to 3
+    significant digits, with thousands separators from 1,000 on (`15,900,000`, never `1.59e+07`),
+    in scientific notation only below 0.0001 (`1.23e-05`) or from 10¹⁵ on; None is "—", NaN "nan". numpy scalars
+    count as the Python numbers they hold."""
     if value is None:
         return "—"
-    if isinstance(value, (bool, int)):
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:   # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, bool):
         return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
-        return "nan" if value != value else f"{value:.4g}"
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        if value == 0:
+            return "0"   # never "-0"
+        rounded = float(f"{value:.{FMT_DIGITS}g}")
+        return f"{rounded:,.0f}" if 1000 <= abs(rounded) < 1e15 else f"{value:.{FMT_DIGITS}g}"
     return str(value)
 
 

@@ -15,6 +15,14 @@ Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every 
     around it, is a problem (a reader would find it cut off at the right edge); and a table or
     image may scroll inside itself (its scrollWidth above its width) but its box must not stick
     out of its container (the nearest block around it) unless a box in between scrolls;
+  * flags a squeezed table column: a cell narrower than SQUEEZED_CHARS characters of its own font
+    in which text wraps onto a second line (the browser shrank the column until its text stood one
+    word per line, as a long unbreakable code name in the next column does; a <br> does not count);
+  * scans each page's outputs for stray reprs (`stray_outputs`: `PosixPath(...)`, `<Figure size ...>`,
+    `<Axes: ...>`, `<... object at 0x...>`: a cell that ended in a value nobody meant to show), and
+    the tables the book's display helper makes (`table.atoms-table`) for numbers that break the
+    book's format (`unformatted_numbers`: more than 3 significant digits, 1.2e+07, 12345 without
+    its thousands separator);
   * takes a full-page screenshot into --screenshots, if given (the window as tall as the page).
 Exit status 0 when every page passes; 1 with one line per problem otherwise; 2 when Chromium is
 missing. `--report FILE` writes the per-page details as JSON.
@@ -28,6 +36,7 @@ import html.parser
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +47,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+SQUEEZED_CHARS = 12   # a table column narrower than this many characters, with text that wraps, is squeezed
 SKIP_PAGES = {"genindex.html", "search.html", "py-modindex.html", "index.html"}  # index.html: a redirect
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -77,8 +87,24 @@ document.querySelectorAll('article table, article img, article figure, article s
   var cr=c.getBoundingClientRect(); if(cr.width===0)continue;
   if(r.right>cr.right+1)bad.push(name(el)+' '+Math.round(r.right-cr.right)+'px wider than its container '+name(c));
   return;}});
+// squeezed columns: a cell narrower than SQUEEZED characters of its font in which a piece of text
+// wraps onto a second line (a text node laid out over several line boxes; a <br> the page meant is not one)
+var squeezed=[],seen={},cv=document.createElement('canvas').getContext('2d'),rg=document.createRange();
+function wraps(c){var w=document.createTreeWalker(c,NodeFilter.SHOW_TEXT),n;
+ while((n=w.nextNode())){if(!n.textContent.trim())continue;rg.selectNodeContents(n);var tops={},k=0;
+  Array.prototype.forEach.call(rg.getClientRects(),function(q){var t=Math.round(q.top);if(q.width>0&&!tops[t]){tops[t]=1;k++;}});
+  if(k>1)return true;}return false;}
+document.querySelectorAll('article table').forEach(function(t,ti){
+ if(t.closest('.MathJax, mjx-container'))return;
+ t.querySelectorAll('td, th').forEach(function(c){
+  var cs=getComputedStyle(c),text=(c.innerText||'').replace(/\\s+/g,' ').trim(); if(!text)return;
+  var avail=c.clientWidth-parseFloat(cs.paddingLeft)-parseFloat(cs.paddingRight); if(avail<=0)return;
+  cv.font=cs.font; var ch=cv.measureText('0').width; if(!ch)return;
+  if(avail/ch>=SQUEEZED||!wraps(c))return;
+  var key=ti+':'+c.cellIndex; if(seen[key])return; seen[key]=1;
+  squeezed.push(name(t)+' #'+(ti+1)+' column '+(c.cellIndex+1)+' is '+(avail/ch).toFixed(1)+' characters wide for "'+text.slice(0,40)+'"');});});
 function meta(n,v){var m=document.createElement('meta');m.name=n;m.content=v;document.head.appendChild(m);}
-meta('atoms-overflow',JSON.stringify(bad));meta('atoms-height',String(document.documentElement.scrollHeight));}
+meta('atoms-overflow',JSON.stringify(bad));meta('atoms-squeezed',JSON.stringify(squeezed));meta('atoms-height',String(document.documentElement.scrollHeight));}
 if(document.readyState==='complete'){setTimeout(run,500);}else{window.addEventListener('load',function(){setTimeout(run,500);});}})();</script>"""
 
 
@@ -94,7 +120,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
             return super().send_head()
         import io
         body = Path(path).read_bytes()
-        body = body.replace(b"</body>", _PROBE.encode() + b"</body>", 1)
+        body = body.replace(b"</body>", _PROBE.replace("SQUEEZED", str(SQUEEZED_CHARS)).encode() + b"</body>", 1)
         self.send_response(200)
         self.send_header("Content-type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -158,6 +184,88 @@ def _page_requests(netlog: Path, origin: str) -> list[str]:
             if e.get("type") == start and e.get("params", {}).get("initiator") == origin]
 
 
+# What a cell shows when it ends in a value nobody meant to display: a path, a figure or axes object,
+# any object's default repr.
+STRAY_PATTERNS = (r"\b(?:Posix|Windows)?Path\('", r"<Figure size \d", r"<Axes(?:Subplot)?[:\s>]",
+                  r"<matplotlib\.[\w.]+ (?:object )?at 0x", r"<[\w.]+ object at 0x[0-9a-f]+>",
+                  r"<pandas\.io\.formats\.style\.Styler", r"<IPython\.core\.display\.\w+ object")
+
+
+class _Outputs(html.parser.HTMLParser):
+    """The text of a Jupyter Book page's cell outputs (`div.cell_output`), and the cells of the tables
+    the book's display helper made (`table.atoms-table`)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.depth, self.in_output, self.in_table, self.in_td = 0, [], None, False
+        self.text: list[str] = []
+        self.cells: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if tag == "div":
+            self.depth += 1
+            if "cell_output" in classes:
+                self.in_output.append(self.depth)
+        elif tag == "table" and "atoms-table" in classes:
+            self.in_table = True
+        elif tag == "td" and self.in_table:
+            self.in_td = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            if self.in_output and self.in_output[-1] == self.depth:
+                self.in_output.pop()
+            self.depth -= 1
+        elif tag == "table":
+            self.in_table = False
+        elif tag == "td":
+            self.in_td = False
+
+    def handle_data(self, data):
+        if self.in_output:
+            self.text.append(data)
+        if self.in_td:
+            self.cells[-1] += data
+
+
+def stray_outputs(page_html: str) -> list[str]:
+    """Stray reprs in the outputs of a built page (`PosixPath('...')`, `<Figure size 640x480 with 1 Axes>`...)."""
+    parser = _Outputs()
+    parser.feed(page_html)
+    text = "\n".join(parser.text)
+    found = []
+    for pattern in STRAY_PATTERNS:
+        for m in re.finditer(pattern, text):
+            line = text[m.start():].split("\n", 1)[0]
+            found.append(line[:80])
+    return found
+
+
+_PLAIN_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+
+
+def unformatted_numbers(page_html: str) -> list[str]:
+    """Numbers in the cells of the display helper's tables (`table.atoms-table`) that the book's format
+    would not write: more than 3 significant digits (0.2748), an exponent on a number ≥ 0.0001
+    (1.587e+07), an integer from 1,000 on without its thousands separator (12345)."""
+    parser = _Outputs()
+    parser.feed(page_html)
+    bad = []
+    for cell in parser.cells:
+        t = cell.strip()
+        if not re.fullmatch(_PLAIN_NUMBER, t):
+            continue
+        mantissa, _, exp = t.lower().lstrip("-").partition("e")
+        value = float(t)
+        significant = len(mantissa.replace(".", "").lstrip("0"))
+        if (exp and 1e-4 <= abs(value) < 1e15) or ("." in mantissa and significant > 3) \
+                or (not exp and "." not in mantissa and abs(value) >= 1000):
+            bad.append(t)
+    return bad
+
+
 def check_page(chrome: str, base: str, root: Path, rel: str, shots: Path | None, budget_ms: int, timeout: float) -> dict:
     url = f"{base}/{rel}"
     raw = (root / rel).read_text(errors="replace")
@@ -200,7 +308,6 @@ def check_page(chrome: str, base: str, root: Path, rel: str, shots: Path | None,
     for src in refs.resources:
         if urllib.parse.urljoin(url, src).split(":", 1)[0] in ("http", "https") and not urllib.parse.urljoin(url, src).startswith(base):
             out["problems"].append(f"{rel}: loads an off-site resource {src}")
-    import re
     over = re.search(r'<meta name="atoms-overflow" content="([^"]*)"', dom)
     height = re.search(r'<meta name="atoms-height" content="(\d+)"', dom)
     if over is None:
@@ -209,6 +316,12 @@ def check_page(chrome: str, base: str, root: Path, rel: str, shots: Path | None,
         wide = json.loads(html.unescape(over.group(1)))
         out["too_wide"] = wide
         out["problems"] += [f"{rel}: wider than its column and not scrollable: {w}" for w in wide]
+    squeezed = re.search(r'<meta name="atoms-squeezed" content="([^"]*)"', dom)
+    out["squeezed"] = json.loads(html.unescape(squeezed.group(1))) if squeezed else []
+    out["problems"] += [f"{rel}: squeezed table column: {w}" for w in out["squeezed"]]
+    out["problems"] += [f"{rel}: stray output {s!r} (a cell ends in a value nobody meant to show)" for s in stray_outputs(raw)]
+    out["problems"] += [f"{rel}: a table of the book's display helper shows {n!r}, not in the book's number format "
+                        f"(atomslib._util.fmt)" for n in unformatted_numbers(raw)]
     out["height"] = int(height.group(1)) if height else 1400
     off_site = sorted({u for u in requests if not u.startswith(base)})
     out["off_site_requests"] = off_site

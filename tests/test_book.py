@@ -200,22 +200,46 @@ def test_site_renders_math_and_images_in_chromium(book):
     print(f"screenshots in {shots}")
 
 
+def test_pages_show_no_stray_reprs_and_their_tables_keep_the_number_format(book):
+    """Issue 32: no cell ends in a value nobody meant to show (a PosixPath under a figure), and the tables of
+    the display helper write every number by fmt (scripts/check_site.py's scanners, without a browser)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import check_site
+
+    pages = sorted(p for p in book["html"].rglob("*.html") if "_static" not in p.parts)
+    stray = [f"{p.relative_to(book['html'])}: {s}" for p in pages for s in check_site.stray_outputs(p.read_text())]
+    assert not stray, "stray outputs on the pages:\n" + "\n".join(stray)
+    off = [f"{p.relative_to(book['html'])}: {n}" for p in pages for n in check_site.unformatted_numbers(p.read_text())]
+    assert not off, "numbers outside the book's format in the display helper's tables:\n" + "\n".join(off[:20])
+    assert any('class="dataframe atoms-table"' in p.read_text() for p in pages), "no page shows a table of the helper"
+
+
 def test_the_intro_opens_with_the_findings_of_the_results_files(book):
-    """Findings at a glance (issue 12): every headline verdict per model and layer, as the results files
-    give it, is on the intro page, with the R²–q* figure and links to the chapters behind them."""
+    """Findings at a glance (issues 12, 32): the intro opens with the verdict matrix, a cell per claim, model
+    and layer holding the headline number as the results files give it, with the R²–q* figure; the
+    conclusions page lists every headline verdict claim by claim, with links to the chapters behind them."""
     import html as html_lib
 
     from atomslib.book.findings import verdict_words
+    from atomslib.book.verdicts import verdict_matrix
 
     gen = book["root"] / "book" / "generated"
     results = {k: v for k, v in load_model_results(gen / "results").items() if k.split("@")[0] != "06_conclusions"}
     rows = evaluate_claims(results)
-    intro = html_lib.unescape(re.sub(r"<[^>]+>", "", (book["html"] / "book" / "intro.html").read_text()))
-    words = verdict_words(rows)
-    assert len(words) >= 5, f"too few measured claims to check: {words}"
-    missing = [w for w in words if w[0] not in intro or w[1] not in intro]
-    assert not missing, f"findings missing from the intro page: {missing[:5]}"
     raw = (book["html"] / "book" / "intro.html").read_text()
+    assert '<table class="atoms-verdicts">' in raw, "the intro shows no verdict matrix"
+    columns, cells = verdict_matrix(rows)
+    assert len(cells) >= 5, f"too few measured cells to check: {cells}"
+    missing = [k for k, c in cells.items() if f'data-verdict="{html_lib.escape(c.verdict)}"' not in raw
+               or f'<span class="v-number">{html_lib.escape(c.number)}</span>' not in raw]
+    assert not missing, f"verdict matrix cells missing from the intro page: {missing[:5]}"
     assert "06_conclusions_r2_q.png" in raw, "the intro shows no R²–q* figure"
-    assert 'href="generated/03_neurons_features_atoms.html' in raw, "the intro does not link its verdicts' chapters"
+    intro = html_lib.unescape(re.sub(r"<[^>]+>", "", raw))
     assert "gemma3-270m" in intro and "smollm2-135m" in intro, "the intro's verdicts do not name both models"
+    conclusions_raw = (book["html"] / "book" / "generated" / "06_conclusions.html").read_text()
+    conclusions = html_lib.unescape(re.sub(r"<[^>]+>", "", conclusions_raw))
+    words = verdict_words(rows)
+    absent = [w for w in words if w[0] not in conclusions or w[1] not in conclusions]
+    assert not absent, f"findings missing from the conclusions page: {absent[:5]}"
+    assert 'href="03_neurons_features_atoms.html' in conclusions_raw, "the conclusions do not link their verdicts' chapters"
+    assert "06_conclusions_families.png" in conclusions_raw, "the conclusions show no figure across families"

@@ -60,10 +60,71 @@ def test_caption_markdown_is_rendered_and_escaped():
     assert "cos &gt; 0.95 &lt;b&gt;" in html
 
 
+def test_fmt_is_one_rule_three_significant_digits_and_thousands_separators():
+    """Issue 32: one page printed 0.0007874, 0.004921, 1.587e+07, 30.98, 0.2748 and 1."""
+    assert [fmt(v) for v in (0.0007874, 0.004921, 1.587e7, 30.98, 0.2748, 1.0)] == \
+        ["0.000787", "0.00492", "15,900,000", "31", "0.275", "1"]
+    assert [fmt(v) for v in (12345, np.int64(4096), 999.6, 1234.5, -0.0, 1.234e-5, np.float32(0.5))] == \
+        ["12,345", "4,096", "1,000", "1,230", "0", "1.23e-05", "0.5"]
+    assert (fmt(None), fmt(float("nan")), fmt(True), fmt("x")) == ("—", "nan", "True", "x")
+
+
 def test_table_uses_the_books_number_format():
-    df = pd.DataFrame({"a": [0.123456, np.float32(2.5)], "b": ["x", 3]})
+    df = pd.DataFrame({"a": [0.123456, np.float32(2.5)], "b": ["x", 3], "n": [12000, 7]})
     out = Page.table(df)
-    assert out["a"].tolist() == [fmt(0.123456), fmt(2.5)] and out["b"].tolist() == ["x", 3]
+    assert out["a"].tolist() == [fmt(0.123456), fmt(2.5)] and out["b"].tolist() == ["x", "3"]
+    assert out["n"].tolist() == ["12,000", "7"]           # counts with a thousands separator
+    assert Page.table(df["a"])["a"].tolist() == ["0.123", "2.5"]   # a Series too
+    assert Page.table(pd.DataFrame({"l": [[1.416992, 2], [3, 4000]]}))["l"].tolist() == ["[1.42, 2]", "[3, 4000]"]
+    with pytest.raises(TypeError, match="DataFrame"):
+        Page.table([{"a": 1}])
+
+
+def test_table_drops_a_meaningless_index_and_keeps_a_meaningful_one():
+    df = pd.DataFrame({"layer": [3, 15], "r2": [0.99123, 0.5]})
+    html = Page.table(df)._repr_html_()
+    assert "<th>0</th>" not in html and "<th>1</th>" not in html      # no row numbers
+    assert "<td>0.991</td>" in html and ">layer</th>" in html
+    assert not repr(Page.table(df)).lstrip().startswith("0")
+    kept = Page.table(df.set_index("layer"))._repr_html_()
+    assert "<th>15</th>" in kept and "<th>layer</th>" in kept
+    plain = pd.DataFrame({"a": [0.5]})._repr_html_()               # what the old helper showed
+    assert "<th>0</th>" in plain
+
+
+def test_table_shows_every_row_and_all_of_a_long_cell():
+    long = "a long statement of a claim " * 6
+    df = pd.DataFrame({"claim": [f"c{i}" for i in range(80)], "text": [long] * 80})
+    with pd.option_context("display.max_rows", 10, "display.max_colwidth", 20):
+        html = Page.table(df)._repr_html_()
+        text = repr(Page.table(df))
+    assert html.count("<tr") == 81 and "c79" in html and "..." not in html
+    assert long.strip() in html and "c79" in text and long.strip() in text
+
+
+def test_table_columns_are_as_wide_as_their_text_up_to_the_wrap_width():
+    from atomslib.book.tables import LETTER_WIDTH, WRAP_AT
+
+    df = pd.DataFrame({"verdict": ["not supported", "supported"], "k": [1, 2], "note": ["word " * 20, ""]})
+    html = Page.table(df)._repr_html_()
+    assert f'style="min-width: {13 * LETTER_WIDTH:g}ch;">verdict</th>' in html   # "not supported" never breaks in two
+    assert f'style="min-width: {LETTER_WIDTH:g}ch;">k</th>' in html
+    assert f'style="min-width: {WRAP_AT * LETTER_WIDTH:g}ch;">note</th>' in html   # long text wraps at the wrap width
+
+
+def test_claims_table_shows_no_row_numbers():
+    from atomslib.book.results import claim, claims_table
+
+    html = claims_table([claim("atoms.r2", 0.91234, "R2=euclid", "heldout")])._repr_html_()
+    assert "<th>0</th>" not in html and "<td>0.912</td>" in html
+
+
+def test_show_returns_nothing_so_a_cell_ending_in_it_prints_no_path(tmp_path, shown):
+    page = Page("02_representation_shift", tmp_path)
+    fig, ax = plt.subplots()
+    assert page.show(fig, "histograms", "Angles; 2 points.") is None
+    assert page.figure_path("histograms").is_file()
+    plt.close("all")
 
 
 def test_say_and_exercise_write_markdown(tmp_path, shown):

@@ -86,6 +86,29 @@ def test_figures_go_through_the_page(path):
             f"{path.name}: create the page once as Page({path.stem!r}, figures_dir)"
 
 
+BARE_TABLE_CALLS = {"DataFrame", "set_index", "reset_index", "pivot_table", "pivot", "head", "tail", "describe",
+                    "value_counts", "to_frame", "rename", "sort_values", "groupby", "agg", "merge", "concat"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_ends_in_a_bare_value(path):
+    """Issue 32: a cell that ends in a bare name (`status`, `agree`) or a pandas call shows it raw, index
+    0, 1, 2 ... and pandas's own number format included; tables go through page.table (or
+    results.claims_table), figures through page.show (which returns nothing to print)."""
+    bad = []
+    for i, cell, _ in _code_cells(path):
+        body = _parse(cell.source).body
+        last = body[-1] if body else None
+        if not isinstance(last, ast.Expr):
+            continue
+        v = last.value
+        func = v.func.attr if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) else \
+            v.func.id if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) else None
+        if isinstance(v, (ast.Name, ast.Attribute, ast.Subscript)) or func in BARE_TABLE_CALLS:
+            bad.append(_where(path, i, cell) + f" ... ends in `{ast.unparse(v)[:60]}`")
+    assert not bad, "cells that end in a bare value (wrap a table in page.table):\n  " + "\n  ".join(bad)
+
+
 def test_the_library_never_imports_the_book_wing():
     bad = []
     for p in sorted((REPO / "atomslib").rglob("*.py")):

@@ -229,7 +229,7 @@ def test_claims_validation_and_verdicts():
     assert sup == {"atoms.r2": ["0.995 (R2=euclid, heldout, m, layer 3)"]}
     assert [e["claim_id"] for e in summary["not supported"]] == ["atoms.r2"]  # another variant
     assert "shift.aip_at_90" in [e["claim_id"] for e in summary["not measured"]]
-    assert fmt(0.99923) == "0.9992" and fmt(None) == "—" and fmt(3) == "3" and fmt(float("nan")) == "nan"
+    assert fmt(0.99923) == "0.999" and fmt(None) == "—" and fmt(3) == "3" and fmt(float("nan")) == "nan"
     assert CLAIMS_BY_ID["neurons.q_star"].verdict(0.01) == "supported"
     assert math.isinf(CLAIMS_BY_ID["neurons.q_star"].lo)
 
@@ -237,7 +237,7 @@ def test_claims_validation_and_verdicts():
 def test_claims_table_formats_values_and_blanks_fields_a_claim_lacks():
     t = claims_table([claim("atoms.r2", 0.91234, "R2=euclid", "heldout"),
                           claim("atoms.r2", None, "R2=euclid", "train", note="not measured")])
-    assert list(t["value"]) == ["0.9123", "—"]
+    assert list(t["value"]) == ["0.912", "—"]
     assert list(t["note"]) == ["", "not measured"]      # not NaN on the page
 
 

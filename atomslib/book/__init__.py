@@ -9,6 +9,8 @@ on the page.
 from __future__ import annotations
 
 from .display import Page, caption_html
-from .findings import FINDINGS_FILE, findings_markdown, not_run_markdown
+from .findings import FINDINGS_FILE, claims_markdown, findings_markdown, not_run_markdown
+from .verdicts import verdict_matrix_html
 
-__all__ = ["Page", "caption_html", "FINDINGS_FILE", "findings_markdown", "not_run_markdown"]
+__all__ = ["Page", "caption_html", "FINDINGS_FILE", "claims_markdown", "findings_markdown", "not_run_markdown",
+           "verdict_matrix_html"]

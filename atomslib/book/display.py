@@ -3,9 +3,9 @@ book's number format, prose written from the results.
 
     page = Page("03_neurons_features_atoms", figures_dir)
     page.show(fig, "r2_q_plane", f"... {len(layers)} layers of {model} ...")   # figures/03_..._r2_q_plane.png
-    page.table(df)                                                           # numbers as run.fmt writes them
-    page.say(f"The atoms reach R² = {run.fmt(r2)} ...")                      # Markdown built from results
-    run.save_results("03_neurons_features_atoms", PARAMS, metrics, claims, figures=page.figures)
+    page.table(df)                                                           # numbers as fmt writes them
+    page.say(f"The atoms reach R² = {results.fmt(r2)} ...")                  # Markdown built from results
+    results.save_results("03_neurons_features_atoms", PARAMS, metrics, claims, figures=page.figures)
 
 A caption is shown as HTML (`text/html`, plain text beside it), not as Markdown: the cell that
 plots a figure is folded (`hide-input`), and a Markdown output is reserved for the prose cells
@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from .results import fmt
+from .tables import Table, book_table
 
 FIGURE_DPI = 110   # the saved PNG's resolution (the page shows the inline copy)
 
@@ -63,11 +60,12 @@ class Page:
     def figure_path(self, name: str) -> Path:
         return self.figures_dir / f"{self.name}_{name}.png"
 
-    def show(self, fig, name: str, caption: str) -> Path:
+    def show(self, fig, name: str, caption: str) -> None:
         """Save `fig` beside the results, show it, and print its numbered caption below it.
 
         The caption says what the figure shows and which parameters made it (write it from the
-        notebook's variables, never typed numbers). Returns the saved file's path."""
+        notebook's variables, never typed numbers). Returns None, so that a cell ending in
+        `page.show(...)` prints nothing under the figure (the saved file is `page.figure_path(name)`)."""
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"Page.show({name!r}): every figure needs a caption saying what it shows and "
                              "which parameters made it")
@@ -86,13 +84,13 @@ class Page:
         number = len(self.figures)
         display({"text/html": caption_html(number, caption), "text/plain": f"Figure {number}. {caption}"},
                 raw=True)
-        return path
 
     @staticmethod
-    def table(df):
-        """`df` with its float cells written as the book writes numbers (`run.fmt`); display it by
+    def table(df) -> Table:
+        """`df` as the book shows tables (`atomslib.book.tables`): every number written by `fmt`, every
+        row shown, no index column when the index is pandas's row number (0, 1, 2 ...). Display it by
         leaving it last in the cell (or `display(page.table(df))`)."""
-        return df.map(_cell)
+        return book_table(df)
 
     @staticmethod
     def say(*paragraphs: str) -> None:
@@ -109,6 +107,3 @@ class Page:
                  f"*Expected (computed by this run with that value):* {expected}\n```")
         return {"run": assignment, "expected": expected}
 
-
-def _cell(v: Any) -> Any:
-    return fmt(float(v)) if isinstance(v, (float, np.floating)) else v

@@ -219,14 +219,17 @@ def load_model_results(results_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def claims_table(claims: Sequence[Mapping[str, Any]]):
-    """A pandas table of claims entries, values formatted with `fmt` (show it on the page)."""
+    """A table of claims entries, values formatted with `fmt` (show it on the page): a `tables.Table`,
+    shown without pandas's row numbers and with every row."""
     import pandas as pd
+
+    from .tables import Table
 
     rows = [{"claim": c["claim_id"], "value": fmt(c["value"]), "variant": c["variant"], "split": c["split"],
              **{k: fmt(v) for k, v in c.items() if k not in ("claim_id", "value", "variant", "split", "health")},
              **({"SAE health": health_words(c["health"])} if c.get("health") else {})}
             for c in claims]
-    return pd.DataFrame(rows).fillna("")    # a field only some claims carry (e.g. note): blank elsewhere
+    return Table(pd.DataFrame(rows).fillna(""))    # a field only some claims carry (e.g. note): blank elsewhere
 
 
 def evaluate_claims(results: Mapping[str, Mapping]) -> list[dict]:
