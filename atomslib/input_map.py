@@ -6,7 +6,7 @@ back (:meth:`atomslib.tsae.TSAE.fold_input_transform`), so a returned TSAE alway
 - the AIP whitening ``W.T`` (``TSAEConfig.whiten``; W = S̃^(1/2));
 - a diagonal **coordinate clip** ``diag(c)`` (``TSAEConfig.coord_std_clip``): a coordinate whose standard
   deviation exceeds ``ratio`` times the median coordinate's is scaled down to that, ``c_j = min(1, ratio ·
-  median_std / std_j)``. Why: real LLMs have *massive* coordinates (Sun et al. 2024); on Gemma 3 270M
+  median_std / std_j)`` (default ratio 2). Why: real LLMs have *massive* coordinates (Sun et al. 2024); on Gemma 3 270M
   five of 640 coordinates carry three quarters of the variance, so a squared error measured in the raw
   geometry is about those five, and units spent anywhere else do not pay for themselves: nearly every
   unit dies. The clip makes the training loss weigh the other coordinates too. It is linear and

@@ -39,8 +39,10 @@ STATE_FILE = "trainer_state.safetensors"
 # taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr);
 # 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost);
 # 5: that boost is the penalty's only (the target form's is 1 again); 6: dead units are resampled every 100k
-# tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k).
-STATE_VERSION = 6
+# tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k); 7: the input
+# map (atomslib.input_map): the scale from the centred norm, massive coordinates clipped to 2x the median std,
+# and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0).
+STATE_VERSION = 7
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 

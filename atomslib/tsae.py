@@ -58,9 +58,7 @@ class TSAEConfig:
     exactly one unit per atom, at the default 2M tokens, too (bench/results/planted_width1.json,
     beside SAELens's step and tanh recipes; planted_width1_4m.json has every trainer at twice that
     budget). What it does not recover is said in the chapter too.
-    (Full recovery from a random start, once reported here, was an artefact: the planted atoms
-    and the initial decoder came from the same seeded generator, so training started at the truth;
-    ``planted_problem`` now hashes its seed.)
+    (An early full recovery was an artefact of seeding: DESIGN.md, "A caution".)
     Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
     random unit direction's projection of the data has RMS about 1, so the defaults carry over
     between layers and models.
@@ -98,10 +96,11 @@ class TSAEConfig:
     the initial encoder is the decoder transposed, so about a third of units fire per token."""
     init_l0: float | None = None
     """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
-    sample) where it fires on init_l0/n_units of the tokens, so the first codes have about init_l0
-    active units. None: target_l0 under sparsity_form="target", init_threshold otherwise. Why: a
-    threshold moves about lr per step, so in a short budget the target form's never reached where the
-    target needs them (SmolLM2 layer 3, 200k tokens: L0 40.6 for a target of 32; 66 once centred)."""
+    sample) where it fires on init_l0/n_units of the tokens. None: 8·target_l0 under the target form
+    (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about lr per step, so in a
+    short budget the target form's never got where the target needs them (SmolLM2 layer 3, 200k tokens:
+    L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes fall below it while
+    the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead)."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
@@ -167,13 +166,14 @@ class TSAEConfig:
     "none": raw. Why centred: a constant offset (Gemma 3 layer 2: ||mean|| 1,183, E||m - mean|| 310)
     set the old scale, so the varying part was a quarter of what the L0 coefficient 1/H assumes and
     nearly every unit died (atomslib.input_map)."""
-    coord_std_clip: float | None = 10.0
+    coord_std_clip: float | None = 2.0
     """Massive coordinates: before training, a coordinate whose standard deviation exceeds this many
     times the median coordinate's is scaled down to it (a diagonal map, undone in the returned model:
-    atomslib.input_map). None: never. Why: on Gemma 3 five of 640 coordinates carry 75% of the
-    variance; trained on the raw geometry, every SAE kind reconstructed those five and let 81-99.9% of
-    its units die. Coordinates within the ratio are untouched, so data without massive ones train as
-    before."""
+    atomslib.input_map). None: never. Why: on Gemma 3 five of 640 coordinates carry 75% of the variance,
+    and trained in the raw geometry every SAE kind reconstructed those and let 81-99.9% of its units die.
+    Why 2 (Gemma 3 layer 9, 200k tokens, L0 penalty, held-out never-active share): 10 -> too little (the
+    clipped ones still carry most of the variance when there are dozens, as at layer 2), 3 -> 18%, 2 ->
+    13%, 1 -> 5%; planted problems have at most 1.3, so at 2 they train exactly as before."""
     whiten: bool = False
     """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
     trainer then needs aip=. The returned model still takes and returns raw activations."""
@@ -220,7 +220,7 @@ class TSAEConfig:
         """The L0 the thresholds start at (init_l0, or target_l0 under the target form), None for init_threshold."""
         if self.init_l0 is not None or self.activation != "threshold":
             return self.init_l0 if self.activation == "threshold" else None
-        return self.target_l0 if self.sparsity_form == "target" else None
+        return min(8.0 * self.target_l0, self.n_units / 2) if self.sparsity_form == "target" else None
 
     def threshold_lr_used(self) -> float:
         """The threshold's learning rate that training uses (threshold_lr, or its default lr)."""

@@ -25,7 +25,7 @@ def _model(activation="threshold", H=12, N=20, seed=0, dtype="float64"):
 # ---- config ------------------------------------------------------------------------------------
 def test_defaults_are_valid_and_documented():
     cfg = TSAEConfig(d_model=576, n_units=2304)
-    assert cfg.activation == "threshold" and cfg.normalize == "mean_norm" and cfg.l0_coeff is None and cfg.sparsity_coeff == 1 / cfg.d_model
+    assert cfg.activation == "threshold" and cfg.normalize == "centred_norm" and cfg.coord_std_clip == 2.0 and cfg.l0_coeff is None and cfg.sparsity_coeff == 1 / cfg.d_model
     assert TSAEConfig.from_dict(cfg.to_dict()) == cfg
     # every field carries a docstring in the source (the contract of DESIGN.md)
     import inspect
