@@ -115,6 +115,9 @@ def resume_plan(folder: str | os.PathLike, m: dict[str, Any] | None, layers: Seq
     entries, problems = reusable_shards(folder, m, n_shards, shard_contexts, n_contexts)
     claimed = n_shards if m.get("complete") else min(len(m.get("shards") or []), n_shards)
     accs = saved_moments(folder, m, layers, H, device, claimed, trusted=not manifest_problems(m))
+    if m.get("complete") and accs is None:
+        problems.append(f"{Path(folder) / MOMENTS} is missing, damaged or does not match the manifest (rebuilt from "
+                        f"the shards)")
     sha = {e.get("file"): e.get("sha256") for e in m.get("shards") or [] if isinstance(e, dict)}
     return ResumePlan(entries, [i for i, e in enumerate(entries) if e is None], claimed, accs, problems, sha)
 

@@ -44,7 +44,7 @@ from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_
                           write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
 from .harvest_config import STORE_DTYPES, HarvestConfig, bytes_needed, site_width
-from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
+from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output, share
 from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, model_spec, resolve_layers
 from .recorder import ActivationRecorder, backend_names, get_backend
 from .wording import option
@@ -57,6 +57,10 @@ def _default_out(request: dict[str, Any]) -> Path:
     from .paths import cache_root
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "harvests" / key
+
+
+def _start_over(out: Path) -> str:
+    return option("resume=False", f"`atoms harvest ... --out {out} --no-resume`")
 
 
 def _check_disk(out: Path, need: int) -> None:
@@ -146,15 +150,16 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
             return cached
     t_start = time.time()
     out = Path(out).expanduser() if out is not None else _default_out(request)
-    if resume:   # reuse a complete, intact cache under a reader's lock: readers of it need not stop
-        old = read_manifest(out)
-        if old is not None and old.get("request") != request:
-            diff = sorted(k for k in set(request) | set(old.get("request", {}))
-                          if request.get(k) != old.get("request", {}).get(k))
-            raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
-                             f"pass another {option('out=', '--out')}, or {option('resume=False', '--no-resume')} "
-                             f"to overwrite it")
-        cached = intact_cache(out, request, wait=wait)
+    if resume and (out / MANIFEST).is_file():   # reuse an intact cache under a reader's lock: its readers go on
+        with share(out, "atoms harvest", wait=wait):
+            old = read_manifest(out)
+            if old is not None and old.get("request") != request:
+                diff = sorted(k for k in set(request) | set(old.get("request", {}))
+                              if request.get(k) != old.get("request", {}).get(k))
+                raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
+                                 f"pass another {option('out=', '--out')}, or {option('resume=False', '--no-resume')} "
+                                 f"to overwrite it")
+            cached = intact_cache(out, request, wait=wait)
         if cached is not None:
             return cached
     with guard_output(out, "atoms harvest", wait=wait):   # exclusive: no reader, no other writer
@@ -230,7 +235,7 @@ class _Run:
             for k in ("model", "corpus", "tokens_sha256", "layers", "d_site", "shard_contexts", "library"):
                 if old.get(k) != self.base[k]:
                     raise CacheError(f"cannot resume {out}: its {k} differs from this run's ({old.get(k)!r} vs "
-                                     f"{self.base[k]!r}); pass {option('resume=False', '--no-resume')} to start over")
+                                     f"{self.base[k]!r}); pass {_start_over(out)} to start over")
 
     def run(self) -> ActivationCache:
         from tqdm.auto import tqdm
@@ -247,8 +252,8 @@ class _Run:
         if beyond:
             raise CacheError(f"{self.out} holds {', '.join(beyond[:3])}, shard files this request does not make (it "
                              f"makes {self.n_shards}): its manifest was edited or belongs to another harvest; harvest "
-                             f"again with {option('resume=False', '--no-resume')} to start over, or remove those files "
-                             f"if the manifest is right")
+                             f"again with {_start_over(self.out)} to start over, or "
+                             f"remove those files if the manifest is right")
         bar = tqdm(total=self.n_ctx * T, initial=(self.n_ctx - n_todo) * T, unit="tok", unit_scale=True,
                    disable=not self.progress, desc=f"harvest {cfg.site} L{','.join(map(str, L))}", file=sys.stderr)
         t0, cpu0 = time.time(), time.process_time()

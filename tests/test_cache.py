@@ -154,3 +154,59 @@ def test_manifest_that_disagrees_with_its_shards_is_refused_on_open(copy, capsys
     assert "disagrees with its own shard list" in err and "Traceback" not in err
     mf.write_text(json.dumps(good))
     assert ActivationCache(copy).validate().n_tokens == 2048
+
+
+def drop_last_shard_consistently(folder, *, edit_request: bool = False) -> dict:
+    """The audit's edit: drop the last shard entry and set n_shards, n_contexts, n_tokens and counts to
+    match (and, with `edit_request`, the request's tokens too), so that the manifest agrees with itself."""
+    mf = folder / "manifest.json"
+    m = json.loads(mf.read_text())
+    gone = m["shards"].pop()
+    m["n_shards"] -= 1
+    m["n_contexts"] -= gone["n_contexts"]
+    m["n_tokens"] = m["n_contexts"] * m["ctx_len"]
+    for layer, c in m["counts"].items():
+        c["n_kept"] -= gone["n_kept"][layer]
+        c["n_outlier"] -= gone["n_outlier"][layer]
+        c["n_first"] -= gone["n_contexts"]
+    if edit_request:
+        m["request"]["tokens"] = m["n_tokens"]
+    mf.write_text(json.dumps(m))
+    from atomslib.cache_checks import manifest_problems
+    assert edit_request or manifest_problems(m) == [f"it holds 12 contexts but its request (tokens=2048, ctx_len=128) "
+                                                    f"makes 16", "n_shards is 3 but 16 contexts at 4 per shard make 4"]
+    assert not edit_request or manifest_problems(m) == []
+    return m
+
+
+def test_a_manifest_edited_to_agree_with_itself_is_refused(copy, capsys):
+    """Dropping the last shard and fixing every total to match passed every check: the request, the
+    moments' token counts and the shard files in the folder now disagree, on opening, in `atoms cache
+    verify`, and before `atoms train` reads a row (which leaves no output folder behind)."""
+    from atomslib.cache_repair import verify
+    from atomslib.cli import main
+
+    good = (copy / "manifest.json").read_text()
+    for edit_request, why in [(False, r"it holds 12 contexts but its request \(tokens=2048, ctx_len=128\) makes 16"),
+                              (True, r"shard-00003.safetensors is in the folder but the manifest does not list it")]:
+        (copy / "manifest.json").write_text(good)
+        drop_last_shard_consistently(copy, edit_request=edit_request)
+        with pytest.raises(CacheError, match=why + r".*atoms cache repair"):
+            ActivationCache(copy)
+        probs = verify(copy)
+        assert any(__import__("re").search(why, p) for p in probs)
+        if edit_request:
+            assert any("moments.safetensors was accumulated over 4 shards but the manifest lists 3" in p for p in probs)
+            assert any("moments.safetensors counts 2032 tokens at layer 3 but the manifest's shards hold 1524" in p
+                       for p in probs)
+        capsys.readouterr()
+        assert main(["cache", "verify", str(copy)]) == 1
+        out = capsys.readouterr()
+        assert "problem(s); repair with `atoms cache repair" in out.out and __import__("re").search(why, out.err)
+        train_out = copy.parent / "units" / "l3"
+        assert main(["train", str(copy), "--layer", "3", "--out", str(train_out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "disagrees with its own shard list" in err and "Traceback" not in err
+        assert not (copy.parent / "units").exists()             # a refused training leaves no folder
+    (copy / "manifest.json").write_text(good)
+    assert ActivationCache(copy).validate().n_tokens == 2048
