@@ -201,13 +201,16 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def device_of(device: str | torch.device | None) -> torch.device:
     """Resolve a user device string; an unknown one, or 'cuda' without a GPU, is a clear error."""
+    from .wording import option
     try:
         dev = torch.device(device or "cpu")
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        raise ValueError(f"{option(f'device={device!r}', f'--device {device}')} is not a torch device; use "
+                         f"cpu, cuda, cuda:1 or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no GPU here; use device='cpu' "
-                         "or install a CUDA build of torch (see environment.yml)")
+        raise ValueError(f"{option(f'device={device!r}', f'--device {device}')} was requested but torch sees no GPU "
+                         "here; use " + option("device='cpu'", "--device cpu")
+                         + " or install a CUDA build of torch (see environment.yml)")
     return dev
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ._util import cli_device
 from .cache import MANIFEST, ActivationCache, CacheError, verify_files
 from .cache_checks import HARVEST_LOG
+from .cli_types import non_empty
 from .lock import add_wait_option, share
 from .wording import option
 
@@ -73,7 +74,7 @@ def repair(path: str | os.PathLike, *, device: str = "cpu", progress: bool = Tru
 def configure_cache_parser(p) -> None:
     p.add_argument("action", choices=["verify", "repair"], help="verify: list what is wrong (exit 1 if anything); "
                    "repair: re-harvest the missing or corrupt shards with the request the manifest records")
-    p.add_argument("dir", metavar="DIR", help="an activation cache folder written by `atoms harvest`")
+    p.add_argument("dir", metavar="DIR", type=non_empty, help="an activation cache folder written by `atoms harvest`")
     p.add_argument("--device", default="cpu", type=cli_device, help="device for repair's forward passes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_wait_option(p)

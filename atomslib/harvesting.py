@@ -37,12 +37,13 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json, cli_device
+from ._util import atomic_write_bytes, atomic_write_json, cli_device, device_of
 from .cache_checks import HARVEST_LOG as _LOG
 from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, shard_file, verify_files
 from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
                           write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
+from .cli_types import non_empty, positive_int
 from .harvest_config import STORE_DTYPES, HarvestConfig, bytes_needed, site_width
 from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output, share
 from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, model_spec, resolve_layers
@@ -148,6 +149,8 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
             if cached is None:
                 raise
             return cached
+    if not isinstance(model, torch.nn.Module):
+        device_of(device)                                       # no GPU for --device cuda: before any folder
     t_start = time.time()
     out = Path(out).expanduser() if out is not None else _default_out(request)
     if resume and (out / MANIFEST).is_file():   # reuse an intact cache under a reader's lock: its readers go on
@@ -396,17 +399,17 @@ def harvest_defaults() -> dict[str, Any]:
 def configure_harvest_parser(p) -> None:
     d = harvest_defaults()
     layers = ",".join(map(str, d["layers"]))
-    p.add_argument("--model", default=d["model"], help=f"'{d['model']}' (default) or 'gemma3-270m' (embedded, "
+    p.add_argument("--model", default=d["model"], type=non_empty, help=f"'{d['model']}' (default) or 'gemma3-270m' (embedded, "
                    "offline), a local folder or a HF id")
-    p.add_argument("--layers", default=layers, help="comma-separated block indices (-1: the last), ranges (0-5), "
+    p.add_argument("--layers", default=layers, type=non_empty, help="comma-separated block indices (-1: the last), ranges (0-5), "
                    f"fractions of depth (0.5) or early/middle/late/all, resolved for the model (default {layers})")
     p.add_argument("--site", default=d["site"], choices=list(HOOK_SITES), help=f"hook site (default {d['site']})")
-    p.add_argument("--tokens", type=int, default=d["tokens"], help=f"token positions to harvest (default {d['tokens']})")
-    p.add_argument("--out", default=None, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
-    p.add_argument("--corpus", default=d["corpus"], help=f"corpus name or .txt/.jsonl path/glob (default {d['corpus']})")
+    p.add_argument("--tokens", type=positive_int, default=d["tokens"], help=f"token positions to harvest (default {d['tokens']})")
+    p.add_argument("--out", default=None, type=non_empty, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
+    p.add_argument("--corpus", default=d["corpus"], type=non_empty, help=f"corpus name or .txt/.jsonl path/glob (default {d['corpus']})")
     p.add_argument("--split", default=d["split"], choices=["train", "heldout", "all"], help=f"corpus split: heldout documents are never in train (default {d['split']})")
-    p.add_argument("--ctx-len", type=int, default=d["ctx_len"], help=f"tokens per context (default {d['ctx_len']})")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"contexts per forward (default {d['batch_size']})")
+    p.add_argument("--ctx-len", type=positive_int, default=d["ctx_len"], help=f"tokens per context (default {d['ctx_len']})")
+    p.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help=f"contexts per forward (default {d['batch_size']})")
     p.add_argument("--dtype", default=d["dtype"], choices=list(STORE_DTYPES), help=f"storage dtype (default {d['dtype']})")
     p.add_argument("--model-dtype", default=d["model_dtype"], choices=list(STORE_DTYPES),
                    help="parameter dtype (bfloat16 for big models; default: the model's own)")
@@ -415,7 +418,7 @@ def configure_harvest_parser(p) -> None:
     p.add_argument("--outlier-ratio", default=str(d["outlier_ratio"]), type=_outlier_ratio,
                    help=f"drop tokens with norm > R x median ('none' keeps all; default {d['outlier_ratio']:g})")
     p.add_argument("--seed", type=int, default=d["seed"], help=f"seed of the document order (default {d['seed']})")
-    p.add_argument("--shard-tokens", type=int, default=d["shard_tokens"], help="token positions per shard (default: sized by the harvest)")
+    p.add_argument("--shard-tokens", type=positive_int, default=d["shard_tokens"], help="token positions per shard (default: sized by the harvest)")
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", default=d["backend"], choices=backend_names(),
@@ -425,7 +428,7 @@ def configure_harvest_parser(p) -> None:
 
 def _outlier_ratio(s: str) -> float | None:
     import argparse
-    if s.strip().lower() in ("none", "off", "0"):
+    if s.strip().lower() in ("none", "off"):
         return None
     try:
         r = float(s)

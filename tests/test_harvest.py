@@ -148,8 +148,10 @@ def test_refusals(smol, small_cache, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="tokenizer"):
         harvest(smol[0], tokens=128, out=tmp_path / "x")
     monkeypatch.setattr("shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
-    with pytest.raises(CacheError, match=r"needs about .* GiB .* free; lower tokens="):
+    with pytest.raises(CacheError, match=r"needs about 5.4 MiB, and 2.6 MiB more are kept free as a margin .* free; "
+                                         r"lower tokens="):
         harvest(smol, layers=(1,), tokens=128, out=tmp_path / "full", progress=False)
+    assert not (tmp_path / "full").exists()                 # a refused harvest leaves no folder behind
 
 
 def test_outliers_float16_and_keep_first(smol, tmp_path):
