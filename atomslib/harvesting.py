@@ -24,6 +24,7 @@ and checked for write access and free space before any compute.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._util import atomic_write_bytes, atomic_write_json, cli_device, device_of
+from ._util import atomic_write_bytes, atomic_write_json, cli_device, device_of, remove_stale_temporaries
 from .cache_checks import HARVEST_LOG as _LOG
 from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, shard_file, verify_files
 from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
@@ -163,6 +164,9 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
                                  f"pass another {option('out=', '--out')}, or {option('resume=False', '--no-resume')} "
                                  f"to overwrite it")
             cached = intact_cache(out, request, wait=wait)
+            if cached is not None:   # no writer holds it, so a temporary of an atomic write here is stale
+                with contextlib.suppress(OSError):
+                    remove_stale_temporaries(out)
         if cached is not None:
             return cached
     with guard_output(out, "atoms harvest", wait=wait):   # exclusive: no reader, no other writer

@@ -85,7 +85,7 @@ def _cli_train(args) -> int:
     from .cache import ActivationCache, harvest_provenance
     from ._util import atomic_write_json
 
-    cache = ActivationCache(args.cache)
+    cache = ActivationCache(args.cache, wait=args.wait)   # a harvest still writing it: refused or waited for
     H = cache.d_model
     kw: dict[str, Any] = {"d_model": H, "n_units": 4 * H if args.units is None else args.units, "activation": args.activation,
                           "seed": args.seed, "device": args.device}
