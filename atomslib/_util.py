@@ -201,16 +201,20 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def device_of(device: str | torch.device | None) -> torch.device:
     """Resolve a user device string; an unknown one, or 'cuda' without a GPU, is a clear error."""
+    from .wording import option
     try:
         dev = torch.device(device or "cpu")
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        raise ValueError(f"{option(f'device={device!r}', f'--device {device}')} is not a torch device; use "
+                         f"cpu, cuda, cuda:1 or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no GPU here; use device='cpu' "
-                         "or install a CUDA build of torch (see environment.yml)")
+        raise ValueError(f"{option(f'device={device!r}', f'--device {device}')} was requested but torch sees no GPU "
+                         "here; use " + option("device='cpu'", "--device cpu")
+                         + " or install a CUDA build of torch (see environment.yml)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r} was requested but torch sees {torch.cuda.device_count()} GPU(s) here "
-                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those")
+        raise ValueError(f"{option(f'device={device!r}', f'--device {device}')} was requested but torch sees "
+                         f"{torch.cuda.device_count()} GPU(s) here (cuda:0 to cuda:{torch.cuda.device_count() - 1}); "
+                         f"use one of those")
     return dev
 
 

@@ -27,17 +27,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-FORMAT = "atoms.activations"
-VERSION = 1
-MANIFEST = "manifest.json"
-MOMENTS = "moments.safetensors"
+from .wording import option
+from .cache_checks import (FORMAT, MANIFEST, MOMENTS, VERSION, file_problem, folder_problems, manifest_problems,
+                           repair_hint, shard_file, verify_files)
+
+__all__ = ["ActivationCache", "ActivationReader", "CacheError", "Context", "harvest_provenance", "FORMAT", "VERSION",
+           "MANIFEST", "MOMENTS", "file_problem", "folder_problems", "manifest_problems", "repair_hint", "shard_file",
+           "verify_files"]
 _LOAD_LIMIT_BYTES = 8 << 30   # `load` refuses more than this: stream with `reader` instead
 
 
@@ -70,95 +73,46 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def repair_hint(path: str | os.PathLike) -> str:
-    """The fix for a damaged cache, as error messages give it."""
-    return (f"repair it with `atoms cache repair {path}` (or run the same harvest again: it re-harvests only "
-            f"the missing or corrupt shards)")
-
-
-def shard_file(i: int) -> str:
-    """File name of shard `i`."""
-    return f"shard-{i:05d}.safetensors"
-
-
-def manifest_problems(m: dict[str, Any]) -> list[str]:
-    """Where a complete manifest's totals disagree with its own shard list (cheap: no file is read)."""
-    probs: list[str] = []
-    try:
-        shards, T = m["shards"], int(m["request"]["ctx_len"])
-        if m.get("ctx_len") != T:
-            probs.append(f"ctx_len is {m.get('ctx_len')!r} but the request's is {T}")
-        if m.get("dtype") != m["request"].get("dtype"):
-            probs.append(f"dtype is {m.get('dtype')!r} but the request's is {m['request'].get('dtype')!r}")
-        if len(shards) != m["n_shards"]:
-            probs.append(f"it lists {len(shards)} shards but n_shards is {m['n_shards']}")
-        start = 0
-        for i, e in enumerate(shards):
-            if e["file"] != shard_file(i) or e["context_start"] != start:
-                probs.append(f"shard entry {i} ({e['file']}, from context {e['context_start']}) is not shard {i} "
-                             f"(from context {start})")
-                break
-            start += e["n_contexts"]
-        if start != m["n_contexts"]:
-            probs.append(f"its shards hold {start} contexts but n_contexts is {m['n_contexts']}")
-        if m["n_tokens"] != m["n_contexts"] * T:
-            probs.append(f"n_tokens is {m['n_tokens']} but n_contexts x ctx_len is {m['n_contexts'] * T}")
-        for layer in m["layers"]:
-            c, key = m["counts"][str(layer)], str(layer)
-            for k in ("n_kept", "n_outlier"):
-                total = sum(e[k][key] for e in shards)
-                if total != c[k]:
-                    probs.append(f"layer {layer}: {k} is {c[k]} but its shards hold {total}")
-            if c["n_kept"] + c["n_first"] + c["n_outlier"] != m["n_tokens"]:
-                probs.append(f"layer {layer}: kept + first + outlier tokens ({c['n_kept']} + {c['n_first']} + "
-                             f"{c['n_outlier']}) is not n_tokens ({m['n_tokens']})")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        probs.append(f"a field is missing or garbled ({type(e).__name__}: {e})")
-    return probs
-
-
-def file_problem(folder: Path, entry: dict[str, Any], *, digest: bool = True) -> str | None:
-    """Why the file of a manifest entry cannot be used (missing, size, sha256 when `digest`), or None."""
-    from ._util import sha256_file
-
-    p = Path(folder) / str(entry.get("file"))
-    if not p.is_file():
-        return f"{p} is missing"
-    if p.stat().st_size != entry.get("bytes"):
-        return f"{p} is truncated or altered ({p.stat().st_size} bytes, manifest says {entry.get('bytes')})"
-    if digest and sha256_file(p) != entry.get("sha256"):
-        return f"{p} is corrupt (sha256 differs from the manifest)"
-    return None
-
-
-def verify_files(folder: str | os.PathLike, m: dict[str, Any]) -> list[str]:
-    """Every problem of a complete cache short of decoding it: manifest totals, then each file's
-    presence, size and sha256 (reads every byte)."""
-    probs = manifest_problems(m)
-    for entry in list(m.get("shards") or []) + ([m["moments"]] if isinstance(m.get("moments"), dict) else []):
-        if isinstance(entry, dict) and (why := file_problem(Path(folder), entry)):
-            probs.append(why)
-    return probs
-
-
 class ActivationCache:
     """A harvested cache folder. Cheap to open (manifest + file sizes); contents verified on read.
 
     expect: optional request fields that must match the manifest (e.g. `{"site": "resid_post"}`);
         a mismatch raises `CacheError` naming the fields.
+    wait: an open cache holds a shared lock on its folder (`atomslib.lock.share`) until `close()`, so
+        that no harvest rewrites or deletes its files meanwhile; a harvest still writing the folder
+        raises `FolderLocked` naming it, or is waited for `wait` seconds (None: $ATOMS_LOCK_WAIT, else 0).
     """
 
-    def __init__(self, path: str | Path, *, expect: dict[str, Any] | None = None):
+    def __init__(self, path: str | Path, *, expect: dict[str, Any] | None = None, wait: float | None = None):
+        from .lock import share
+
         self.path = Path(path).expanduser()
         mf = self.path / MANIFEST
+        if self.path.is_file():
+            raise CacheError(f"{self.path} is a file, not an activation cache folder; pass the folder that "
+                             f"{option('harvest(out=...)', '`atoms harvest --out`')} wrote")
         if not mf.is_file():
             raise CacheError(f"{self.path} is not an activation cache (no {MANIFEST}); create one with "
-                             f"atomslib.harvest(..., out={str(self.path)!r}) or `atoms harvest --out {self.path}`")
+                             + option(f"atomslib.harvest(..., out={str(self.path)!r})",
+                                      f"`atoms harvest --out {self.path}`"))
+        self._lock = share(self.path, "reading the cache", wait=wait)
+        self._release = weakref.finalize(self, self._lock.release)
+        try:
+            self.manifest: dict[str, Any] = self._open(mf, expect)
+        except BaseException:
+            self.close()
+            raise
+        self._verified: set[str] = set()
+        self._acc: dict[int, Any] = {}
+        self._index: dict[int, torch.Tensor] = {}
+        self._tables: dict[str, torch.Tensor] = {}
+
+    def _open(self, mf: Path, expect: dict[str, Any] | None) -> dict[str, Any]:
         try:
             m = json.loads(mf.read_text())
         except (OSError, ValueError) as e:
-            raise CacheError(f"{mf} is unreadable or corrupt ({e}); re-run the harvest with resume=False "
-                             f"(`atoms harvest ... --no-resume`)") from e
+            raise CacheError(f"{mf} is unreadable or corrupt ({e}); harvest again with "
+                             f"{option('resume=False', '`atoms harvest ... --no-resume`')}") from e
         if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
             raise CacheError(f"{mf} is not a {FORMAT} v{VERSION} manifest (got format={m.get('format') if isinstance(m, dict) else None!r}); "
                              f"re-harvest into a fresh folder")
@@ -166,7 +120,7 @@ class ActivationCache:
             raise CacheError(f"the harvest in {self.path} is incomplete ({len(m.get('shards', []))} of "
                              f"{m.get('n_shards')} shards); resume it by running the same harvest again, or "
                              f"`atoms cache repair {self.path}`")
-        probs = manifest_problems(m)
+        probs = manifest_problems(m) or folder_problems(self.path, m)
         if probs:
             more = f" (and {len(probs) - 1} more)" if len(probs) > 1 else ""
             raise CacheError(f"{mf} disagrees with its own shard list: {probs[0]}{more}; it was edited or damaged: "
@@ -176,14 +130,22 @@ class ActivationCache:
             if diff:
                 raise CacheError(f"{self.path} holds another harvest: " + "; ".join(
                     f"{k} is {have!r}, expected {want!r}" for k, (have, want) in diff.items())
-                    + ". Use the matching folder or re-harvest into a new out=")
-        self.manifest: dict[str, Any] = m
+                    + ". Use the matching folder or re-harvest into a new " + option("out=", "--out"))
         for entry in m["shards"] + [m["moments"]]:
-            self._check_size(entry)
-        self._verified: set[str] = set()
-        self._acc: dict[int, Any] = {}
-        self._index: dict[int, torch.Tensor] = {}
-        self._tables: dict[str, torch.Tensor] = {}
+            why = file_problem(self.path, entry, digest=False)
+            if why:
+                raise CacheError(f"{why}: {repair_hint(self.path)}")
+        return m
+
+    def close(self) -> None:
+        """Release the folder's shared lock (also on garbage collection); the cache is not read after."""
+        self._release()
+
+    def __enter__(self) -> "ActivationCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- basic facts ------------------------------------------------------------------------
     @property
@@ -262,7 +224,8 @@ class ActivationCache:
                              f"({entry['n_kept'][str(layer)]}, {self.d_model}): {repair_hint(self.path)}")
         if not bool(torch.isfinite(x).all()):
             raise CacheError(f"{self.path / entry['file']} has NaN/inf activations at layer {layer}; this cache "
-                             f"cannot be used: re-harvest (with dtype='float32' if it was float16)")
+                             f"cannot be used: re-harvest (with " + option("dtype='float32'", "--dtype float32")
+                             + " if it was float16)")
         return x.to(dtype)
 
     def validate(self) -> "ActivationCache":

@@ -15,7 +15,10 @@ from typing import Any
 
 from ._util import cli_device
 from .cache import MANIFEST, ActivationCache, CacheError, verify_files
-from .lock import add_wait_option
+from .cache_checks import HARVEST_LOG
+from .cli_types import non_empty
+from .lock import add_wait_option, share
+from .wording import option
 
 __all__ = ["verify", "repair", "configure_cache_parser", "cli_cache"]
 
@@ -27,25 +30,32 @@ def _manifest(path: Path) -> dict[str, Any]:
         raise CacheError(f"{path} is not an activation cache (no {MANIFEST}); nothing to check or repair") from None
     except (OSError, ValueError) as e:
         raise CacheError(f"{path / MANIFEST} is unreadable ({e}); the request it records is lost: harvest again "
-                         f"with `atoms harvest ... --out {path} --no-resume`") from None
+                         f"with " + option(f"harvest(..., out={str(path)!r}, resume=False)",
+                                           f"`atoms harvest ... --out {path} --no-resume`")) from None
     if not isinstance(m, dict) or not isinstance(m.get("request"), dict):
-        raise CacheError(f"{path / MANIFEST} records no harvest request; harvest again with --no-resume")
+        raise CacheError(f"{path / MANIFEST} records no harvest request; harvest again with "
+                         + option("resume=False", f"`atoms harvest ... --out {path} --no-resume`"))
     return m
 
 
-def verify(path: str | os.PathLike) -> list[str]:
-    """Every problem of the cache at `path` ([] when it is intact): manifest totals, each file's size
-    and sha256, then (if those pass) shapes, counts and finiteness of every tensor."""
+def verify(path: str | os.PathLike, *, wait: float | None = None) -> list[str]:
+    """Every problem of the cache at `path` ([] when it is intact): manifest totals and request, the
+    folder against the manifest, each file's size and sha256, then (if those pass) shapes, counts and
+    finiteness of every tensor. Read under the folder's shared lock: a harvest still writing it
+    raises `FolderLocked` naming it, or is waited for `wait` seconds (see `atomslib.lock.share`)."""
     path = Path(path).expanduser()
-    m = _manifest(path)
-    if not m.get("complete"):
-        return [f"the harvest is incomplete ({len(m.get('shards') or [])} of {m.get('n_shards')} shards)"]
-    probs = verify_files(path, m)
-    if not probs:
-        try:
-            ActivationCache(path).validate()
-        except CacheError as e:
-            probs.append(str(e))
+    _manifest(path)
+    with share(path, "atoms cache verify", wait=wait):
+        m = _manifest(path)          # as it is under the lock
+        if not m.get("complete"):
+            return [f"the harvest is incomplete ({len(m.get('shards') or [])} of {m.get('n_shards')} shards)"]
+        probs = verify_files(path, m)
+        if not probs:
+            try:
+                with ActivationCache(path) as cache:
+                    cache.validate()
+            except CacheError as e:
+                probs.append(str(e))
     return probs
 
 
@@ -64,7 +74,7 @@ def repair(path: str | os.PathLike, *, device: str = "cpu", progress: bool = Tru
 def configure_cache_parser(p) -> None:
     p.add_argument("action", choices=["verify", "repair"], help="verify: list what is wrong (exit 1 if anything); "
                    "repair: re-harvest the missing or corrupt shards with the request the manifest records")
-    p.add_argument("dir", metavar="DIR", help="an activation cache folder written by `atoms harvest`")
+    p.add_argument("dir", metavar="DIR", type=non_empty, help="an activation cache folder written by `atoms harvest`")
     p.add_argument("--device", default="cpu", type=cli_device, help="device for repair's forward passes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_wait_option(p)
@@ -72,12 +82,31 @@ def configure_cache_parser(p) -> None:
 
 def cli_cache(args) -> int:
     if args.action == "verify":
-        probs = verify(args.dir)
+        probs = verify(args.dir, wait=args.wait)
         for line in probs:
             print(f"  {line}", file=sys.stderr)
         print(f"{args.dir}: " + (f"{len(probs)} problem(s); repair with `atoms cache repair {args.dir}`" if probs
                                   else "intact"))
         return 1 if probs else 0
+    runs = len(_log(args.dir))
     cache = repair(args.dir, device=args.device, progress=not args.quiet, wait=args.wait)
-    print(f"{cache.path}: intact ({len(cache.manifest['shards'])} shards)")
+    n = len(cache.manifest["shards"])
+    log = _log(args.dir)
+    if len(log) == runs:
+        print(f"{cache.path}: intact, nothing to repair ({n} shards)")
+    else:
+        run = log[-1]
+        did = (f"harvested again {run.get('shards_run')} shard(s) ({run.get('tokens_run')} tokens)"
+               if run.get("shards_run") else "rewrote the manifest and the moments from the intact shards")
+        why = f" ({run['repaired']})" if run.get("repaired") else " (an interrupted harvest, finished)"
+        print(f"{cache.path}: repaired{why}: {did}; now intact ({n} shards)")
     return 0
+
+
+def _log(path: str | os.PathLike) -> list:
+    """The harvest log of the cache at `path` (one entry per run into it), [] if none."""
+    try:
+        log = json.loads((Path(path).expanduser() / HARVEST_LOG).read_text())
+    except (OSError, ValueError):
+        return []
+    return log if isinstance(log, list) else []

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._util import atomic_write_bytes
-from .cache import FORMAT, MANIFEST, MOMENTS, ActivationCache, file_problem, manifest_problems, shard_file, verify_files
+from .cache import FORMAT, MANIFEST, MOMENTS, ActivationCache, CacheError, file_problem, manifest_problems, shard_file, verify_files
 
 __all__ = ["ResumePlan", "resume_plan", "read_manifest", "intact_cache", "remove_cache_files", "reusable_shards",
            "saved_moments", "add_shard", "replay_moments", "write_moments"]
@@ -62,12 +62,21 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def intact_cache(out: str | os.PathLike, request: dict[str, Any]) -> ActivationCache | None:
-    """The complete cache of `request` in `out` if its manifest and every file check out (sha256), else None."""
+def intact_cache(out: str | os.PathLike, request: dict[str, Any], *, wait: float | None = None) -> ActivationCache | None:
+    """The complete cache of `request` in `out`, open (under its reader's lock, see `ActivationCache`), if its
+    manifest, its folder and every file check out (sha256), else None. A harvest writing `out` raises
+    `FolderLocked`, or is waited for `wait` seconds."""
     m = read_manifest(out)
-    if m is None or not m.get("complete") or m.get("request") != request or verify_files(out, m):
+    if m is None or not m.get("complete") or m.get("request") != request:
         return None
-    return ActivationCache(out)
+    try:
+        cache = ActivationCache(out, wait=wait)
+    except CacheError:
+        return None
+    if cache.manifest.get("request") != request or verify_files(out, cache.manifest):
+        cache.close()
+        return None
+    return cache
 
 
 def remove_cache_files(out: str | os.PathLike) -> None:
@@ -106,6 +115,9 @@ def resume_plan(folder: str | os.PathLike, m: dict[str, Any] | None, layers: Seq
     entries, problems = reusable_shards(folder, m, n_shards, shard_contexts, n_contexts)
     claimed = n_shards if m.get("complete") else min(len(m.get("shards") or []), n_shards)
     accs = saved_moments(folder, m, layers, H, device, claimed, trusted=not manifest_problems(m))
+    if m.get("complete") and accs is None:
+        problems.append(f"{Path(folder) / MOMENTS} is missing, damaged or does not match the manifest (rebuilt from "
+                        f"the shards)")
     sha = {e.get("file"): e.get("sha256") for e in m.get("shards") or [] if isinstance(e, dict)}
     return ResumePlan(entries, [i for i, e in enumerate(entries) if e is None], claimed, accs, problems, sha)
 

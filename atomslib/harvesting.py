@@ -24,6 +24,7 @@ and checked for write access and free space before any compute.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -31,112 +32,27 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
-from ._util import DTYPES, atomic_write_bytes, atomic_write_json, cli_device, device_of
-from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, verify_files
+from ._util import atomic_write_bytes, atomic_write_json, cli_device, device_of, remove_stale_temporaries
+from .cache_checks import HARVEST_LOG as _LOG
+from .cache import FORMAT, MANIFEST, MOMENTS, VERSION, ActivationCache, CacheError, shard_file, verify_files
 from .cache_resume import (add_shard, intact_cache, read_manifest, remove_cache_files, replay_moments, resume_plan,
                           write_moments)
 from .corpus import WIKI_OFFLINE, load_corpus, pack_contexts
-from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output
-from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, check_site, model_spec, resolve_layers
+from .cli_types import non_empty, positive_int
+from .harvest_config import STORE_DTYPES, HarvestConfig, bytes_needed, site_width
+from .lock import NotEnoughSpace, OutputDirError, add_wait_option, check_output_dir, guard_output, share
+from .models import DEFAULT_MODEL, HOOK_SITES, check_layer, model_spec, resolve_layers
 from .recorder import ActivationRecorder, backend_names, get_backend
+from .wording import option
 
 __all__ = ["harvest", "HarvestConfig", "ActivationRecorder", "configure_harvest_parser", "cli_harvest"]
 
-_DTYPES = {name: DTYPES[name] for name in ("float32", "float16", "bfloat16")}   # storage and model parameters
-_SHARD_TARGET_BYTES = 64 << 20   # default shard size: large enough for fast I/O, small enough to buffer
-_LOG = "harvest_log.json"
-
-
-@dataclass
-class HarvestConfig:
-    """Everything that determines a harvest's output (its identity is `request()`)."""
-
-    layers: tuple[int, ...] = (3, 15)
-    """Block indices to record (sorted, deduplicated). `harvest` takes more (-1 for the last block, fractions
-    of depth, early/middle/late: `atomslib.models.resolve_layers`) and records the absolute indices here."""
-    site: str = "resid_post"
-    """Hook site, one of HOOK_SITES: resid_post, mlp_in, mlp_out."""
-    tokens: int = 20_000
-    """Token positions to run (rounded up to whole contexts of ctx_len)."""
-    corpus: str = WIKI_OFFLINE
-    """Corpus name or path (see `atomslib.corpus.load_corpus`)."""
-    split: str = "train"
-    """Corpus split: train, heldout (unseen by units trained on train) or all."""
-    heldout_fraction: float = 0.1
-    """Fraction of documents in the held-out split."""
-    ctx_len: int = 128
-    """Tokens per context."""
-    batch_size: int = 8
-    """Contexts per forward pass (part of the identity: the outlier median is per batch)."""
-    dtype: str = "float32"
-    """Storage dtype: float32, float16 or bfloat16 (moments always accumulate in float64)."""
-    exclude_first: bool = True
-    """Drop position 0 (the attention sink) of every context."""
-    outlier_ratio: float | None = 50.0
-    """Drop tokens with norm > ratio x the batch median at that layer; None keeps all."""
-    seed: int = 0
-    """Seed of the document order used to pack contexts."""
-    shard_tokens: int | None = None
-    """Tokens per shard (rounded to whole batches); None targets ~64 MiB of activations per shard."""
-    model_dtype: str = "float32"
-    """Parameter dtype of the model (float32 default; bfloat16 for big models): changes the activations."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, int):
-            self.layers = (self.layers,)
-        try:
-            layers = tuple(sorted({int(layer) for layer in self.layers}))
-        except (TypeError, ValueError):
-            raise TypeError(f"layers must be an int or a sequence of ints (block indices) here, got {self.layers!r}; "
-                            f"harvest() resolves names and fractions of depth (atomslib.models.resolve_layers)") from None
-        if not layers:
-            raise ValueError("layers is empty; pass at least one block index, e.g. layers=(3, 15)")
-        self.layers = layers
-        check_site(self.site)
-        for name in ("tokens", "ctx_len", "batch_size", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {v!r}")
-        if self.ctx_len < 2:
-            raise ValueError(f"ctx_len must be >= 2, got {self.ctx_len}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not a storage dtype; use one of {', '.join(_DTYPES)}")
-        if self.model_dtype is None:
-            self.model_dtype = "float32"
-        if self.model_dtype not in _DTYPES:
-            raise ValueError(f"model_dtype={self.model_dtype!r} is not understood; use one of {', '.join(_DTYPES)}")
-        if self.outlier_ratio is not None and not (isinstance(self.outlier_ratio, (int, float)) and self.outlier_ratio > 1):
-            raise ValueError(f"outlier_ratio must be a number > 1 (e.g. 50) or None to keep every token, got {self.outlier_ratio!r}")
-        if self.shard_tokens is not None and (not isinstance(self.shard_tokens, int) or self.shard_tokens <= 0):
-            raise ValueError(f"shard_tokens must be a positive int or None, got {self.shard_tokens!r}")
-        if self.split not in ("train", "heldout", "all"):
-            raise ValueError(f"split={self.split!r} is not one of train, heldout, all")
-
-    @property
-    def n_contexts(self) -> int:
-        return -(-self.tokens // self.ctx_len)
-
-    def shard_contexts(self, H: int) -> int:
-        """Contexts per shard: a whole number of batches."""
-        if self.shard_tokens is not None:
-            n = -(-self.shard_tokens // self.ctx_len)
-        else:
-            per_ctx = self.ctx_len * len(self.layers) * H * _DTYPES[self.dtype].itemsize
-            n = max(1, _SHARD_TARGET_BYTES // per_ctx)
-        return max(1, n // self.batch_size) * self.batch_size
-
-    def request(self, model: str) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        d["model"] = model
-        return d
 
 
 def _default_out(request: dict[str, Any]) -> Path:
@@ -145,12 +61,25 @@ def _default_out(request: dict[str, Any]) -> Path:
     return cache_root() / "harvests" / key
 
 
+def _start_over(out: Path) -> str:
+    return option("resume=False", f"`atoms harvest ... --out {out} --no-resume`")
+
+
 def _check_disk(out: Path, need: int) -> None:
+    fix = option("lower tokens=, use dtype='float16', fewer layers, or another out=",
+                 "lower --tokens, pass --dtype float16 or fewer --layers, or another --out")
     try:
-        check_output_dir(out, need_bytes=need, what="the harvest into",
-                         fix="lower tokens=, use dtype='float16', fewer layers, or another out=")
+        check_output_dir(out, need_bytes=need, what="the harvest into", fix=fix)
     except NotEnoughSpace as e:
         raise CacheError(str(e)) from None
+
+
+def _check_disk_early(out: Path, cfg: HarvestConfig, H: int | None, old: dict | None) -> None:
+    """The free-space check before the model loads: the contexts the manifest does not list yet."""
+    if H is None:
+        return        # the width is known once the model is loaded: `_Run.run` checks then
+    listed = sum(e.get("n_contexts", 0) for e in (old or {}).get("shards") or [] if isinstance(e, dict))
+    _check_disk(out, bytes_needed(max(0, cfg.n_contexts - listed), cfg.ctx_len, len(cfg.layers), H, cfg.dtype))
 
 
 def _select(x: torch.Tensor, T: int, exclude_first: bool, ratio: float | None):
@@ -212,38 +141,58 @@ def harvest(model: str | torch.nn.Module = DEFAULT_MODEL, layers: int | float | 
                         heldout_fraction=heldout_fraction, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype,
                         exclude_first=exclude_first, outlier_ratio=outlier_ratio, seed=seed, shard_tokens=shard_tokens,
                         model_dtype=model_dtype)
+    request = _request(cfg, name, backend)
     if out is not None:
         try:
             check_output_dir(out)                               # before any model is loaded
         except OutputDirError:   # a read-only folder may still hold the complete cache asked for
-            cached = None if not resume else intact_cache(out, _request(cfg, name, backend))
+            cached = None if not resume else intact_cache(out, request, wait=wait)
             if cached is None:
                 raise
             return cached
+    if not isinstance(model, torch.nn.Module):
+        device_of(device)                                       # no GPU for --device cuda: before any folder
     t_start = time.time()
-    request = _request(cfg, name, backend)
     out = Path(out).expanduser() if out is not None else _default_out(request)
-    with guard_output(out, "atoms harvest", wait=wait):
-        old = read_manifest(out)
-        if old is not None and resume:
-            if old.get("request") != request:
+    if resume and (out / MANIFEST).is_file():   # reuse an intact cache under a reader's lock: its readers go on
+        with share(out, "atoms harvest", wait=wait):
+            old = read_manifest(out)
+            if old is not None and old.get("request") != request:
                 diff = sorted(k for k in set(request) | set(old.get("request", {}))
                               if request.get(k) != old.get("request", {}).get(k))
                 raise CacheError(f"{out} already holds a harvest of another request (differs in {', '.join(diff)}); "
-                                 f"pass another out=, or resume=False to overwrite it")
+                                 f"pass another {option('out=', '--out')}, or {option('resume=False', '--no-resume')} "
+                                 f"to overwrite it")
+            cached = intact_cache(out, request, wait=wait)
+            if cached is not None:   # no writer holds it, so a temporary of an atomic write here is stale
+                with contextlib.suppress(OSError):
+                    remove_stale_temporaries(out)
+        if cached is not None:
+            return cached
+    with guard_output(out, "atoms harvest", wait=wait):   # exclusive: no reader, no other writer
+        old = read_manifest(out)
+        if old is not None and resume:
+            if old.get("request") != request:
+                raise CacheError(f"{out} now holds a harvest of another request; pass another "
+                                 f"{option('out=', '--out')}, or {option('resume=False', '--no-resume')}")
             if old.get("complete") and not verify_files(out, old):
-                return ActivationCache(out)
+                old = "intact"
         elif (out / MANIFEST).exists() and resume:
-            raise CacheError(f"{out / MANIFEST} is unreadable or of another format; pass resume=False to overwrite it")
+            raise CacheError(f"{out / MANIFEST} is unreadable or of another format; pass "
+                             f"{option('resume=False', '--no-resume')} to overwrite it")
         if not resume:
             remove_cache_files(out)
             old = None
-        if not isinstance(model, torch.nn.Module):
-            from .models import load_model
-            model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
-        # A bridge wraps a model in place: a copy of the caller's, or our own (the hooks take the model as it is).
-        model, recorder = recording.prepare(wrapper if wrapper is not None else model, tokenizer, copy_model=user_model)
-        return _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+        if old != "intact":
+            _check_disk_early(out, cfg, site_width(model, cfg.site), old)     # before the model loads
+            if not isinstance(model, torch.nn.Module):
+                from .models import load_model
+                model, tokenizer = load_model(name, device=device, dtype=cfg.model_dtype, progress=progress)
+            # A bridge wraps a model in place: a copy of the caller's, or our own (the hooks take it as it is).
+            model, recorder = recording.prepare(wrapper if wrapper is not None else model, tokenizer,
+                                                copy_model=user_model)
+            _Run(cfg, request, model, tokenizer, out, old, progress, on_shard, t_start, recorder).run()
+    return ActivationCache(out, wait=wait)   # opened once the exclusive lock is released: a reader's lock
 
 
 def _request(cfg: HarvestConfig, name: str, backend: str) -> dict[str, Any]:
@@ -267,7 +216,7 @@ class _Run:
         from .models import d_site
         self.H = d_site(model, cfg.site)
         self.device = next(model.parameters()).device
-        self.store = _DTYPES[cfg.dtype]
+        self.store = STORE_DTYPES[cfg.dtype]
         docs = load_corpus(cfg.corpus, split=cfg.split, heldout_fraction=cfg.heldout_fraction)
         self.packed = pack_contexts(docs, tokenizer, cfg.ctx_len, cfg.tokens, cfg.seed)
         self.n_ctx = self.packed.input_ids.shape[0]
@@ -293,11 +242,7 @@ class _Run:
             for k in ("model", "corpus", "tokens_sha256", "layers", "d_site", "shard_contexts", "library"):
                 if old.get(k) != self.base[k]:
                     raise CacheError(f"cannot resume {out}: its {k} differs from this run's ({old.get(k)!r} vs "
-                                     f"{self.base[k]!r}); pass resume=False to start over")
-
-    def _bytes_needed(self, n_ctx: int) -> int:
-        per_tok = len(self.layers) * (self.H * self.store.itemsize + 4) + 8
-        return n_ctx * self.cfg.ctx_len * per_tok + len(self.layers) * self.H * (self.H + 1) * 8 * 2
+                                     f"{self.base[k]!r}); pass {_start_over(out)} to start over")
 
     def run(self) -> ActivationCache:
         from tqdm.auto import tqdm
@@ -309,7 +254,13 @@ class _Run:
         if plan.problems and self.progress:
             print(f"atoms harvest: repairing {self.out}: {plan.summary()}", file=sys.stderr)
         n_todo = sum(min(self.n_ctx, (s + 1) * self.shard_ctx) - s * self.shard_ctx for s in todo)
-        _check_disk(self.out, self._bytes_needed(n_todo))
+        _check_disk(self.out, bytes_needed(n_todo, T, len(L), self.H, cfg.dtype))
+        beyond = sorted({p.name for p in self.out.glob("shard-*.safetensors")} - {shard_file(i) for i in range(self.n_shards)})
+        if beyond:
+            raise CacheError(f"{self.out} holds {', '.join(beyond[:3])}, shard files this request does not make (it "
+                             f"makes {self.n_shards}): its manifest was edited or belongs to another harvest; harvest "
+                             f"again with {_start_over(self.out)} to start over, or "
+                             f"remove those files if the manifest is right")
         bar = tqdm(total=self.n_ctx * T, initial=(self.n_ctx - n_todo) * T, unit="tok", unit_scale=True,
                    disable=not self.progress, desc=f"harvest {cfg.site} L{','.join(map(str, L))}", file=sys.stderr)
         t0, cpu0 = time.time(), time.process_time()
@@ -333,7 +284,7 @@ class _Run:
                     self.on_shard(s, self.n_shards)
         if accs is None:
             write_moments(self.out, replay_moments(self.out, entries, L, self.H, self.device), len(entries))
-        return self._finish(entries, todo, n_todo, time.time() - t0, time.process_time() - cpu0)
+        self._finish(entries, todo, n_todo, time.time() - t0, time.process_time() - cpu0, plan.summary())
 
     def _forward(self, s: int, rec, bar) -> dict[int, dict[str, list]]:
         """Run the contexts of shard `s`; the kept rows, positions and medians of each layer."""
@@ -370,7 +321,8 @@ class _Run:
         for layer, p in parts.items():
             x = torch.cat(p["acts"])
             if not bool(torch.isfinite(x).all()):
-                hint = (" in float16 (values beyond ±65504): use dtype='float32' or a lower outlier_ratio"
+                hint = (" in float16 (values beyond ±65504): use " + option("dtype='float32' or a lower outlier_ratio",
+                                                                             "--dtype float32 or a lower --outlier-ratio")
                         if self.store == torch.float16 else "; the model produced NaN/inf (check model_dtype)")
                 raise CacheError(f"non-finite activations at layer {layer}, shard {s}{hint}")
             tensors[f"acts.{layer}"] = xs[layer] = x
@@ -388,7 +340,7 @@ class _Run:
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         return entry, xs   # moments come from the stored rows (one update per shard): a replay is bit-identical
 
-    def _finish(self, done, todo, n_todo, elapsed, cpu_s) -> ActivationCache:
+    def _finish(self, done, todo, n_todo, elapsed, cpu_s, repaired: str) -> None:
         cfg = self.cfg
         n_first = self.n_ctx if cfg.exclude_first else 0
         counts = {str(layer): {"n_kept": sum(e["n_kept"][str(layer)] for e in done), "n_first": n_first,
@@ -403,15 +355,23 @@ class _Run:
         log.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
                     "resumed_at_shard": todo[0] if todo else self.n_shards, "shards_run": len(todo),
                     "tokens_run": new_tok, "forward_s": round(elapsed, 3), "total_s": round(time.time() - self.t_start, 3),
-                    "tokens_per_s": round(rate, 1), "forward_cpu_s": round(cpu_s, 3), "device": str(self.device)})
+                    "tokens_per_s": round(rate, 1), "forward_cpu_s": round(cpu_s, 3), "device": str(self.device),
+                    "repaired": repaired})
         atomic_write_json(self.out / _LOG, log)
         size = sum(e["bytes"] for e in done) + len(data)
         if self.progress:
             outl = ", ".join(f"L{k}: {v['n_outlier']}" for k, v in counts.items())
-            print(f"atoms harvest: {new_tok} tokens ({cfg.site}, layers {self.layers}) in {elapsed:.1f} s = "
-                  f"{rate:,.0f} tok/s -> {self.out} ({len(done)} shards, {size / 2**20:.1f} MiB); excluded "
-                  f"{n_first} sink tokens, outliers {outl}", file=sys.stderr)
-        return ActivationCache(self.out)
+            where = f"{self.out} ({len(done)} shards, {size / 2**20:.1f} MiB)"
+            if not todo:      # a repair that found every shard intact: only the manifest and moments
+                print(f"atoms harvest: repaired {where}: rewrote the manifest and the moments from the intact "
+                      f"shards; no shard needed harvesting", file=sys.stderr)
+            elif repaired:    # a few shards: a rate over them says nothing of the harvest's speed
+                print(f"atoms harvest: repaired {where}: harvested again {len(todo)} shard(s) "
+                      f"({', '.join(str(s) for s in todo[:8])}{'...' if len(todo) > 8 else ''}; {new_tok} tokens)",
+                      file=sys.stderr)
+            else:
+                print(f"atoms harvest: {new_tok} tokens ({cfg.site}, layers {self.layers}) in {elapsed:.1f} s = "
+                      f"{rate:,.0f} tok/s -> {where}; excluded {n_first} sink tokens, outliers {outl}", file=sys.stderr)
 
 
 def _read_log(out: Path) -> list:
@@ -443,26 +403,26 @@ def harvest_defaults() -> dict[str, Any]:
 def configure_harvest_parser(p) -> None:
     d = harvest_defaults()
     layers = ",".join(map(str, d["layers"]))
-    p.add_argument("--model", default=d["model"], help=f"'{d['model']}' (default) or 'gemma3-270m' (embedded, "
+    p.add_argument("--model", default=d["model"], type=non_empty, help=f"'{d['model']}' (default) or 'gemma3-270m' (embedded, "
                    "offline), a local folder or a HF id")
-    p.add_argument("--layers", default=layers, help="comma-separated block indices (-1: the last), ranges (0-5), "
+    p.add_argument("--layers", default=layers, type=non_empty, help="comma-separated block indices (-1: the last), ranges (0-5), "
                    f"fractions of depth (0.5) or early/middle/late/all, resolved for the model (default {layers})")
     p.add_argument("--site", default=d["site"], choices=list(HOOK_SITES), help=f"hook site (default {d['site']})")
-    p.add_argument("--tokens", type=int, default=d["tokens"], help=f"token positions to harvest (default {d['tokens']})")
-    p.add_argument("--out", default=None, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
-    p.add_argument("--corpus", default=d["corpus"], help=f"corpus name or .txt/.jsonl path/glob (default {d['corpus']})")
+    p.add_argument("--tokens", type=positive_int, default=d["tokens"], help=f"token positions to harvest (default {d['tokens']})")
+    p.add_argument("--out", default=None, type=non_empty, help="cache folder (default $ATOMS_CACHE/harvests/<hash>)")
+    p.add_argument("--corpus", default=d["corpus"], type=non_empty, help=f"corpus name or .txt/.jsonl path/glob (default {d['corpus']})")
     p.add_argument("--split", default=d["split"], choices=["train", "heldout", "all"], help=f"corpus split: heldout documents are never in train (default {d['split']})")
-    p.add_argument("--ctx-len", type=int, default=d["ctx_len"], help=f"tokens per context (default {d['ctx_len']})")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"contexts per forward (default {d['batch_size']})")
-    p.add_argument("--dtype", default=d["dtype"], choices=list(_DTYPES), help=f"storage dtype (default {d['dtype']})")
-    p.add_argument("--model-dtype", default=d["model_dtype"], choices=list(_DTYPES),
+    p.add_argument("--ctx-len", type=positive_int, default=d["ctx_len"], help=f"tokens per context (default {d['ctx_len']})")
+    p.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help=f"contexts per forward (default {d['batch_size']})")
+    p.add_argument("--dtype", default=d["dtype"], choices=list(STORE_DTYPES), help=f"storage dtype (default {d['dtype']})")
+    p.add_argument("--model-dtype", default=d["model_dtype"], choices=list(STORE_DTYPES),
                    help="parameter dtype (bfloat16 for big models; default: the model's own)")
     p.add_argument("--device", default=d["device"], type=cli_device, help=f"cpu, cuda, cuda:1, mps (default {d['device']})")
     p.add_argument("--keep-first", action="store_true", help="keep position 0 (the attention sink)")
     p.add_argument("--outlier-ratio", default=str(d["outlier_ratio"]), type=_outlier_ratio,
                    help=f"drop tokens with norm > R x median ('none' keeps all; default {d['outlier_ratio']:g})")
     p.add_argument("--seed", type=int, default=d["seed"], help=f"seed of the document order (default {d['seed']})")
-    p.add_argument("--shard-tokens", type=int, default=d["shard_tokens"], help="token positions per shard (default: sized by the harvest)")
+    p.add_argument("--shard-tokens", type=positive_int, default=d["shard_tokens"], help="token positions per shard (default: sized by the harvest)")
     p.add_argument("--no-resume", action="store_true", help="recompute from scratch, overwriting the cache in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", default=d["backend"], choices=backend_names(),
@@ -472,7 +432,7 @@ def configure_harvest_parser(p) -> None:
 
 def _outlier_ratio(s: str) -> float | None:
     import argparse
-    if s.strip().lower() in ("none", "off", "0"):
+    if s.strip().lower() in ("none", "off"):
         return None
     try:
         r = float(s)

@@ -41,6 +41,7 @@ from torch import nn
 
 from ._util import shareable_mode
 from .cache import ActivationCache, harvest_provenance
+from .cli_types import non_empty
 from .lock import check_output_dir
 from .patches import hub_offline
 from .tsae import CONFIG_FILE, FORMAT, SAEOutput, TSAE, TSAEConfig
@@ -380,16 +381,16 @@ FORMATS = ("saelens",)
 
 
 def configure_export_parser(p) -> None:
-    p.add_argument("saved", metavar="SAVED", help="a folder written by TSAE.save (`atoms train --out`), or a run "
+    p.add_argument("saved", metavar="SAVED", type=non_empty, help="a folder written by TSAE.save (`atoms train --out`), or a run "
                    "folder holding one")
-    p.add_argument("out", metavar="OUT", help="the folder to write (a SAELens SAE: cfg.json + sae_weights.safetensors)")
+    p.add_argument("out", metavar="OUT", type=non_empty, help="the folder to write (a SAELens SAE: cfg.json + sae_weights.safetensors)")
     p.add_argument("--format", choices=FORMATS, default="saelens", help="target format (default saelens)")
-    p.add_argument("--hook-name", default=None, help="TransformerLens hook name the units read, e.g. "
+    p.add_argument("--hook-name", default=None, type=non_empty, help="TransformerLens hook name the units read, e.g. "
                    "blocks.15.hook_resid_post (default: recorded at training, or from --cache/--layer)")
-    p.add_argument("--cache", default=None, help="the activation cache the units were trained on (gives the hook "
+    p.add_argument("--cache", default=None, type=non_empty, help="the activation cache the units were trained on (gives the hook "
                    "name, model and context length)")
     p.add_argument("--layer", type=int, default=None, help="the layer of --cache the units were trained on")
-    p.add_argument("--model-name", default=None, help="metadata.model_name (default: the harvested model's name)")
+    p.add_argument("--model-name", default=None, type=non_empty, help="metadata.model_name (default: the harvested model's name)")
     p.add_argument("--overwrite", action="store_true", help="replace a SAELens folder already at OUT")
 
 

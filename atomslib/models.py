@@ -407,6 +407,13 @@ def model_depth(model: Any) -> int:
 def _depth_if_known(model: Any, required: bool = False) -> int | None:
     if isinstance(model, (int, torch.nn.Module)):
         return model_depth(model)
+    cfg = model_config(model, required=required)
+    return None if cfg is None else int(cfg.num_hidden_layers)
+
+
+def model_config(model: str | os.PathLike, *, required: bool = False):
+    """The (text) config of a model name, read without loading weights; None if it cannot be read
+    locally (`required`: raise `ModelLoadError` saying what to do instead)."""
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a loaded model, a model name or a number of blocks, got {type(model).__name__}")
     from transformers import AutoConfig
@@ -432,8 +439,7 @@ def _depth_if_known(model: Any, required: bool = False) -> int | None:
                                  f"cannot read the config of model {name!r}; pass an embedded model "
                                  f"({', '.join(EMBEDDED)}), a folder with config.json or a hub id") from None
         cfg = AutoConfig.from_pretrained(src)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return int(cfg.num_hidden_layers)
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def hook_module(model: torch.nn.Module, site: str, layer: int) -> tuple[torch.nn.Module, str]:

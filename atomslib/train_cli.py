@@ -10,21 +10,24 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Callable
+
 from ._util import cli_device
+from .cli_types import non_empty, positive_float, positive_int
 from .lock import add_wait_option
 from .train import train_tsae
 from .tsae import TSAEConfig
 
 # Flags that set a TSAEConfig field: (flag, field, type, help). Their defaults are the dataclass's,
 # read from it for --help, so that a default lives in one place (tests/test_cli.py checks them all).
-TRAIN_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--tokens", "n_tokens", int, "token budget; the data are cycled"),
-    ("--batch-size", "batch_size", int, "tokens per step"),
-    ("--lr", "lr", float, "Adam learning rate"),
+TRAIN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    ("--tokens", "n_tokens", positive_int, "token budget; the data are cycled"),
+    ("--batch-size", "batch_size", positive_int, "tokens per step"),
+    ("--lr", "lr", positive_float, "Adam learning rate"),
     ("--l0-coeff", "l0_coeff", float, "L0 coefficient per model dimension (threshold; None: 1/H)"),
     ("--l1-coeff", "l1_coeff", float, "L1 coefficient (relu)"),
-    ("--target-l0", "target_l0", float, "steer L0 towards this (sets sparsity_form=target)"),
-    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
+    ("--target-l0", "target_l0", positive_float, "steer L0 towards this (sets sparsity_form=target)"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
 )
 MIN_MEANINGFUL_STEPS = 200   # fewer optimiser steps than this: the thresholds and the L0 have not settled
 
@@ -34,19 +37,19 @@ def _config_default(name: str) -> Any:
 
 
 def configure_train_parser(p) -> None:
-    p.add_argument("cache", help="an activation cache folder written by `atoms harvest`")
+    p.add_argument("cache", type=non_empty, help="an activation cache folder written by `atoms harvest`")
     p.add_argument("--layer", type=int, required=True, help="which harvested layer to train on")
-    p.add_argument("--out", required=True, help="output folder: the model (config.json + model.safetensors), "
+    p.add_argument("--out", required=True, type=non_empty, help="output folder: the model (config.json + model.safetensors), "
                    "the checkpoint it resumes from, and train_log.json")
-    p.add_argument("--units", type=int, default=None, help="dictionary size N (default 4 x the width, the paper's)")
+    p.add_argument("--units", type=positive_int, default=None, help="dictionary size N (default 4 x the width, the paper's)")
     p.add_argument("--activation", choices=["threshold", "relu"], default="threshold",
                    help="threshold = atoms (TSAE, L0), relu = features (ReLU SAE, L1) (default threshold)")
     for flag, name, typ, what in TRAIN_FLAGS:
         d = _config_default(name)
         shown = f"{d:,}" if isinstance(d, int) and not isinstance(d, bool) else d
         p.add_argument(flag, type=typ, default=None, help=f"{what} (TSAEConfig.{name}, default {shown})")
-    p.add_argument("--epochs", type=float, default=None, help="passes over the cache instead of --tokens")
-    p.add_argument("--max-tokens", type=int, default=None, help="use only the first N stored rows of the layer "
+    p.add_argument("--epochs", type=positive_float, default=None, help="passes over the cache instead of --tokens")
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="use only the first N stored rows of the layer "
                    "(default all)")
     p.add_argument("--whiten", action="store_true", help="train in the AIP-whitened space (the cache's AIP)")
     p.add_argument("--ridge", type=float, default=0.0, help="ridge of the AIP used by --whiten")
@@ -82,9 +85,9 @@ def _cli_train(args) -> int:
     from .cache import ActivationCache, harvest_provenance
     from ._util import atomic_write_json
 
-    cache = ActivationCache(args.cache)
+    cache = ActivationCache(args.cache, wait=args.wait)   # a harvest still writing it: refused or waited for
     H = cache.d_model
-    kw: dict[str, Any] = {"d_model": H, "n_units": args.units or 4 * H, "activation": args.activation,
+    kw: dict[str, Any] = {"d_model": H, "n_units": 4 * H if args.units is None else args.units, "activation": args.activation,
                           "seed": args.seed, "device": args.device}
     for flag, name, _, _ in TRAIN_FLAGS:
         value = getattr(args, flag[2:].replace("-", "_"))

@@ -154,3 +154,175 @@ def test_manifest_that_disagrees_with_its_shards_is_refused_on_open(copy, capsys
     assert "disagrees with its own shard list" in err and "Traceback" not in err
     mf.write_text(json.dumps(good))
     assert ActivationCache(copy).validate().n_tokens == 2048
+
+
+def drop_last_shard_consistently(folder, *, edit_request: bool = False) -> dict:
+    """The audit's edit: drop the last shard entry and set n_shards, n_contexts, n_tokens and counts to
+    match (and, with `edit_request`, the request's tokens too), so that the manifest agrees with itself."""
+    mf = folder / "manifest.json"
+    m = json.loads(mf.read_text())
+    gone = m["shards"].pop()
+    m["n_shards"] -= 1
+    m["n_contexts"] -= gone["n_contexts"]
+    m["n_tokens"] = m["n_contexts"] * m["ctx_len"]
+    for layer, c in m["counts"].items():
+        c["n_kept"] -= gone["n_kept"][layer]
+        c["n_outlier"] -= gone["n_outlier"][layer]
+        c["n_first"] -= gone["n_contexts"]
+    if edit_request:
+        m["request"]["tokens"] = m["n_tokens"]
+    mf.write_text(json.dumps(m))
+    from atomslib.cache_checks import manifest_problems
+    assert edit_request or manifest_problems(m) == [f"it holds 12 contexts but its request (tokens=2048, ctx_len=128) "
+                                                    f"makes 16", "n_shards is 3 but 16 contexts at 4 per shard make 4"]
+    assert not edit_request or manifest_problems(m) == []
+    return m
+
+
+def test_a_manifest_edited_to_agree_with_itself_is_refused(copy, capsys):
+    """Dropping the last shard and fixing every total to match passed every check: the request, the
+    moments' token counts and the shard files in the folder now disagree, on opening, in `atoms cache
+    verify`, and before `atoms train` reads a row (which leaves no output folder behind)."""
+    from atomslib.cache_repair import verify
+    from atomslib.cli import main
+
+    good = (copy / "manifest.json").read_text()
+    for edit_request, why in [(False, r"it holds 12 contexts but its request \(tokens=2048, ctx_len=128\) makes 16"),
+                              (True, r"shard-00003.safetensors is in the folder but the manifest does not list it")]:
+        (copy / "manifest.json").write_text(good)
+        drop_last_shard_consistently(copy, edit_request=edit_request)
+        with pytest.raises(CacheError, match=why + r".*atoms cache repair"):
+            ActivationCache(copy)
+        probs = verify(copy)
+        assert any(__import__("re").search(why, p) for p in probs)
+        if edit_request:
+            assert any("moments.safetensors was accumulated over 4 shards but the manifest lists 3" in p for p in probs)
+            assert any("moments.safetensors counts 2032 tokens at layer 3 but the manifest's shards hold 1524" in p
+                       for p in probs)
+        capsys.readouterr()
+        assert main(["cache", "verify", str(copy)]) == 1
+        out = capsys.readouterr()
+        assert "problem(s); repair with `atoms cache repair" in out.out and __import__("re").search(why, out.err)
+        train_out = copy.parent / "units" / "l3"
+        assert main(["train", str(copy), "--layer", "3", "--out", str(train_out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "disagrees with its own shard list" in err and "Traceback" not in err
+        assert not (copy.parent / "units").exists()             # a refused training leaves no folder
+    (copy / "manifest.json").write_text(good)
+    assert ActivationCache(copy).validate().n_tokens == 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers and writers of one cache folder; --wait in every command that locks one.
+
+ENV = {**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])}
+WRITER = ("import pathlib, sys, time\nfrom atomslib.lock import hold\n"
+          "with hold(sys.argv[1], 'atoms harvest', name=sys.argv[3]):\n    print('held', flush=True)\n"
+          "    while not pathlib.Path(sys.argv[2]).exists():\n        time.sleep(0.05)\n")
+READER = ("import pathlib, sys, time\nfrom atomslib.cache import ActivationCache\ncache = ActivationCache(sys.argv[1])\n"
+          "print('held', flush=True)\nwhile not pathlib.Path(sys.argv[2]).exists():\n    time.sleep(0.05)\n")
+
+
+def start(code: str, *args) -> "subprocess.Popen":
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def atoms(*argv, **kw):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "atomslib.cli", *map(str, argv)], env=ENV, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_a_harvest_or_repair_does_not_pull_a_cache_from_under_its_readers(copy, smol, tmp_path, monkeypatch):
+    """`atoms harvest --no-resume` into a cache another process reads deleted its shards (the reader then died
+    with "shard ... is missing: repair it"): now it stops naming the reader's PID, or waits for it."""
+    import math
+    import time
+
+    from atomslib.cache_repair import repair
+    from atomslib.harvesting import harvest
+    from atomslib.lock import FolderLocked
+    from conftest_activations import SMALL_HARVEST
+
+    done = tmp_path / "reader-done"
+    reader = start(READER, copy, done)
+    try:
+        shards = sorted(p.name for p in copy.glob("shard-*"))
+        r = atoms("harvest", "--layers", "3,15", "--tokens", "2048", "--batch-size", "4", "--shard-tokens", "512",
+                  "--out", copy, "--no-resume", "--quiet")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{copy} is being read by PID {reader.pid} (python -c" in r.stderr and "--wait SECONDS" in r.stderr
+        assert sorted(p.name for p in copy.glob("shard-*")) == shards
+        assert ActivationCache(copy).validate().n_tokens == 2048        # other readers go on
+        monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+        p = copy / "shard-00002.safetensors"                             # damaged while the reader reads
+        data = bytearray(p.read_bytes())
+        data[-100] ^= 0xFF
+        p.write_bytes(bytes(data))
+        with pytest.raises(FolderLocked, match=rf"is being read by PID {reader.pid} .*atoms harvest would change"):
+            repair(copy, progress=False)
+        t0 = time.monotonic()
+        import threading
+        threading.Timer(1.0, done.touch).start()
+        fresh = harvest(smol, out=copy, resume=False, wait=math.inf, **SMALL_HARVEST)   # waits for the reader
+        assert time.monotonic() - t0 > 0.9 and reader.wait(30) == 0
+        assert fresh.validate().n_tokens == 2048
+    finally:
+        done.touch()
+        reader.kill()
+        reader.wait()
+
+
+@pytest.mark.parametrize("command", ["harvest", "train", "cache verify", "cache repair", "run"])
+def test_wait_in_every_command(command, copy, tmp_path):
+    """Each command that locks a folder stops at once naming the process that holds it (`atoms cache verify` on a
+    folder a harvest is writing says so, not "repair it"), or, with --wait, waits for it and then works."""
+    import time
+
+    from test_run import make_project
+
+    locked, name, argv = copy, ".atoms.lock", []
+    if command == "harvest":
+        argv = ["harvest", "--layers", "3,15", "--tokens", "2048", "--batch-size", "4", "--shard-tokens", "512",
+                "--out", copy, "--quiet"]
+    elif command == "train":
+        argv = ["train", copy, "--layer", "3", "--out", tmp_path / "units", "--units", "16", "--tokens", "512",
+                "--batch-size", "256", "--quiet"]
+    elif command.startswith("cache"):
+        argv = [*command.split(), copy] + (["--quiet"] if command == "cache repair" else [])
+    else:
+        project = make_project(tmp_path / "proj")
+        locked, name = tmp_path / "book", ".01_tiny.lock"
+        argv = ["run", "01_tiny", "--root", project, "--out", locked]
+    go = tmp_path / "go"
+    writer = start(WRITER, locked, go, name)
+    try:
+        r = atoms(*argv)
+        assert r.returncode != 0 and f"is in use by PID {writer.pid} (atoms harvest, since" in r.stderr, r.stderr
+        assert "--wait SECONDS" in r.stderr and "Traceback" not in r.stderr and "repair" not in r.stderr
+        assert not (tmp_path / "units").exists()                          # a refused training leaves no folder
+        err = tmp_path / "err"
+        with open(err, "w") as f:
+            waiter = __import__("subprocess").Popen([__import__("sys").executable, "-m", "atomslib.cli",
+                                                     *map(str, argv), "--wait"], env=ENV, stdout=f, stderr=f)
+        t0 = time.monotonic()
+        while f"waiting for PID {writer.pid}" not in err.read_text():
+            assert waiter.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.1)
+        go.touch()
+        assert waiter.wait(300) == 0, err.read_text()[-3000:]
+    finally:
+        go.touch()
+        writer.kill()
+        writer.wait()
+    said = err.read_text()
+    assert {"harvest": str(copy), "train": "done:", "cache verify": "intact", "cache repair": "intact, nothing to repair",
+            "run": "01_tiny: ok"}[command] in said
+    if command == "run":
+        assert (locked / "01_tiny.ipynb").is_file()                        # executed, not only listed

@@ -76,6 +76,21 @@ def test_malformed_profile_yaml_is_a_message(project, tmp_path, capsys):
     (["harvest", "--device", "tpu9"], "--device"),
     (["train", "cache", "--layer", "3", "--out", "o", "--device", "tpu9"], "--device"),
     (["harvest", "--wait", "soon"], "--wait"),
+    # 0 or "" would be read as "not set" (--units 0 trained the default 4H units): each is refused
+    (["train", "cache", "--layer", "3", "--out", "o", "--units", "0"], "--units"),
+    (["train", "cache", "--layer", "3", "--out", "o", "--tokens", "0"], "--tokens"),
+    (["train", "cache", "--layer", "3", "--out", "o", "--max-tokens", "0"], "--max-tokens"),
+    (["train", "cache", "--layer", "3", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["train", "cache", "--layer", "3", "--out", ""], "--out"),
+    (["harvest", "--tokens", "0"], "--tokens"),
+    (["harvest", "--shard-tokens", "0"], "--shard-tokens"),
+    (["harvest", "--out", ""], "--out"),
+    (["harvest", "--model", ""], "--model"),
+    (["harvest", "--outlier-ratio", "0"], "--outlier-ratio"),
+    (["run", "--all", "--jobs", "0"], "--jobs"),
+    (["run", "--all", "--out", ""], "--out"),
+    (["run", "--all", "--model", ""], "--model"),
+    (["cache", "verify", ""], "DIR"),
 ])
 def test_bad_option_values_name_the_option(argv, option, capsys):
     with pytest.raises(SystemExit) as e:
@@ -105,3 +120,55 @@ def test_profile_yaml_error_outside_a_run(tmp_path):
         """))
     with pytest.raises(ValueError, match=r"p.yaml is not valid YAML at line 3"):
         load_profile(bad)
+
+
+def test_cli_messages_name_flags_and_refused_runs_leave_no_folder(tmp_path, no_model, monkeypatch, capsys):
+    """What an `atoms` command prints names its flags (`--no-resume`, `--tokens`), not the library's keywords
+    (`resume=False`, `tokens=`); the free-space check runs before the model loads; a refused run (a full disk,
+    an unknown model, --device cuda without a GPU, a too-long path) leaves no folder behind."""
+    import json
+    import shutil
+
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "manifest.json").write_text(json.dumps({"format": "atoms.activations", "request": {"tokens": 1}}))
+    assert main(["harvest", "--tokens", "128", "--out", str(held), "--quiet"]) == 2
+    err = one_line(capsys)
+    assert "already holds a harvest of another request" in err and "pass another --out, or --no-resume" in err
+    assert "resume=False" not in err and "out=" not in err
+    free = shutil.disk_usage(tmp_path).free
+    monkeypatch.setattr("shutil.disk_usage", lambda p: shutil._ntuple_diskusage(free, 0, 1 << 20))
+    assert main(["harvest", "--tokens", "2048", "--out", str(tmp_path / "full" / "acts"), "--quiet"]) == 2
+    err = one_line(capsys)                                   # no_model: the check ran before any load
+    assert "lower --tokens, pass --dtype float16 or fewer --layers, or another --out" in err and "tokens=" not in err
+    assert "more are kept free as a margin" in err
+    monkeypatch.undo()                                       # the real load: it refuses the name at once
+    assert main(["harvest", "--model", "no-such-model", "--out", str(tmp_path / "unknown" / "acts")]) == 2
+    assert "model name 'no-such-model' is not an embedded model" in one_line(capsys)
+    long = tmp_path / "deep" / ("x" * 300) / "acts"
+    assert main(["harvest", "--out", str(long)]) == 2
+    assert "is too long" in (err := one_line(capsys)) and "pass a shorter path" in err
+    import torch
+    if not torch.cuda.is_available():
+        assert main(["harvest", "--device", "cuda", "--out", str(tmp_path / "gpu" / "acts")]) == 2
+        err = one_line(capsys)
+        assert "--device cuda was requested but torch sees no GPU here; use --device cpu" in err
+        assert "device='cpu'" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held"]     # no folder a refused run created
+
+
+def test_train_from_a_regular_file_suggests_what_works(tmp_path, capsys):
+    a_file = tmp_path / "acts.safetensors"
+    a_file.write_bytes(b"not a cache")
+    assert main(["train", str(a_file), "--layer", "3", "--out", str(tmp_path / "units")]) == 2
+    err = one_line(capsys)
+    assert f"{a_file} is a file, not an activation cache folder; pass the folder that `atoms harvest --out` wrote" in err
+    assert f"--out {a_file}" not in err
+    assert not (tmp_path / "units").exists()
+
+
+def test_run_help_lists_the_executors(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--executor {local,ray}" in out and "local or ray" in out

@@ -148,8 +148,10 @@ def test_refusals(smol, small_cache, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="tokenizer"):
         harvest(smol[0], tokens=128, out=tmp_path / "x")
     monkeypatch.setattr("shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
-    with pytest.raises(CacheError, match=r"needs about .* GiB .* free; lower tokens="):
+    with pytest.raises(CacheError, match=r"needs about 5.4 MiB, and 2.6 MiB more are kept free as a margin .* free; "
+                                         r"lower tokens="):
         harvest(smol, layers=(1,), tokens=128, out=tmp_path / "full", progress=False)
+    assert not (tmp_path / "full").exists()                 # a refused harvest leaves no folder behind
 
 
 def test_outliers_float16_and_keep_first(smol, tmp_path):
@@ -468,3 +470,85 @@ def test_every_harvest_default_lives_in_one_place():
     bridge = {k: v.default for k, v in inspect.signature(harvest_transformer_bridge).parameters.items()
               if v.default is not inspect.Parameter.empty}
     assert {k: bridge[k] for k in bridge if k in d} == {k: d[k] for k in bridge if k in d}
+
+
+def test_a_manifest_edited_to_agree_with_itself_is_repaired_by_a_rerun(smol, reference, tmp_path, monkeypatch, capsys):
+    """The audit's edit (the last shard dropped from the manifest, every total set to match) passed as
+    intact: the same harvest run again returned it, and `atoms cache repair` said "intact (3 shards)".
+    Now both see the request, the moments and the unlisted shard disagree, and repair it."""
+    from atomslib.cli import main
+
+    out = tmp_path / "edited"
+    shutil.copytree(reference.path, out)
+    drop_last_shard_consistently_here(out)
+    ran = []
+    harvest(smol, out=out, on_shard=lambda i, n: ran.append(i), **RESUME)   # the same harvest, run again
+    assert ran == [3]
+    same_cache(reference.path, out)
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+    drop_last_shard_consistently_here(out)
+    capsys.readouterr()
+    assert main(["cache", "repair", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "repaired (the manifest lists no shard-00003.safetensors" in said and "harvested again 1 shard(s) (256 " \
+        "tokens); now intact (4 shards)" in said
+    same_cache(reference.path, out)
+    # With the request edited too, the repair cannot know which is right: refused, naming the fix in flags.
+    drop_last_shard_consistently_here(out, edit_request=True)
+    assert main(["cache", "repair", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"`atoms harvest ... --out {out} --no-resume`" in err and "resume=False" not in err
+    # A shard file the request does not make, beside an intact manifest: refused on opening, and by a rerun.
+    shutil.rmtree(out)
+    shutil.copytree(reference.path, out)
+    shutil.copy(out / "shard-00001.safetensors", out / "shard-00007.safetensors")
+    with pytest.raises(CacheError, match="shard-00007.safetensors is in the folder but the manifest does not list it"):
+        ActivationCache(out)
+    with pytest.raises(CacheError, match=r"holds shard-00007.safetensors, shard files this request does not make "
+                                         r"\(it makes 4\).*resume=False"):
+        harvest(smol, out=out, **RESUME)
+
+
+def drop_last_shard_consistently_here(folder: Path, *, edit_request: bool = False) -> None:
+    """As tests/test_cache.py's, for the 4 x 4-context shards of RESUME."""
+    mf = folder / "manifest.json"
+    m = json.loads(mf.read_text())
+    gone = m["shards"].pop()
+    m["n_shards"] -= 1
+    m["n_contexts"] -= gone["n_contexts"]
+    m["n_tokens"] = m["n_contexts"] * m["ctx_len"]
+    for layer, c in m["counts"].items():
+        c["n_kept"] -= gone["n_kept"][layer]
+        c["n_outlier"] -= gone["n_outlier"][layer]
+        c["n_first"] -= gone["n_contexts"]
+    if edit_request:
+        m["request"]["tokens"] = m["n_tokens"]
+    mf.write_text(json.dumps(m))
+
+
+def test_repair_summaries_say_what_was_repaired(smol, reference, tmp_path, monkeypatch, capsys):
+    """A repair that rewrote only the manifest and moments printed "0 tokens ... 0 tok/s"; a one-shard repair
+    printed a rate over 256 tokens. Now each says what it repaired, and `atoms cache repair` says so too."""
+    from atomslib.cli import main
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference.path, out)
+    monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
+    (out / "moments.safetensors").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["cache", "repair", str(out)]) == 0
+    said = capsys.readouterr()
+    summary = [ln for ln in said.err.splitlines() if ln.startswith("atoms harvest:")][-1]   # after the progress bar
+    assert "rewrote the manifest and the moments from the intact shards; no shard needed harvesting" in summary
+    assert "0 tokens" not in summary and "tok/s" not in summary
+    assert "repaired (" in said.out and "moments.safetensors is missing, damaged" in said.out
+    assert "rewrote the manifest and the moments from the intact shards; now intact (4 shards)" in said.out
+    (out / "shard-00002.safetensors").unlink()
+    assert main(["cache", "repair", str(out)]) == 0
+    said = capsys.readouterr()
+    summary = [ln for ln in said.err.splitlines() if ln.startswith("atoms harvest:")][-1]
+    assert "harvested again 1 shard(s) (2; 256 tokens)" in summary and "tok/s" not in summary
+    assert "harvested again 1 shard(s) (256 tokens); now intact (4 shards)" in said.out
+    assert main(["cache", "repair", str(out)]) == 0
+    assert "intact, nothing to repair (4 shards)" in capsys.readouterr().out
+    same_cache(reference.path, out)

@@ -416,3 +416,35 @@ def test_an_unhealthy_sae_makes_its_claims_inconclusive_with_the_reason():
         claim("atoms.r2", 0.9, "R2=euclid", "heldout", health={"dead_share": 0.5})
     assert validate_results({"notebook": "n", "params": {}, "atomslib_version": "0", "created": "", "metrics": {},
                              "claims": [claim("atoms.r2", 0.9, "R2=euclid", "heldout", health=sick)]}) == []
+
+
+CHECKED = notebook_md("""
+```{code-cell} ipython3
+:tags: [parameters]
+
+tokens = 128
+results_dir = "results"
+```
+
+```{code-cell} ipython3
+from atomslib.harvesting import HarvestConfig
+cfg = HarvestConfig(tokens=tokens)   # the notebook checks its parameters, as the book's do
+```
+""")
+
+
+def test_a_notebook_executed_with_a_bad_p_value_fails_with_a_message(tmp_path, capsys):
+    """`atoms run NB -p ...` (executed, not --list): a value of the wrong type is refused before a kernel starts
+    and writes nothing; one of the right type that the notebook refuses fails in the cell that checks it, in
+    one message naming the cell and the error, with no traceback and no executed notebook left in place."""
+    project = write_project(tmp_path / "proj", {"01_checked": CHECKED}, {"default": "common: {}\n"})
+    out = tmp_path / "out"
+    assert cli.main(["run", "01_checked", "--root", str(project), "--out", str(out), "-p", "tokens=many"]) == 2
+    err = capsys.readouterr().err
+    assert "-p: tokens must be an int (01_checked's default is 128), got str 'many'; e.g. -p tokens=128" in err
+    assert not out.exists()                                   # refused before a kernel started
+    assert cli.main(["run", "01_checked", "--root", str(project), "--out", str(out), "-p", "tokens=-5"]) == 2
+    err = capsys.readouterr().err
+    assert "notebook 01_checked failed in cell 2" in err and "`from atomslib.harvesting import HarvestConfig`" in err
+    assert "ValueError: tokens must be a positive int, got -5" in err and "Traceback" not in err
+    assert not (out / "01_checked.ipynb").exists() and (out / "01_checked.partial.ipynb").exists()

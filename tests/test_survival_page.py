@@ -10,7 +10,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "book" / "reliability.md"
-FAULTS = ("kill -9", "SIGINT", "ENOSPC", "concurrent run", "corrupt shard", "edited manifest")
+FAULTS = ("kill -9", "SIGINT", "ENOSPC", "concurrent run", "corrupt shard", "edited manifest", "cache in use by a reader",
+          "manifest edited to agree with itself", "0 or an empty value")
 
 
 def rows() -> list[list[str]]:

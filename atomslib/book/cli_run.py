@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import non_empty, positive_int
 from ..lock import WAIT_ENV, add_wait_option
 from .grid import GRID_DIR, expand_grid
 from .project import GENERATED, Profile, find_project, find_source, list_sources, load_profile, parse_assignments, read_notebook
-from .run import run_all, run_notebook_models
+from .run import executor_names, run_all, run_notebook_models
 from .tasks import TaskResult, is_default, model_out, models_of, resolve_params
 
 
@@ -83,21 +84,24 @@ def summary_table(results: Sequence[TaskResult]) -> str:
 def configure_run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook", nargs="?", help="notebook to run: 01_theory, 01, theory or a path (or use --all)")
     p.add_argument("--all", action="store_true", help="run every notebook of _toc.yml (stage 1, then stage 2)")
-    p.add_argument("--profile", default="default", help="data/profiles/NAME.yaml or a YAML path (default: default)")
-    p.add_argument("--model", help="shorthand for -p model=M")
+    p.add_argument("--profile", default="default", type=non_empty, help="data/profiles/NAME.yaml or a YAML path (default: default)")
+    p.add_argument("--model", type=non_empty, help="shorthand for -p model=M")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="set a notebook parameter; VALUE is YAML (-p layers=[3,15] -p tokens=2000)")
-    p.add_argument("--out", help=f"output folder (default: {GENERATED}/ in the project)")
+    p.add_argument("--out", type=non_empty, help=f"output folder (default: {GENERATED}/ in the project)")
     p.add_argument("--force", action="store_true", help="rerun even when the outputs carry the same run key")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once (--all; default 1)")
-    p.add_argument("--executor", default="local", help="where tasks run: local (default), or a registered one")
-    p.add_argument("--address", help="cluster address for a cluster executor")
+    p.add_argument("--jobs", type=positive_int, default=1, help="notebooks run at once (--all; default 1)")
+    names = executor_names()
+    p.add_argument("--executor", default="local", metavar="{" + ",".join(names) + "}",
+                   help=f"where --all runs its tasks: {' or '.join(names)} (default local: this machine, --jobs at "
+                        f"once; ray: a Ray cluster, see --address)")
+    p.add_argument("--address", type=non_empty, help="cluster address for a cluster executor (ray)")
     p.add_argument("--retries", type=int, help="cluster executors: attempts after the first for a task whose "
                    "worker died (and for out-of-memory cell errors); default 2")
     p.add_argument("--artifacts", choices=("shared", "local"), help="cluster executors: large artefacts "
                    "(activation caches, TSAEs) in the shared cache_dir every worker sees (shared, default), "
                    "or harvested by each worker into its own local cache (local)")
-    p.add_argument("--root", help="project root (default: found from the current folder)")
+    p.add_argument("--root", type=non_empty, help="project root (default: found from the current folder)")
     from .page import add_html_option
     add_html_option(p)
     p.add_argument("--list", action="store_true", help="list the notebooks (or NOTEBOOK) with the parameter values "

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from ..cli_types import non_empty
 from ..lock import guard_output
 from .project import GENERATED, Project, find_project, find_source, toc_entries
 from .tasks import is_default
@@ -266,9 +267,9 @@ def add_html_option(p: argparse.ArgumentParser) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", help="an executed notebook: its name (01_theory, 01, theory) in --out, or a path to an .ipynb")
-    p.add_argument("--out", help=f"the output folder `atoms run` wrote it to (default: {GENERATED}/ in the project)")
-    p.add_argument("--root", help="project root, for the book's _config.yml and _static/ (default: found from the "
+    p.add_argument("notebook", type=non_empty, help="an executed notebook: its name (01_theory, 01, theory) in --out, or a path to an .ipynb")
+    p.add_argument("--out", type=non_empty, help=f"the output folder `atoms run` wrote it to (default: {GENERATED}/ in the project)")
+    p.add_argument("--root", type=non_empty, help="project root, for the book's _config.yml and _static/ (default: found from the "
                    "current folder)")
 
 

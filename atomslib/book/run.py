@@ -254,6 +254,13 @@ def safe_execute(task: Task) -> TaskResult:
 _EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
 
 
+def executor_names() -> list[str]:
+    """The executors `--executor` takes: the registered ones and those of atomslib/book/run_NAME.py (imported
+    on first use), local first."""
+    found = set(_EXECUTORS) | {p.stem.removeprefix("run_") for p in Path(__file__).parent.glob("run_*.py")}
+    return ["local"] + sorted(found - {"local"})
+
+
 def register_executor(name: str, factory: Callable[..., Executor]) -> None:
     """Make `--executor NAME` available; `factory(jobs=..., address=...)` returns an Executor."""
     _EXECUTORS[name] = factory
@@ -274,7 +281,7 @@ def get_executor(name: str | Executor = "local", *, jobs: int = 1, address: str 
             if e.name != plugin:
                 raise
     if name not in _EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(_EXECUTORS))} "
+        raise ValueError(f"unknown executor {name!r}; available: {', '.join(executor_names())} "
                          f"(a new one lives in atomslib/book/run_{name}.py and calls register_executor)")
     factory = _EXECUTORS[name]
     if options:
