@@ -340,13 +340,17 @@ def transformers_progress_bars(enabled: bool):
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
     from transformers.utils import logging as hf_logging
 
+    from .patches import gguf_bar_off
+
     if enabled or not hf_logging.is_progress_bar_enabled():
-        yield
+        with gguf_bar_off(not enabled):
+            yield
         return
     hub_was_disabled = are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with gguf_bar_off():
+            yield
     finally:
         hf_logging.enable_progress_bar()
         if hub_was_disabled:

@@ -14,6 +14,9 @@ needs it:
 - `saelens_bars_off`: the ``tqdm`` name of SAELens's trainer and activation-scaler modules.
   ``SAETrainer`` has no option to turn its progress bars off, and tqdm's ``TQDM_DISABLE`` is read
   when tqdm is imported.
+- `gguf_bar_off`: the ``tqdm`` name of transformers' GGUF loader (``modeling_gguf_pytorch_utils``),
+  whose "Converting and de-quantizing GGUF tensors" bar ignores transformers' progress-bar switch; a
+  first load with ``progress=False`` (a notebook's) printed it onto the page.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
-__all__ = ["ray_on_loopback", "hub_offline", "saelens_bars_off"]
+__all__ = ["ray_on_loopback", "hub_offline", "saelens_bars_off", "gguf_bar_off"]
 
 
 @contextlib.contextmanager
@@ -68,3 +71,19 @@ def saelens_bars_off(off: bool = True) -> Iterator[None]:
     finally:
         for mod, bar in saved:
             mod.tqdm = bar
+
+
+@contextlib.contextmanager
+def gguf_bar_off(off: bool = True) -> Iterator[None]:
+    """Silence transformers' GGUF conversion bar while `off`."""
+    if not off:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_mod
+
+    saved = gguf_mod.tqdm
+    gguf_mod.tqdm = functools.partial(saved, disable=True)
+    try:
+        yield
+    finally:
+        gguf_mod.tqdm = saved

