@@ -296,13 +296,22 @@ def truth_tsae(D: Tensor, threshold: float, *, aip=None) -> "TSAE":
     return units
 
 
+def trainer_scale(X: Tensor) -> float:
+    """The scale s the trainer's defaults normalise rows ``X`` by (``TSAEConfig.normalize``'s default,
+    ``atomslib.input_map.input_scale``): the space its L0 coefficient is stated in."""
+    from .input_map import input_scale
+    from .tsae import TSAEConfig
+
+    return input_scale(X.detach().double().cpu(), TSAEConfig.__dataclass_fields__["normalize"].default)
+
+
 @torch.no_grad()
 def sae_objective(units, X: Tensor, *, l0_coeff: float, scale: float | None = None,
                   batch_size: int = 8192) -> float:
     """Mean per-token value of the threshold SAE's training objective on rows ``X``:
-    ||s·(m − m̂)||²/H + l0_coeff·L0, in the trainer's normalised space (``normalize="mean_norm"``:
-    s = sqrt(H) / E||m||, estimated on ``X`` unless ``scale`` is given; pass the training rows'
-    scale to compare several models on the same footing). Lower is better for the trainer:
+    ||s·(m − m̂)||²/H + l0_coeff·L0, in the trainer's normalised space (:func:`trainer_scale`, the
+    default ``TSAEConfig.normalize``'s s, estimated on ``X`` unless ``scale`` is given; pass the
+    training rows' scale to compare several models on the same footing). Lower is better for the trainer:
     comparing a trained model with :func:`truth_tsae` tells whether training stopped at a worse
     point than the truth (an optimisation failure) or the objective itself prefers another
     solution."""
@@ -314,7 +323,7 @@ def sae_objective(units, X: Tensor, *, l0_coeff: float, scale: float | None = No
         raise ValueError(f"X must be a non-empty (n, H) tensor, got shape {tuple(X.shape)}")
     H = X.shape[1]
     if scale is None:
-        scale = math.sqrt(H) / float(X.norm(dim=1).mean())
+        scale = trainer_scale(X)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale={scale!r}: must be a finite number > 0 (all-zero rows cannot be normalised)")
     total = 0.0
