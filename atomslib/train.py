@@ -118,7 +118,7 @@ class _Run:
         return [getattr(self.model, k) for k in self.names]
 
     def raw_model(self) -> TSAE:
-        return self.model.fold_input_transform(self.scale, self.A, self.A_inv)
+        return self.model.fold_input_transform(self.scale, self.A, self.A_inv, whitened=self.cfg.whiten)
 
     def to_x(self, m: Tensor) -> Tensor:
         """Raw rows -> training space (a new tensor)."""

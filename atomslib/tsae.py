@@ -58,7 +58,6 @@ class TSAEConfig:
     exactly one unit per atom, at the default 2M tokens, too (bench/results/planted_width1.json,
     beside SAELens's step and tanh recipes; planted_width1_4m.json has every trainer at twice that
     budget). What it does not recover is said in the chapter too.
-    (An early full recovery was an artefact of seeding: DESIGN.md, "A caution".)
     Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
     random unit direction's projection of the data has RMS about 1, so the defaults carry over
     between layers and models.
@@ -406,8 +405,8 @@ class TSAE(nn.Module):
 
     # ---- folding the trainer's input transform ---------------------------------------------------
     @torch.no_grad()
-    def fold_input_transform(self, scale: float, A_HH: Tensor | None = None,
-                             A_inv_HH: Tensor | None = None) -> "TSAE":
+    def fold_input_transform(self, scale: float, A_HH: Tensor | None = None, A_inv_HH: Tensor | None = None,
+                             *, whitened: bool | None = None) -> "TSAE":
         """Return the raw-space model of one trained on ``x = scale · (m @ A_HH)``.
 
         ``A_HH`` is the row-form input map (for the AIP whitening x = W m it is ``W.T``) and
@@ -415,6 +414,7 @@ class TSAE(nn.Module):
         = (m - b A⁻¹/s)(s·W_enc Aᵀ)ᵀ + c  and  m_hat = (z W_dec + b) A⁻¹/s, so
         W_enc ← s·W_enc Aᵀ, W_dec ← W_dec A⁻¹/s, b_dec ← b_dec A⁻¹/s, while b_enc and the
         threshold are unchanged, hence so are the pre-activations and the codes. Done in float64.
+        ``whitened``: whether A includes the AIP whitening (default: A given; the trainer's A may be a clip).
         """
         if (A_HH is None) != (A_inv_HH is None):
             raise ValueError("pass both A_HH and A_inv_HH, or neither")
@@ -433,7 +433,7 @@ class TSAE(nn.Module):
         out.threshold.copy_(self.threshold)
         out.fit_info = dict(self.fit_info)
         out.fit_info["input_scale"] = float(scale) * float(self.fit_info.get("input_scale", 1.0))
-        out.fit_info["whitened"] = A_HH is not None or bool(self.fit_info.get("whitened"))
+        out.fit_info["whitened"] = (A_HH is not None if whitened is None else whitened) or bool(self.fit_info.get("whitened"))
         return out
 
     # ---- persistence -----------------------------------------------------------------------------

@@ -101,6 +101,7 @@ def test_the_defaults_stay_healthy_where_the_version_6_input_map_collapsed(layer
     _, held = layer
     new, old = trained
     assert new.fit_info["coordinates_clipped"] == 4 and old.fit_info["coordinates_clipped"] == 0
+    assert new.fit_info["whitened"] is False          # the clip is folded in, but it is not the AIP whitening
     h_new, h_old = sae_health(new, _metrics(new, held)), sae_health(old, _metrics(old, held))
     assert h_new.healthy, h_new.reasons
     assert h_new.dead_share <= 0.10 and h_new.r2_without_massive > 0.5
