@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from atomslib.cache import ActivationCache, ActivationReader, CacheError
+from _manifests import drop_last_shard_consistently as drop_last_shard
 from conftest_activations import small_cache, smol  # noqa: F401,F811  (fixtures)
 
 pytestmark = pytest.mark.model
@@ -157,21 +158,8 @@ def test_manifest_that_disagrees_with_its_shards_is_refused_on_open(copy, capsys
 
 
 def drop_last_shard_consistently(folder, *, edit_request: bool = False) -> dict:
-    """The audit's edit: drop the last shard entry and set n_shards, n_contexts, n_tokens and counts to
-    match (and, with `edit_request`, the request's tokens too), so that the manifest agrees with itself."""
-    mf = folder / "manifest.json"
-    m = json.loads(mf.read_text())
-    gone = m["shards"].pop()
-    m["n_shards"] -= 1
-    m["n_contexts"] -= gone["n_contexts"]
-    m["n_tokens"] = m["n_contexts"] * m["ctx_len"]
-    for layer, c in m["counts"].items():
-        c["n_kept"] -= gone["n_kept"][layer]
-        c["n_outlier"] -= gone["n_outlier"][layer]
-        c["n_first"] -= gone["n_contexts"]
-    if edit_request:
-        m["request"]["tokens"] = m["n_tokens"]
-    mf.write_text(json.dumps(m))
+    """The audit's edit (tests/_manifests.py), checked: the cache checks see what it did."""
+    m = drop_last_shard(folder, edit_request=edit_request)
     from atomslib.cache_checks import manifest_problems
     assert edit_request or manifest_problems(m) == [f"it holds 12 contexts but its request (tokens=2048, ctx_len=128) "
                                                     f"makes 16", "n_shards is 3 but 16 contexts at 4 per shard make 4"]

@@ -18,6 +18,7 @@ from atomslib import harvesting as H
 from atomslib.cache import ActivationCache, CacheError
 from atomslib.harvesting import ActivationRecorder, HarvestConfig, harvest
 from _disks import fill, small_disk  # noqa: F401  (fixture)
+from _manifests import drop_last_shard_consistently
 from conftest_activations import GEMMA, SMALL_HARVEST, gemma, small_cache, smol  # noqa: F401,F811  (fixtures)
 
 pytestmark = pytest.mark.model
@@ -480,13 +481,13 @@ def test_a_manifest_edited_to_agree_with_itself_is_repaired_by_a_rerun(smol, ref
 
     out = tmp_path / "edited"
     shutil.copytree(reference.path, out)
-    drop_last_shard_consistently_here(out)
+    drop_last_shard_consistently(out)
     ran = []
     harvest(smol, out=out, on_shard=lambda i, n: ran.append(i), **RESUME)   # the same harvest, run again
     assert ran == [3]
     same_cache(reference.path, out)
     monkeypatch.setattr("atomslib.models.load_model", lambda *a, **k: smol)
-    drop_last_shard_consistently_here(out)
+    drop_last_shard_consistently(out)
     capsys.readouterr()
     assert main(["cache", "repair", str(out), "--quiet"]) == 0
     said = capsys.readouterr().out
@@ -494,7 +495,7 @@ def test_a_manifest_edited_to_agree_with_itself_is_repaired_by_a_rerun(smol, ref
         "tokens); now intact (4 shards)" in said
     same_cache(reference.path, out)
     # With the request edited too, the repair cannot know which is right: refused, naming the fix in flags.
-    drop_last_shard_consistently_here(out, edit_request=True)
+    drop_last_shard_consistently(out, edit_request=True)
     assert main(["cache", "repair", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"`atoms harvest ... --out {out} --no-resume`" in err and "resume=False" not in err
@@ -509,21 +510,6 @@ def test_a_manifest_edited_to_agree_with_itself_is_repaired_by_a_rerun(smol, ref
         harvest(smol, out=out, **RESUME)
 
 
-def drop_last_shard_consistently_here(folder: Path, *, edit_request: bool = False) -> None:
-    """As tests/test_cache.py's, for the 4 x 4-context shards of RESUME."""
-    mf = folder / "manifest.json"
-    m = json.loads(mf.read_text())
-    gone = m["shards"].pop()
-    m["n_shards"] -= 1
-    m["n_contexts"] -= gone["n_contexts"]
-    m["n_tokens"] = m["n_contexts"] * m["ctx_len"]
-    for layer, c in m["counts"].items():
-        c["n_kept"] -= gone["n_kept"][layer]
-        c["n_outlier"] -= gone["n_outlier"][layer]
-        c["n_first"] -= gone["n_contexts"]
-    if edit_request:
-        m["request"]["tokens"] = m["n_tokens"]
-    mf.write_text(json.dumps(m))
 
 
 def test_repair_summaries_say_what_was_repaired(smol, reference, tmp_path, monkeypatch, capsys):
