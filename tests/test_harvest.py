@@ -56,14 +56,20 @@ def test_manifest_and_contents(smol, small_cache):
         c = small_cache.counts(layer)
         assert c["n_first"] == 16 and c["n_kept"] + c["n_first"] + c["n_outlier"] == 2048
     assert small_cache.d_model == 576 and small_cache.n_tokens == 2048
-    # The stored rows are exactly the hooked activations of the packed contexts, position 0 dropped.
+    # The stored rows are the hooked activations of the packed contexts, position 0 dropped. A second
+    # forward is compared row by row, relative to the row's norm, not bit for bit: on an Intel CI machine
+    # one full test run in three differed by up to 0.14 in an entry at block 15 (the CPU kernels' order of
+    # summation is not fixed across calls, and 15 blocks amplify it); a wrong layer, site or position
+    # differs by 50-60% of the row's norm (a row shifted by one token, measured).
     ids = small_cache.token_ids[:4].to(torch.int64)
     with torch.inference_mode(), ActivationRecorder(model, "resid_post", [3, 15]) as rec:
         acts = rec(ids)
     for layer in (3, 15):
         want = acts[layer][:, 1:].reshape(-1, 576)
         got = small_cache.load(layer, max_tokens=want.shape[0])
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        rel = (got.double() - want.double()).norm(dim=1) / want.double().norm(dim=1)
+        assert float(rel.max()) < 1e-2, f"layer {layer}: a stored row differs from the forward by {float(rel.max()):.2g} of its norm"
     # The AIP moment saved during the harvest is the moment of the stored rows.
     x = small_cache.load(15).double()
     torch.testing.assert_close(small_cache.moments(15).moment(), x.T @ x / x.shape[0])
