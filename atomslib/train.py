@@ -41,8 +41,9 @@ STATE_FILE = "trainer_state.safetensors"
 # 5: that boost is the penalty's only (the target form's is 1 again); 6: dead units are resampled every 100k
 # tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k); 7: the input
 # map (atomslib.input_map): the scale from the centred norm, massive coordinates clipped to 2x the median std,
-# and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0).
-STATE_VERSION = 7
+# and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0); 8: the
+# thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac).
+STATE_VERSION = 8
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 

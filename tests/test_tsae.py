@@ -84,7 +84,8 @@ def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
     from atomslib.train import _threshold_boost, train_tsae
 
     cfg = TSAEConfig(d_model=8, n_units=16)
-    assert (cfg.threshold_lr_boost_used(), cfg.threshold_boost_frac) == (10.0, 0.5)
+    assert (cfg.threshold_lr_boost_used(), cfg.threshold_boost_frac) == (10.0, 0.1)
+    cfg = TSAEConfig(d_model=8, n_units=16, threshold_boost_frac=0.5)
     tgt = TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3)
     assert tgt.threshold_lr_boost_used() == 1.0 and _threshold_boost(tgt, 0, 100) == 1.0   # penalty only
     assert TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3,
