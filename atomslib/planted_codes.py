@@ -25,8 +25,9 @@ ones (bernoulli, realistic). The identification bar's |L0 − K| ≤ 0.2 K is st
 
 **Noise.** ``noise`` is the ratio of the noise's RMS norm to the noise-free activations' RMS norm:
 each coordinate gets i.i.d. N(0, σ²) with σ = noise · RMS‖m‖ / √H, the RMS over the problem's own
-noise-free rows. A perfect dictionary then reaches R² ≈ 1/(1 + noise²) at most. The true codes stay
-the noise-free ones, so support recovery is still scored against them.
+noise-free rows. The noise then carries a share noise²/(1 + noise²) of the activations' mean squared
+norm (of their variance, which R² is measured against, more: nonnegative codes have a nonzero mean). The
+true codes stay the noise-free ones, so support recovery is still scored against them.
 
 **Rare atoms.** With power-law frequencies the rarest atom (index N − 1) is active with probability
 about K (N−1)^-α / Σ_a (a+1)^-α; at α = 1 that is K / (N H_N) (H_N the harmonic number). On the
