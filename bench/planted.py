@@ -32,8 +32,8 @@ and family, and lists every (problem, family, seed) where a SAELens recipe ident
                             [--seeds 5,6] [--width 2] [--workers 2]
 
 Writes bench/results/planted.json (or --out) and prints a table. The default grid (3 problems, 2 seeds,
-6 families, 3 trainers: 108 runs) is sized for about 10-20 minutes on a 2-core CPU with --workers 2 (the
-rows do not depend on it; bench/README.md has the runs behind the files).
+6 families, 3 trainers: 108 runs of 3-13 s each on one thread of a 2-core CPU) should take about 10 minutes
+with --workers 2 (the rows do not depend on it; bench/README.md has the runs behind the files).
 """
 from __future__ import annotations
 
