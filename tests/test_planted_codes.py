@@ -177,3 +177,10 @@ def test_bad_family_fields_and_options_name_what_to_fix():
         pc.CodeFamily(noise=-0.1)
     with pytest.raises(ValueError, match="exact code family only"):
         synthetic_atoms(16, 24, K=2, n_samples=10, codes="bernoulli", co_active=2)
+
+
+def test_the_benchmark_names_its_flag_for_a_bad_family(tmp_path):
+    import planted
+
+    with pytest.raises(SystemExit, match=r"--families: unknown code family zipf; use some of exact,bernoulli"):
+        planted.main(["--quick", "--families", "exact,zipf", "--out", str(tmp_path / "p.json")])
