@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from .planted_codes import CodeFamily, code_family, with_noise
 from .recovery import tsae_threshold_interval
 from .theory import SyntheticAtoms, synthetic_atoms, uniqueness_bound, welch_bound
 
@@ -96,8 +97,17 @@ def planted_seed(seed: int) -> int:
 
 
 def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 5000, eps: float | None = None,
-                    delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True, seed: int = 0) -> PlantedSplit:
-    """Planted atoms (N, H) with exactly K active per token and a train / held-out split.
+                    delta_range: tuple[float, float] = (1.0, 2.0), nonneg: bool = True, seed: int = 0,
+                    codes: "str | CodeFamily" = "exact", noise: float | None = None) -> PlantedSplit:
+    """Planted atoms (N, H) with K active per token (exactly, by default) and a train / held-out split.
+
+    codes: the code family, a name of ``atomslib.planted_codes.CODE_FAMILIES`` or a
+    :class:`atomslib.planted_codes.CodeFamily`: "exact" (the default, every problem's draw before the
+    families existed, unchanged), "bernoulli" (variable supports), "lognormal" (heavy-tailed
+    magnitudes), "powerlaw" (power-law atom frequencies), "noisy", "realistic" (all together). K is
+    the *mean* number of active atoms per token (exactly K for the exact-support families).
+    noise: None keeps the family's own additive noise; a number replaces it (the noise's RMS norm
+    relative to the noise-free activations'). The held-out codes are the noise-free truth.
 
     eps: the coherence of the atoms (None: i.i.d. Gaussian directions when N > H, orthonormal when
     N <= H); see :func:`atomslib.theory.synthetic_atoms`, which also checks K <= N and the Welch bound.
@@ -119,8 +129,9 @@ def planted_problem(H: int, N: int, K: int, *, n_train: int, n_heldout: int = 50
     if eps is not None and isinstance(N, int) and isinstance(H, int) and H > 0 and eps < welch_bound(N, H):
         raise ValueError(f"eps={eps:g} is below the Welch bound {welch_bound(N, H):.4g} of N={N} atoms in H={H} "
                          f"dimensions: no such atom set exists; raise eps or H, or lower N")
+    family = code_family(codes) if noise is None else with_noise(codes, noise)
     s = synthetic_atoms(H, N, eps=eps, K=K, n_samples=n_train + n_heldout, delta_range=delta_range,
-                        seed=planted_seed(seed), nonneg=nonneg)
+                        seed=planted_seed(seed), nonneg=nonneg, codes=family)
     acts = s.acts.float()
     return PlantedSplit(s, acts[:n_train].contiguous(), acts[n_train:].contiguous(), s.codes[n_train:])
 
@@ -252,6 +263,45 @@ def identification_scores(problem: PlantedSplit, units, *, batch_size: int = 819
         l0=float((codes != 0).sum(1).double().mean()),
         r2=1.0 - sse / sst if sst > 0 else float("nan"),
         dead_fraction=float(((codes != 0).sum(0) == 0).double().mean()))
+
+
+def train_atom_counts(problem: PlantedSplit) -> Tensor:
+    """(N,) int64: in how many training tokens each true atom is active (the rarest atom's count is what
+    a power-law family risks making too small to learn)."""
+    n_train = problem.train.shape[0]
+    return (problem.atoms.codes[:n_train] != 0).sum(0)
+
+
+class FrequencyBand(NamedTuple):
+    """The recovery of the atoms of one frequency band (atoms sorted by their training count)."""
+
+    band: str
+    """its name: "common", "middle", "rare" for three bands, else "band i of n" (most frequent first)"""
+    min_count: int
+    """fewest training tokens any atom of the band is active in"""
+    max_count: int
+    """most training tokens any atom of the band is active in"""
+    n_atoms: int
+    recovered_95: float
+    """share of the band's atoms whose best learned unit has cos > 0.95"""
+
+
+@torch.no_grad()
+def recovery_by_frequency(problem: PlantedSplit, units, *, n_bands: int = 3) -> list[FrequencyBand]:
+    """The share of atoms recovered at cos > 0.95 in ``n_bands`` bands of (nearly) equal size, from the
+    most to the least frequent atoms in the training split: whether rare atoms are the ones lost."""
+    N = problem.atoms.D.shape[0]
+    if isinstance(n_bands, bool) or not isinstance(n_bands, int) or not 1 <= n_bands <= N:
+        raise ValueError(f"n_bands={n_bands!r}: must be an int from 1 to the number of atoms N = {N}")
+    best = abs_cosines(problem.atoms.D, units.dictionary()).max(1).values
+    counts = train_atom_counts(problem)
+    order = torch.argsort(counts, descending=True, stable=True)
+    names = ("common", "middle", "rare") if n_bands == 3 else tuple(f"band {i + 1} of {n_bands}" for i in range(n_bands))
+    out = []
+    for name, idx in zip(names, torch.tensor_split(order, n_bands)):
+        out.append(FrequencyBand(name, int(counts[idx].min()), int(counts[idx].max()), int(idx.numel()),
+                                 float((best[idx] > RECOVERY_LEVELS[0]).double().mean())))
+    return out
 
 
 class TheoremPrediction(NamedTuple):

@@ -45,6 +45,7 @@ import torch
 
 from ._util import check_acts
 from .aip import AIP
+from .planted_codes import CodeFamily, add_noise, code_family, draw_codes
 
 Tensor = torch.Tensor
 
@@ -52,13 +53,15 @@ Tensor = torch.Tensor
 class SyntheticAtoms(NamedTuple):
     """A synthetic atom set with known truth."""
     D: Tensor               # (N, H) float64, unit Euclidean rows
-    codes: Tensor           # (n, N) float64: the codes x, exactly K nonzeros per row, |x_a| in delta_range
-    acts: Tensor            # (n, H) = codes @ D
+    codes: Tensor           # (n, N) float64: the codes x (exact family: exactly K nonzeros per row, |x_a| in delta_range)
+    acts: Tensor            # (n, H) = codes @ D, plus the family's noise
     coherence: float        # Euclidean coherence of D (≤ eps when eps was given)
     coherence_aip: float    # coherence under `aip`
     aip: AIP                # the true AIP S̃ = (DᵀD)⁻¹ on span(D), identity on its complement
-    K: int
-    delta_range: tuple[float, float]    # (x_min, x_max)
+    K: int                  # the mean number of active atoms per token (exactly K for exact supports)
+    delta_range: tuple[float, float]    # (x_min, x_max): the requested range, or the drawn one (lognormal)
+    family: CodeFamily = CodeFamily()   # how the codes were drawn (atomslib.planted_codes)
+    noise_std: float = 0.0  # per-coordinate standard deviation of the additive noise in acts
 
 
 class _RIPPair(NamedTuple):
@@ -243,7 +246,8 @@ def code_second_moment(N: int, K: int, *, delta_range: tuple[float, float] = (1.
 
 def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_samples: int,
                     delta_range: tuple[float, float] = (1.0, 2.0), seed: int = 0, nonneg: bool = True,
-                    code_scales: Tensor | None = None, co_active: int = 1) -> SyntheticAtoms:
+                    code_scales: Tensor | None = None, co_active: int = 1,
+                    codes: "str | CodeFamily" = "exact") -> SyntheticAtoms:
     """A random atom set: D (N, H) with Euclidean coherence ≤ eps and exactly K-sparse codes x.
 
     Construction (deterministic for a seed):
@@ -255,7 +259,13 @@ def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_sampl
     Codes: uniform random supports of size K; magnitudes |x_a| uniform in delta_range = (x_min, x_max);
     signs random unless `nonneg`. `code_scales` and `co_active` are those of `sparse_codes` (unequal
     variances, co-active groups); their defaults leave the draws exactly as they always were.
+    `codes`: the code family (`atomslib.planted_codes.CODE_FAMILIES` names them: variable supports,
+    heavy-tailed magnitudes, power-law frequencies, additive noise); the default "exact" is the draw
+    described above, bit for bit. K is the mean number of active atoms per token.
     """
+    family = code_family(codes)
+    if not family.is_exact_uniform and (code_scales is not None or co_active != 1):
+        raise ValueError(f"code_scales and co_active apply to the exact code family only, not codes={family.name!r}")
     for name, v in (("H", H), ("N", N), ("K", K), ("n_samples", n_samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -277,13 +287,20 @@ def synthetic_atoms(H: int, N: int, *, eps: float | None = None, K: int, n_sampl
     else:
         D = _packing(N, H, eps, g)
     D = D / D.norm(dim=1, keepdim=True)
-    codes = _draw_codes(g, N, K, n_samples, lo, hi, nonneg, scales, co_active)
+    if family.is_exact_uniform:
+        x = _draw_codes(g, N, K, n_samples, lo, hi, nonneg, scales, co_active)
+    else:
+        x = draw_codes(family, g, N, K, n_samples, (lo, hi), nonneg)
+        if family.magnitudes != "uniform" and bool((x != 0).any()):
+            lo, hi = float(x[x != 0].abs().min()), float(x[x != 0].abs().max())
+    acts, noise_std = add_noise(family, x @ D, g)
     # AIP of the truth: (DᵀD)⁻¹ on the row space of D, identity on its orthogonal complement
     _, s, Vt = torch.linalg.svd(D, full_matrices=False)
     Vr = Vt[s > s.max() * max(N, H) * 1e-15]
     M = D.T @ D + torch.eye(H, dtype=torch.float64) - Vr.T @ Vr
     aip = AIP.from_moment((M + M.T) / 2)
-    return SyntheticAtoms(D, codes, codes @ D, coherence_of_unit_rows(D), coherence_of_unit_rows(unit_rows(D, aip)), aip, K, (lo, hi))
+    return SyntheticAtoms(D, x, acts, coherence_of_unit_rows(D), coherence_of_unit_rows(unit_rows(D, aip)), aip, K, (lo, hi),
+                          family, noise_std)
 
 
 def regular_simplex(n: int, H: int | None = None, *, seed: int = 0) -> Tensor:
