@@ -62,6 +62,9 @@ class Health(NamedTuple):
     r2_without_massive: float | None
     n_massive: int | None
     loss_trend: float | None
+    l0_train: float | None = None
+    """Mean L0 over the last stretch of training (``fit_info["l0"]``): beside the held-out L0 it tells a
+    trainer that missed its target from codes that fire more on unseen tokens than on the training ones."""
 
 
 def _num(v: Any) -> float | None:
@@ -79,12 +82,18 @@ def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALT
     fit = dict(getattr(units, "fit_info", {}) or {})
     dead, l0 = _num(metrics.get("dead_fraction")), _num(metrics.get("mean_l0"))
     r2, r2_wo = _num(metrics.get("r2_euclid")), _num(metrics.get("r2_without_massive"))
-    trend = _num(fit.get("loss_trend"))
+    trend, l0_train = _num(fit.get("loss_trend")), _num(fit.get("l0"))
     reasons = []
     if dead is not None and dead > bar.max_dead_share:
         reasons.append(f"{dead:.1%} of units never active on held-out tokens (bar {bar.max_dead_share:.0%})")
     if target is not None and l0 is not None and abs(l0 - target) > bar.l0_target_tolerance * target:
-        reasons.append(f"L0 {l0:.3g} against a target of {target:.3g} (bar ±{bar.l0_target_tolerance:.0%})")
+        why = ""
+        if l0_train is not None:
+            met = abs(l0_train - target) <= bar.l0_target_tolerance * target
+            why = (f"; {l0_train:.3g} on its training tokens" + (": the codes fire more on unseen tokens than on the "
+                                                                  "training ones" if met else ""))
+        reasons.append(f"L0 {l0:.3g} held out against a target of {target:.3g} (bar ±{bar.l0_target_tolerance:.0%}"
+                       f"{why})")
     if r2 is not None and r2_wo is not None and r2 - r2_wo > bar.max_massive_gap:
         reasons.append(f"R² {r2:.3g} but {r2_wo:.3g} without the {metrics.get('n_massive')} massive coordinates "
                        f"(bar: a gap of {bar.max_massive_gap:.3g})")
@@ -93,4 +102,4 @@ def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALT
                        f"{bar.max_loss_trend:.0%}): train longer")
     n_massive = metrics.get("n_massive")
     return Health(not reasons, reasons, dead, l0, target, r2, r2_wo, None if n_massive is None else int(n_massive),
-                  trend)
+                  trend, l0_train)

@@ -31,7 +31,7 @@ and family, and lists every (problem, family, seed) where a SAELens recipe ident
     python bench/planted.py [--quick] [--families exact,realistic] [--problems default|all] [--tokens 1000000]
                             [--seeds 5,6] [--width 2] [--workers 2]
 
-Writes bench/results/planted.json (or --out) and prints a table. The default grid (3 problems, 2 seeds,
+Writes bench/results/planted_families.json (or --out) and prints a table. The default grid (3 problems, 2 seeds,
 6 families, 3 trainers: 108 runs of 3-13 s each on one thread of a 2-core CPU) should take about 10 minutes
 with --workers 2 (the rows do not depend on it; bench/README.md has the runs behind the files).
 """
@@ -63,6 +63,14 @@ N_TRAIN, N_HELDOUT = 40_000, 5_000
 """Training and held-out tokens of every problem."""
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def identifies(s, K: int) -> bool:
     from atomslib.identification import IDENTIFICATION_BAR
     return IDENTIFICATION_BAR.identifies(s, K)
@@ -79,12 +87,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default="5,6", help="problem (and initialisation) seeds")
     ap.add_argument("--width", type=float, default=2.0, help="units per planted atom (default 2)")
     ap.add_argument("--trainers", default="atomslib,SAELens step",
-                    help="comma-separated: atomslib, 'atomslib B=2048', 'SAELens step' (SAELens tanh runs: --saelens-batches)")
+                    help="comma-separated: atomslib, 'atomslib B=2048', 'atomslib c/H' (the defaults at l0_coeff c/H), "
+                         "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
     ap.add_argument("--workers", type=int, default=1,
                     help="runs side by side in forked processes, one thread each (the rows do not depend on it)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "planted.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "planted_families.json"),
+                    help="the JSON to write (default bench/results/planted_families.json; planted.json and "
+                         "planted_width1*.json are the exact-codes grids, bench/README.md has their commands)")
     args = ap.parse_args(argv)
     seeds = [int(v) for v in args.seeds.split(",") if v]
     families = [v.strip() for v in args.families.split(",") if v.strip()]
@@ -122,6 +133,11 @@ def main(argv=None) -> dict:
             b = int(t.rsplit("=", 1)[1])
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False)
+        elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
+            c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
+            fits[t] = lambda p, H, n_units, seed, c=c: train_tsae(
+                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, l0_coeff=c / H),
+                progress=False)
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use some of {sorted(fits)}")
 

@@ -132,8 +132,18 @@ def test_health_bar_reasons_name_each_failure():
     h = sae_health(Units(), {"dead_fraction": 0.5, "mean_l0": 9.0, "r2_euclid": 0.8, "r2_without_massive": 0.1,
                              "n_massive": 5})
     assert not h.healthy and len(h.reasons) == 4
-    assert "50.0% of units never active" in h.reasons[0] and "L0 9 against a target of 4" in h.reasons[1]
+    assert "50.0% of units never active" in h.reasons[0] and "L0 9 held out against a target of 4" in h.reasons[1]
     assert "without the 5 massive coordinates" in h.reasons[2] and "still falling" in h.reasons[3]
+    assert "training tokens" not in h.reasons[1] and h.l0_train is None
+
+    class Overfit(Units):                      # met its target in training, fires more on unseen tokens
+        fit_info = {"loss_trend": 0.0, "l0": 4.1}
+
+    class Missed(Units):                       # never reached its target
+        fit_info = {"loss_trend": 0.0, "l0": 8.5}
+    over, missed = (sae_health(u(), {"mean_l0": 9.0}).reasons[0] for u in (Overfit, Missed))
+    assert "4.1 on its training tokens: the codes fire more on unseen tokens" in over
+    assert "8.5 on its training tokens" in missed and "unseen" not in missed
     assert sae_health(Units(), {"dead_fraction": 0.01, "mean_l0": 4.2}, bar=HealthBar(max_loss_trend=1.0)).healthy
     with pytest.raises(ValueError, match="HealthBar.max_dead_share"):
         HealthBar(max_dead_share=-1)
