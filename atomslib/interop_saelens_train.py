@@ -16,9 +16,9 @@ every unit dies under it (``bench/results/health.json``, issue 29).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
-import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -122,7 +122,8 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
                            pre_act_loss_coeff: float | None = None, target_l0: float | None = None,
                            lr_warmup_frac: float = 0.02,
                            lr_decay_frac: float = 0.2, l0_warmup_frac: float = 0.05,
-                           input_map: str = "atoms", progress: bool = True) -> TSAE:
+                           input_map: str = "atoms", dead_window_tokens: int | None = None,
+                           progress: bool = True) -> TSAE:
     """Train SAELens's JumpReLU SAE (its own trainer, ``SAETrainer(...).fit()``) and return it as a TSAE.
 
     The third kind of unit of the book: a standard JumpReLU recipe next to atomslib's TSAE, on the
@@ -202,9 +203,13 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
             yield (b if factor_H is None else b * factor_H).to(device)
 
     warm, decay = int(lr_warmup_frac * steps), int(lr_decay_frac * steps)
+    if dead_window_tokens is None:
+        dead_window_tokens = TSAEConfig.__dataclass_fields__["dead_window_tokens"].default
+    dead_window = max(1, dead_window_tokens // batch_size)
     cfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size, lr=lr,
                            lr_end=0.0, lr_warm_up_steps=warm, lr_decay_steps=decay, device=device,
-                           n_batches_for_norm_estimate=max(1, min(65_536, n_tokens) // batch_size))
+                           n_batches_for_norm_estimate=max(1, min(65_536, n_tokens) // batch_size),
+                           dead_feature_window=dead_window)
     t0 = time.perf_counter()
     with saelens_bars_off(not progress), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
