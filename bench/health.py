@@ -11,8 +11,9 @@ layer, 4H units, 200k training tokens, batch 512. On each layer, the same activa
   SAELens at matched L0;
 - `atoms (L0 penalty), version-6 input map`: the defaults as they were until trainer version 6
   (normalize="mean_norm", no coordinate clip): what the book used to draw its verdicts from;
-- `SAELens JumpReLU`: SAELens's own trainer (train_saelens_jumprelu, tanh loss, coefficient 1/H,
-  batch 512), the field's standard recipe, given atomslib's input map (its default input_map="atoms");
+- `SAELens JumpReLU`: SAELens's own trainer (train_saelens_jumprelu's defaults: Anthropic's tanh loss
+  and pre-activation loss, coefficient 1/H, batch 512), the field's standard recipe, given atomslib's
+  input map (its default input_map="atoms");
 - `SAELens JumpReLU, its own normalisation`: the same with input_map="saelens" (SAELens's uncentred
   mean-norm scale, b_dec at zero, no clip): the collapse on Gemma 3 the map removes.
 
