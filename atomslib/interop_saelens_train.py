@@ -11,8 +11,10 @@ clipped to ``coord_std_clip`` times the median coordinate's std, then scaled so 
 E‖s·(x − x̄)‖ = √H, estimated on the first ``norm_estimate_tokens`` tokens, with SAELens's own
 normalisation off; the map is folded back exactly into the returned units. ``"saelens"`` is
 SAELens's own normalisation (``expected_average_only_in``: E‖s·x‖ = √H, the uncentred norm): on
-Gemma 3, whose massive coordinates carry most of the variance and a large constant offset, nearly
-every unit dies under it (``bench/results/health.json``, issue 29).
+Gemma 3, whose massive coordinates carry most of the variance and a large constant offset, it fails
+(issue 29, ``bench/results/health.json``): without the pre-activation loss 67-98% of the units never
+fired on held-out tokens; with it (the default) fewer die, but at layers 2 and 9 still a fifth to a
+third, and the coordinates other than the massive ones are barely reconstructed.
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ Tensor = torch.Tensor
 INPUT_MAPS = ("atoms", "saelens")
 """Values of ``train_saelens_jumprelu(input_map=)``: atomslib's input map, or SAELens's own normalisation."""
 RECIPE_VERSION = 2
-"""What a model trained with the same arguments is: 2 since ``input_map="atoms"`` became the default
-(1: SAELens's own normalisation). Stores that reuse trained models key on it."""
+"""What a model trained with the same arguments is: 2 since ``input_map="atoms"`` and the
+pre-activation loss became the defaults (1: SAELens's own normalisation, no pre-activation loss).
+Stores that reuse trained models key on it."""
 
 
 class InputMap(NamedTuple):
@@ -139,7 +142,7 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     against E‖x − x̄‖ = 25, which alone left half the units off from the first step, measured), the
     map folded back exactly (pre-activations unchanged). ``"saelens"``: SAELens's own normalisation,
     E‖x‖ = √H (``normalize_activations="expected_average_only_in"``), b_dec at zero, folded back by
-    SAELens; it collapses on Gemma 3 (issue 29).
+    SAELens; it fails on Gemma 3 (issue 29; the module's docstring).
 
     Dead units: Anthropic's pre-activation loss (SAELens's ``pre_act_loss_coefficient``, here
     ``pre_act_loss_coeff``, on by default at 1.0 in SAELens's units) pulls the pre-activations of

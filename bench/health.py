@@ -15,7 +15,7 @@ layer, 4H units, 200k training tokens, batch 512. On each layer, the same activa
   and pre-activation loss, coefficient 1/H, batch 512), the field's standard recipe, given atomslib's
   input map (its default input_map="atoms");
 - `SAELens JumpReLU, its own normalisation`: the same with input_map="saelens" (SAELens's uncentred
-  mean-norm scale, b_dec at zero, no clip): the collapse on Gemma 3 the map removes.
+  mean-norm scale, b_dec at zero, no clip): how SAELens fails on Gemma 3 without the map.
 
 Every row (held-out): the share of units never active, mean L0 (and the target where there is one),
 R² (euclid), R² without the massive coordinates (atomslib.activation_stats: std above 10 × the
