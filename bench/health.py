@@ -11,8 +11,11 @@ layer, 4H units, 200k training tokens, batch 512. On each layer, the same activa
   SAELens at matched L0;
 - `atoms (L0 penalty), version-6 input map`: the defaults as they were until trainer version 6
   (normalize="mean_norm", no coordinate clip): what the book used to draw its verdicts from;
-- `SAELens JumpReLU`: SAELens's own trainer (train_saelens_jumprelu, tanh loss, coefficient 1/H,
-  batch 512), the field's standard recipe.
+- `SAELens JumpReLU`: SAELens's own trainer (train_saelens_jumprelu's defaults: Anthropic's tanh loss
+  and pre-activation loss, coefficient 1/H, batch 512), the field's standard recipe, given atomslib's
+  input map (its default input_map="atoms");
+- `SAELens JumpReLU, its own normalisation`: the same with input_map="saelens" (SAELens's uncentred
+  mean-norm scale, b_dec at zero, no clip): how SAELens fails on Gemma 3 without the map.
 
 Every row (held-out): the share of units never active, mean L0 (and the target where there is one),
 R² (euclid), R² without the massive coordinates (atomslib.activation_stats: std above 10 × the
@@ -98,6 +101,7 @@ def main(argv=None) -> dict:
         out.update({f"atoms (L0 penalty) at {c:g}/H": dict(l0_coeff=c / H) for c in penalties if c != 1})
         out["atoms (L0 penalty), version-6 input map"] = dict(normalize="mean_norm", coord_std_clip=None)
         out["SAELens JumpReLU"] = {}
+        out["SAELens JumpReLU, its own normalisation"] = {"input_map": "saelens"}
         return out
 
     rows, stats = [], {}
@@ -113,9 +117,9 @@ def main(argv=None) -> dict:
             def job(item, m_train=m_train, m_held=m_held, aip=aip, H=H):
                 kind, recipe = item
                 t = time.perf_counter()
-                if kind == "SAELens JumpReLU":
+                if kind.startswith("SAELens JumpReLU"):
                     units = train_saelens_jumprelu(m_train, H, 4 * H, n_tokens=n_tokens, batch_size=512,
-                                                   l0_coeff=1.0 / H, progress=False)
+                                                   l0_coeff=1.0 / H, progress=False, **recipe)
                 else:
                     cfg = TSAEConfig(d_model=H, n_units=4 * H, n_tokens=n_tokens, **recipe)
                     units = train_tsae(m_train, cfg, aip=aip if cfg.whiten else None, progress=False)
@@ -155,8 +159,9 @@ def main(argv=None) -> dict:
         ours = r["atoms_r2_without_massive_at_that_l0"]
         print(f"  {r['model']:<13} L{r['layer']:<3} SAELens {r['saelens_r2_without_massive']:.3f} at L0 {r['saelens_l0']:.1f}; "
               f"atoms {'outside their L0 range' if ours is None else f'{ours:.3f}'}")
-    non_sae = [r for r in rows if "version-6" not in r["kind"]]
-    print(f"\nhealthy: {sum(r['healthy'] for r in non_sae)} of {len(non_sae)} SAEs (the version-6 rows left out); "
+    non_sae = [r for r in rows if "version-6" not in r["kind"] and "its own normalisation" not in r["kind"]]
+    print(f"\nhealthy: {sum(r['healthy'] for r in non_sae)} of {len(non_sae)} SAEs (the version-6 and SAELens-own-"
+          f"normalisation rows left out); "
           f"never-active share <= 5%: {sum(r['dead_fraction'] <= 0.05 for r in non_sae)} of {len(non_sae)}")
     result = {"benchmark": "health", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,

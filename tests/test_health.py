@@ -13,10 +13,10 @@ from atomslib import criteria
 from atomslib.activation_stats import MASSIVE_STD_RATIO, activation_stats, massive_coordinates
 from atomslib.book.results import INCONCLUSIVE, claim, evaluate_claims
 from atomslib.health import HealthBar, sae_health
-from atomslib.identification import planted_problem
 from atomslib.input_map import coordinate_clip
 from atomslib.train import STATE_FILE, train_tsae
 from atomslib.tsae import TSAE, TSAEConfig
+from _massive_layer import massive_layer, sae_metrics
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,33 +27,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _massive_layer(n_train=30_000, seed=0):
-    """(train, held-out) rows: a planted problem (H 32, 128 atoms, K 3; as many units as atoms) whose coordinate 0 has a mean of
-    300 and 40x the typical std, and coordinates 1-3 12-20x the typical std (a Gemma-like layer)."""
-    p = planted_problem(32, 128, 3, n_train=n_train, n_heldout=4_000, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-
-    def skew(m):
-        m = m.clone()
-        m[:, 0] = 300.0 + 40.0 * m[:, 0] + 5.0 * torch.randn(m.shape[0], generator=g)
-        m[:, 1:4] *= torch.tensor([20.0, 15.0, 12.0])
-        return m
-    return skew(p.train), skew(p.heldout)
-
-
 @pytest.fixture(scope="module")
 def layer():
-    return _massive_layer()
-
-
-def _metrics(units, m):
-    with torch.no_grad():
-        out = units(m)
-    return {"r2_euclid": criteria.faithfulness_r2(m, out.m_hat),
-            "r2_without_massive": criteria.faithfulness_r2(m, out.m_hat, variant="without_massive"),
-            "mean_l0": float(out.l0.double().mean()),
-            "dead_fraction": float(((out.codes != 0).sum(0) == 0).double().mean()),
-            "n_massive": int(massive_coordinates(m.std(0)).numel())}
+    return massive_layer()
 
 
 def test_massive_coordinates_and_activation_stats(layer):
@@ -102,7 +78,7 @@ def test_the_defaults_stay_healthy_where_the_version_6_input_map_collapsed(layer
     new, old = trained
     assert new.fit_info["coordinates_clipped"] == 4 and old.fit_info["coordinates_clipped"] == 0
     assert new.fit_info["whitened"] is False          # the clip is folded in, but it is not the AIP whitening
-    h_new, h_old = sae_health(new, _metrics(new, held)), sae_health(old, _metrics(old, held))
+    h_new, h_old = sae_health(new, sae_metrics(new, held)), sae_health(old, sae_metrics(old, held))
     assert h_new.healthy, h_new.reasons
     assert h_new.dead_share <= 0.10 and h_new.r2_without_massive > 0.5
     assert not h_old.healthy
@@ -117,9 +93,9 @@ def test_an_unhealthy_sae_makes_the_claim_inconclusive_and_a_healthy_one_does_no
     new, old = trained
     rows = evaluate_claims({"03_neurons_features_atoms": {"claims": [
         claim("atoms.r2", 0.995, "R2=euclid", "heldout", model="g", layer=2,
-              health=sae_health(old, _metrics(old, held))._asdict()),
+              health=sae_health(old, sae_metrics(old, held))._asdict()),
         claim("atoms.r2", 0.995, "R2=euclid", "heldout", model="g", layer=9,
-              health=sae_health(new, _metrics(new, held))._asdict())]}})
+              health=sae_health(new, sae_metrics(new, held))._asdict())]}})
     by = {r["layer"]: r for r in rows if r.get("model")}
     assert by[2]["verdict"] == INCONCLUSIVE and by[2]["SAE health"].startswith("unhealthy: ")
     assert by[9]["verdict"] == "supported" and by[9]["SAE health"].startswith("healthy")

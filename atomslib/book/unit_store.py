@@ -216,13 +216,16 @@ def train_saelens_units(cache: ActivationCache, layer: int, *, capacity: float =
     """SAELens's own JumpReLU trainer (`interop_saelens_train.train_saelens_jumprelu`) on `layer` of `cache`,
     |D| = capacity × H, stored and reused like `train_units` (folder `units/saelens-L...`).
 
-    `recipe`: further keyword arguments of `train_saelens_jumprelu` (l0_coeff, lr, ...). Needs
-    sae_lens installed; raises ImportError otherwise.
+    `recipe`: further keyword arguments of `train_saelens_jumprelu` (l0_coeff, lr, input_map, ...); its
+    defaults apply to the rest (input_map="atoms": atomslib's input map). Needs sae_lens installed;
+    raises ImportError otherwise.
     """
+    from ..interop_saelens_train import RECIPE_VERSION      # a model trained by another recipe version is not this one
     H = cache.d_model
     N = max(1, int(round(capacity * H)))
     ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "n_units": N,
-             "n_tokens": int(n_tokens), "seed": int(seed), "recipe": recipe, "trainer": "sae_lens"}
+             "n_tokens": int(n_tokens), "seed": int(seed), "recipe": recipe, "trainer": "sae_lens",
+             "recipe_version": RECIPE_VERSION}
     ck = store_root(cache_dir) / "units" / f"saelens-L{layer}-N{N}-{_key(ident)}"
 
     def train() -> TSAE:
