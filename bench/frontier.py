@@ -6,7 +6,9 @@ and several sparsity settings each:
 
 - atomslib: the plain L0 penalty at l0_coeff = c/H for c in --penalties (c = 1 is the default,
   the setting validated on planted atoms), and the target-L0 form at --target-l0;
-- SAELens: its tanh recipe (atomslib.interop_saelens_train.train_saelens_jumprelu's default) at l0_coeff in
+- SAELens: its tanh recipe (atomslib.interop_saelens_train.train_saelens_jumprelu's, with SAELens's own
+  normalisation and no pre-activation loss: the field's standard recipe, as in every earlier frontier file;
+  bench/health.py has it with atomslib's input map too) at l0_coeff in
   --saelens-coeffs; with --saelens-target also its quadratic (Gemma Scope 2) loss at the same
   --target-l0, the same loss as atomslib's target form (off by default: it is dominated by the tanh
   points and costs a SAELens run per layer; bench/train_throughput.py compares that pair).
@@ -41,6 +43,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from atomslib._util import atomic_write_json  # noqa: E402
 from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
 
+
+SAELENS_OWN = {"input_map": "saelens", "pre_act_loss_coeff": None}
+"""SAELens's standard recipe: its own normalisation, no pre-activation loss (train_saelens_jumprelu's default
+until issue 29 gave it atomslib's input map)."""
 
 def held_out(model, X: torch.Tensor) -> tuple[float, float]:
     sse = l0 = 0.0
@@ -144,7 +150,7 @@ def main(argv=None) -> dict:
                                                  **{"batch_size": args.batch, **kw}), progress=False)
             else:
                 model = train_saelens_jumprelu(X, H, N, n_tokens=args.tokens, batch_size=args.batch, progress=False,
-                                               **kw)
+                                               **{**SAELENS_OWN, **kw})
             sec = time.perf_counter() - t
             r2, l0 = held_out(model, Xte)
             rows.append({"layer": layer, "trainer": trainer, "setting": setting, "recipe": kw, "r2": r2, "l0": l0,
