@@ -321,8 +321,15 @@ class TheoremPrediction(NamedTuple):
 
 
 def theorem_prediction(atoms: SyntheticAtoms) -> TheoremPrediction:
-    """The TSAE theorem's hypothesis for a planted atom set (under the AIP of the truth)."""
+    """The TSAE theorem's hypothesis for a planted atom set (under the AIP of the truth).
+
+    The theorem needs unit atoms in its geometry. Under the true AIP S̃ the atoms of an over-complete set
+    (N > H) have norms ν_a = ‖d_a‖_S̃ ≠ 1, so the atoms are d_a / ν_a and the codes x_a ν_a, whose
+    coefficients lie in [x_min · min ν, x_max · max ν] (:func:`atomslib.recovery.theorem_tsae`): that is
+    the range the interval is computed for. When N <= H every ν_a is 1 and the range is the codes' own."""
     lo, hi = atoms.delta_range
+    nu = atoms.aip.norm(atoms.D)
+    lo, hi = lo * float(nu.min()), hi * float(nu.max())
     mu = float(atoms.coherence_aip)
     iv = tsae_threshold_interval(mu, atoms.K, lo, hi)
     return TheoremPrediction(mu, float(atoms.coherence), uniqueness_bound(min(max(mu, 0.0), 1.0)), iv, iv is not None)

@@ -174,3 +174,22 @@ def test_defaults_identify_from_a_random_start_with_twice_the_units(H, N, K, bud
     units = train_tsae(p.train, TSAEConfig(d_model=H, n_units=2 * N, seed=seed, n_tokens=budget * DEFAULT_BUDGET),
                        progress=False)
     _check_identified(p, units, K)
+
+
+def test_theorem_prediction_rescales_the_coefficient_range_for_an_over_complete_truth():
+    """Under the true AIP an over-complete set's atoms are not unit vectors (ν_a = ‖d_a‖_S̃ ≠ 1), so the
+    theorem's interval is that of the rescaled coefficients x_a ν_a in [x_min min ν, x_max max ν]: its upper
+    end is x_min · min ν, below 1 here, where the unrescaled range would put it at exactly x_min = 1."""
+    from atomslib.recovery import tsae_threshold_interval
+
+    p = idf.planted_problem(32, 33, 1, n_train=2000, n_heldout=100, delta_range=(1.0, 1.1), seed=0)
+    nu = p.atoms.aip.norm(p.atoms.D)
+    assert float(nu.min()) < 0.99                                   # the atoms are not unit vectors under S̃
+    tp = idf.theorem_prediction(p.atoms)
+    lo, hi = 1.0 * float(nu.min()), 1.1 * float(nu.max())
+    assert tp.threshold_interval == tsae_threshold_interval(tp.mu, 1, lo, hi)
+    assert tp.threshold_interval[1] < 0.99 * 1.0
+    # N <= H: the true AIP makes the atoms orthonormal, and the range is the codes' own
+    q = idf.planted_problem(32, 24, 3, n_train=2000, n_heldout=100, eps=0.1, seed=0)
+    assert idf.theorem_prediction(q.atoms).threshold_interval == pytest.approx(tsae_threshold_interval(
+        idf.theorem_prediction(q.atoms).mu, 3, 1.0, 2.0), abs=1e-12)
