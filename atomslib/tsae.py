@@ -128,7 +128,8 @@ class TSAEConfig:
     threshold_boost_frac: float = 0.1
     """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost). Why a
     tenth (trainer version 8; it was a half): over half the steps the fast thresholds outran units on real
-    data (Gemma 3 layer 9, 200k tokens: 13% of the units never active held out, 1.8% at a tenth)."""
+    data (Gemma 3 layer 9, 200k tokens: 13% of the units never active held out, 1.8% at a tenth). Its cost
+    (one unit per planted atom: 17 of 20 identify, not 20) is in DESIGN.md."""
     lr_warmup_frac: float = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay_frac: float = 0.2
