@@ -42,3 +42,14 @@ def correlated_acts(n: int, H: int, *, seed: int = 0, offset: float = 1.0, dtype
 
 # Session-scoped fixtures over the embedded model (one load per test session).
 from conftest_activations import *  # noqa: E402,F401,F403
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): its
+    problems are tiny, one thread avoids OpenMP spin-waits on a shared 2-core machine and changes no result
+    (the trainers are deterministic for any fixed thread count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

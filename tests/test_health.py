@@ -19,12 +19,7 @@ from atomslib.tsae import TSAE, TSAEConfig
 from _massive_layer import massive_layer, sae_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ from conftest_activations import small_cache, smol  # noqa: F401  (fixtures for 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These problems are tiny: one thread avoids OpenMP spin-waits on a shared 2-core machine and
-    # changes no result (the trainer is deterministic for any fixed thread count).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # ---- the step kernel ---------------------------------------------------------------------------
