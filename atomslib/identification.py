@@ -359,7 +359,7 @@ def trainer_scale(X: Tensor) -> float:
     from .input_map import input_scale
     from .tsae import TSAEConfig
 
-    return input_scale(X.detach().double().cpu(), TSAEConfig.__dataclass_fields__["normalize"].default)
+    return input_scale(X.detach().double().cpu(), TSAEConfig.field_default("normalize"))
 
 
 @torch.no_grad()

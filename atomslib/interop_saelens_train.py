@@ -77,11 +77,10 @@ def _head_rows(acts: Any, n: int) -> tuple[Tensor, Any]:
 def atoms_input_map(sample_nH: Tensor) -> InputMap:
     """The input map atomslib's trainer estimates on `sample_nH` with ``TSAEConfig``'s defaults
     (``coord_std_clip``, ``normalize``; no whitening): the clip first, then the scale of the clipped rows."""
-    fields = TSAEConfig.__dataclass_fields__
     xs = sample_nH.double()
-    ratio = fields["coord_std_clip"].default
+    ratio = TSAEConfig.field_default("coord_std_clip")
     clip_H = coordinate_clip(xs, ratio) if ratio is not None else torch.ones(xs.shape[1], dtype=torch.float64)
-    scale = input_scale(xs * clip_H, fields["normalize"].default)
+    scale = input_scale(xs * clip_H, TSAEConfig.field_default("normalize"))
     return InputMap(scale, clip_H, int((clip_H < 1).sum()), (xs * clip_H).mean(0) * scale)
 
 
@@ -202,7 +201,7 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
             target_l0=target_l0 if sparsity_loss == "quadratic" else None))
     imap = None
     if input_map == "atoms":
-        sample, acts = _head_rows(acts, TSAEConfig.__dataclass_fields__["norm_estimate_tokens"].default)
+        sample, acts = _head_rows(acts, TSAEConfig.field_default("norm_estimate_tokens"))
         if sample.shape[1] != d_model:
             raise ValueError(f"acts have width {sample.shape[1]} but d_model={d_model}")
         imap = atoms_input_map(sample)

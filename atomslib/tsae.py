@@ -126,10 +126,9 @@ class TSAEConfig:
     unit fires at twice an atom's rate) and nothing splits it later. Off under the target form (version
     5): there it cost held-out R² on SmolLM2. The measurements: DESIGN.md, "The trainer's defaults"."""
     threshold_boost_frac: float = 0.1
-    """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost). Why a
-    tenth (trainer version 8; it was a half): over half the steps the fast thresholds outran units on real
-    data (Gemma 3 layer 9, 200k tokens: 13% of the units never active held out, 1.8% at a tenth). Its cost
-    (one unit per planted atom: 17 of 20 identify, not 20) is in DESIGN.md."""
+    """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost). A tenth
+    since version 8 (it was a half, when the fast thresholds outran units on real data: Gemma 3 layer 9, 13%
+    never active held out, 1.8% at a tenth); its cost on planted atoms is in DESIGN.md."""
     lr_warmup_frac: float = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay_frac: float = 0.2
@@ -180,10 +179,9 @@ class TSAEConfig:
     """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
     trainer then needs aip=. The returned model still takes and returns raw activations."""
     unit_norm_decoder: bool = True
-    """Keep decoder rows at unit norm (in the training space) by projecting the gradient and
-    renormalising after every step."""
+    """Keep decoder rows at unit norm (training space): project the gradient, renormalise every step."""
     norm_estimate_tokens: int = 65_536
-    """Tokens used to estimate the normalisation scale and the initial b_dec (the data mean)."""
+    """Tokens used to estimate the input map's scale and clip and the initial b_dec (the data mean)."""
     dead_window_tokens: int = 50_000
     """A unit that has not fired for this many training tokens is counted as dead in the log
     and is re-initialised at the next resampling (resample_dead_every). It was 100_000 until trainer
@@ -300,6 +298,11 @@ class TSAEConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+    @classmethod
+    def field_default(cls, name: str) -> Any:
+        """The default of field `name` (for callers that match the trainer's defaults, e.g. its input map)."""
+        return cls.__dataclass_fields__[name].default
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
