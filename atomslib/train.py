@@ -42,8 +42,9 @@ STATE_FILE = "trainer_state.safetensors"
 # tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k); 7: the input
 # map (atomslib.input_map): the scale from the centred norm, massive coordinates clipped to 2x the median std,
 # and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0); 8: the
-# thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac).
-STATE_VERSION = 8
+# thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
+# 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent).
+STATE_VERSION = 9
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -107,7 +108,8 @@ class _Run:
         self.A_diag: Tensor | None = None           # A's diagonal when A is diagonal (a cheaper to_x)
         self.since_fired = torch.zeros(cfg.n_units, dtype=torch.int64)
         m = self.model
-        groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": cfg.lr, "base_lr": cfg.lr}]
+        lr = cfg.lr_used()
+        groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": lr, "base_lr": lr}]
         if cfg.activation == "threshold":
             tlr = cfg.threshold_lr_used()
             groups.append({"params": [m.threshold], "lr": tlr, "base_lr": tlr})
@@ -335,7 +337,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
                              form=cfg.sparsity_form, target_l0=cfg.target_l0,
                              unit_norm_decoder=cfg.unit_norm_decoder, kernel=cfg.kernel, ws=ws)
         if not math.isfinite(st.loss):
-            raise FloatingPointError(f"training diverged at step {step} (loss={st.loss}); lower lr (now {cfg.lr})")
+            raise FloatingPointError(f"training diverged at step {step} (loss={st.loss}); lower lr (used: "
+                                     f"{cfg.lr_used():g} at batch {B})")
         gs = [grads.W_enc_NH, grads.b_enc_N, grads.W_dec_NH, grads.b_dec_H] + (
             [grads.thr_N.to(m.threshold.dtype)] if len(params) > 4 else [])
         if cfg.unit_norm_decoder:
@@ -465,7 +468,7 @@ def _record(run: _Run, stream, it: dict, lr_mult: float, lam: float, eval_acts: 
     n = max(it["n"], 1)
     dt = time.perf_counter() - it["t0"]
     rec = {"step": run.step, "tokens": stream.pos, "epoch": stream.epoch,
-           "lr": run.cfg.lr * lr_mult, "lam": lam, "loss": it["loss"] / n, "rec_loss": it["rec"] / n,
+           "lr": run.cfg.lr_used() * lr_mult, "lam": lam, "loss": it["loss"] / n, "rec_loss": it["rec"] / n,
            "sparsity_loss": it["spl"] / n, "l0": it["l0"] / n,
            "r2": 1.0 - it["sse"] / it["sst"] if it["sst"] > 0 else float("nan"),
            "dead": int((run.since_fired >= run.cfg.dead_window_tokens).sum()),

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from frontier import matched_l0  # noqa: E402
+from frontier import goals, matched_l0  # noqa: E402
 
 
-def row(trainer, setting, l0, r2, tok_per_s=1000.0, layer=3):
-    return {"layer": layer, "trainer": trainer, "setting": setting, "l0": l0, "r2": r2, "tok_per_s": tok_per_s}
+def row(trainer, setting, l0, r2, tok_per_s=1000.0, layer=3, **kw):
+    return {"layer": layer, "trainer": trainer, "setting": setting, "l0": l0, "r2": r2, "tok_per_s": tok_per_s, **kw}
 
 
 def test_interpolates_in_log_l0_between_the_bracketing_saelens_points():
@@ -38,3 +38,22 @@ def test_points_outside_saelens_range_or_on_other_layers_are_not_compared():
             row("atomslib", "sparse", 2.0, 0.7), row("atomslib", "dense", 40.0, 0.95),
             row("atomslib", "other layer", 8.0, 0.9, layer=15)]
     assert matched_l0(rows) == []
+
+
+def test_each_batch_is_compared_with_saelens_at_the_same_batch_and_the_goals_are_per_batch():
+    """The batch axis (issue 30): an atomslib point at batch 2048 is set against SAELens's points at 2048 only,
+    and each batch's goals (ΔR² >= 0, >= 2x the speed, the target form's L0 within 20%) are judged on their own."""
+    rows = [row("saelens", "a", 4.0, 0.80, batch=512), row("saelens", "b", 16.0, 0.90, batch=512),
+            row("saelens", "a", 4.0, 0.70, batch=2048), row("saelens", "b", 16.0, 0.80, batch=2048),
+            row("atomslib", "L0 penalty 1/H", 8.0, 0.86, 6000, batch=512),
+            row("atomslib", "L0 penalty 1/H", 8.0, 0.76, 1500, batch=2048),
+            row("atomslib", "target L0 8", 9.0, 0.87, 6000, batch=512, l0_train=8.2),
+            row("atomslib", "target L0 8", 12.0, 0.79, 6000, batch=2048, l0_train=10.0)]
+    m = matched_l0(rows)
+    by = {(x["batch"], x["setting"]): x for x in m}
+    assert by[(512, "L0 penalty 1/H")]["delta_r2"] == pytest.approx(0.01)
+    assert by[(2048, "L0 penalty 1/H")]["delta_r2"] == pytest.approx(0.01)    # not -0.09 against batch 512's
+    g = {x["batch"]: x for x in goals(rows, m, target_l0=8.0)}
+    assert g[512]["met"] and g[512]["target_l0_ratio"] == pytest.approx(1.125)
+    assert g[2048]["min_speedup"] == pytest.approx(1.5) and g[2048]["target_l0_ratio"] == pytest.approx(1.5)
+    assert g[2048]["target_l0_train_ratio"] == pytest.approx(1.25) and not g[2048]["met"]

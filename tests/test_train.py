@@ -194,9 +194,11 @@ def planted():
 
 def _cfg(**kw):
     # A short run (235 steps): the thresholds get 10·lr throughout to travel from their start in that
-    # time (the default, lr after a boost, is for the default budget; TSAEConfig.threshold_lr_boost).
+    # time (the default, lr after a boost, is for the default budget; TSAEConfig.threshold_lr_boost). The lrs
+    # are set by hand for this batch, so the trainer's batch scaling is off (lr_batch_exponent).
     base = dict(d_model=64, n_units=256, batch_size=1024, n_tokens=240_000, lr=4e-3, threshold_lr=4e-2,
-                threshold_lr_boost=1.0, l0_coeff=3e-3, log_every=20, seed=0)
+                threshold_lr_boost=1.0, l0_coeff=3e-3, log_every=20, seed=0, lr_batch_exponent=0.0,
+                threshold_lr_batch_exponent=0.0)
     base.update(kw)
     return TSAEConfig(**base)
 

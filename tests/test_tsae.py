@@ -78,6 +78,28 @@ def test_threshold_lr_default_depends_on_the_sparsity_form_and_reaches_the_optim
         assert groups[-1]["base_lr"] == pytest.approx(cfg.threshold_lr_used())
 
 
+def test_learning_rates_grow_with_the_batch_above_512_only():
+    """Above LR_REFERENCE_BATCH the thresholds' lr grows linearly with the batch and the weights' as its 1/8
+    power (trainer version 9: the same token budget has fewer steps); at or below 512 both are as given;
+    the exponents are fields, 0 switches the scaling off; the optimiser gets exactly the scaled values."""
+    from atomslib.train import _Run
+    from atomslib.tsae_config import LR_REFERENCE_BATCH
+
+    assert LR_REFERENCE_BATCH == 512
+    for b in (4, 256, 512):
+        c = TSAEConfig(d_model=8, n_units=16, batch_size=b)
+        assert (c.lr_used(), c.threshold_lr_used()) == (c.lr, c.lr)
+    c = TSAEConfig(d_model=8, n_units=16, batch_size=4096, threshold_lr=1e-3)
+    assert c.lr_used() == pytest.approx(5e-3 * 8 ** 0.125)
+    assert c.threshold_lr_used() == pytest.approx(8e-3)
+    off = TSAEConfig(d_model=8, n_units=16, batch_size=2048, lr_batch_exponent=0, threshold_lr_batch_exponent=0)
+    assert (off.lr_used(), off.threshold_lr_used()) == (off.lr, off.lr)
+    groups = _Run(c, torch.device("cpu")).opt.param_groups
+    assert groups[0]["base_lr"] == pytest.approx(c.lr_used()) and groups[1]["base_lr"] == pytest.approx(8e-3)
+    with pytest.raises(ValueError, match="lr_batch_exponent"):
+        TSAEConfig(d_model=8, n_units=16, lr_batch_exponent=-1)
+
+
 def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
     """10x at the first step under the penalty (none under the target form), 1x from
     threshold_boost_frac of the steps on, linear between; 1 or a zero fraction switch it off; and the thresholds' Adam step during training is the boosted one."""

@@ -1,0 +1,322 @@
+"""The TSAE's configuration: architecture and training recipe (:class:`TSAEConfig`).
+
+Its own module so that each field keeps the docstring that says what it is and why it has its default
+(atomslib.tsae holds the model and re-exports the config).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._util import DTYPES, device_of
+
+_DTYPES = {name: DTYPES[name] for name in ("float32", "float64")}   # an SAE's weights
+
+LR_REFERENCE_BATCH = 512
+"""The batch that TSAEConfig.lr and threshold_lr are stated for (the one the recipe was validated at);
+above it both are scaled up (lr_batch_exponent, threshold_lr_batch_exponent), at or below it used as given."""
+
+
+@dataclass
+class TSAEConfig:
+    """Architecture and training recipe of a threshold SAE (or ReLU SAE).
+
+    ``TSAEConfig(d_model=H, n_units=N)`` alone is the recipe validated on planted atoms
+    (:mod:`atomslib.identification`, the chapter "Do trained TSAEs find the atoms?",
+    tests/test_identification.py, bench/planted.py): DeepMind's JumpReLU straight-through estimator
+    (the step's gradient reaches the threshold only), an L0 coefficient of 1/H, the thresholds'
+    learning rate equal to the weights' after a tenfold start that fades over the first tenth of
+    training, dead units resampled from high-error tokens every 100k tokens, and batches of
+    512 tokens (enough optimiser steps in a 1M-token budget). With a dictionary twice as wide as the
+    planted one it identifies planted atoms in general position (bench/results/planted.json); with
+    exactly one unit per atom, at the default 2M tokens, too (bench/results/planted_width1.json,
+    beside SAELens's step and tanh recipes; planted_width1_4m.json has every trainer at twice that
+    budget). What it does not recover is said in the chapter too.
+    Every scale-like field (threshold, bandwidth) is expressed in the *normalised* space, where a
+    random unit direction's projection of the data has RMS about 1, so the defaults carry over
+    between layers and models.
+    """
+
+    d_model: int
+    """H, the width of the activations (576 for SmolLM2-135M's residual stream)."""
+    n_units: int
+    """N, the dictionary size |D| (the paper's default capacity is 4H)."""
+    activation: str = "threshold"
+    """"threshold": JumpReLU sigma_tau with a learned per-unit threshold, trained with an L0
+    penalty (the paper's TSAE atoms). "relu": ReLU + L1, the ordinary SAE ("features")."""
+    l0_coeff: float | None = None
+    """lambda of the L0 term (activation="threshold"). The loss per token is ||m - m_hat||²/H +
+    lambda·L0 in the normalised space (E||m|| = sqrt(H)), so a unit is worth firing on a token when
+    it removes more than lambda·H of squared error, i.e. about a fraction lambda of the token's
+    squared norm. None (default) = 1/H: a unit must remove one unit of squared error, which is
+    DeepMind's JumpReLU / SAELens step loss at its default coefficient 1 (their MSE is summed over
+    dimensions). Why: at the earlier default 3e-4 a unit paid for itself by explaining 0.03% of a
+    token, and on planted atoms training fell into dense codes (L0 many times K). Larger = sparser."""
+    l1_coeff: float = 2e-3
+    """lambda of the L1 term (activation="relu"): ||m - m_hat||²/H + lambda·sum_n z_n·||d_n||.
+    (SmolLM2 layer 15, N=2304, 0.5M tokens: 1e-3 -> L0 274, R² 0.86; 2e-3 -> L0 55, R² 0.70;
+    3e-3 -> L0 13, R² 0.49.)
+    With unit_norm_decoder=True the norms are 1 and this is the plain L1 of Bricken et al. 2023;
+    with a free decoder it is the norm-weighted L1 of Anthropic (April 2024 update)."""
+    sparsity_form: str = "penalty"
+    """"penalty": lambda·L0 per token. "target": lambda·(2/T)·(L0 - T)² per token with T =
+    target_l0 (Gemma Scope 2's quadratic form), which steers L0 towards T. Threshold only."""
+    target_l0: float | None = None
+    """T for sparsity_form="target" (ignored otherwise)."""
+    init_threshold: float = 0.5
+    """Initial threshold of every unit, in normalised units. Starting well above zero makes the
+    codes sparse from the first step (which the sparse kernel exploits) without killing units:
+    the initial encoder is the decoder transposed, so about a third of units fire per token."""
+    init_l0: float | None = None
+    """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
+    sample) where it fires on init_l0/n_units of the tokens. None: 8·target_l0 under the target form
+    (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about lr per step, so in a
+    short budget the target form's never got where the target needs them (SmolLM2 layer 3, 200k tokens:
+    L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes fall below it while
+    the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead)."""
+    bandwidth: float = 0.1
+    """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
+    units (scaled by the data's RMS per coordinate when normalize="none")."""
+    ste_to_pre: bool = False
+    """Pass the straight-through gradient of the step to the pre-activation (and so to the
+    encoder) as well as to the threshold (Anthropic 2025). False (default) = DeepMind's JumpReLU,
+    where only the threshold gets it. Why False: on planted atoms True pushes every pre-activation
+    near a threshold down (the L0 term's gradient) and training settles on mixtures of atoms;
+    False identifies them (the identification chapter shows both)."""
+    lr: float = 5e-3
+    """Adam learning rate of the weights and biases at batches up to LR_REFERENCE_BATCH (512); above it
+    training multiplies it by (batch_size/512)^lr_batch_exponent (see lr_used)."""
+    lr_batch_exponent: float = 0.125
+    """How the weights' lr grows with the batch above 512: lr·(B/512)^this. Why (trainer version 9; SmolLM2
+    layer 3, 500k tokens, L0 penalty 1/H, threshold lr scaled linearly, R² held out against SAELens's tanh
+    frontier at the same batch and L0): at B 4096 the factor 1 gave +0.001, 8^(1/8) = 1.30 +0.005, 8^(1/4)
+    -0.004; at 2048, 1: -0.007 and -0.004 (two seeds), 4^(1/8) -0.001, 4^(1/4) +0.002 and -0.001; lr 2x at
+    2048 collapsed to L0 15 (DESIGN.md, "The trainer's defaults")."""
+    threshold_lr_batch_exponent: float = 1.0
+    """How the thresholds' lr grows with the batch above 512: threshold_lr·(B/512)^this (see
+    threshold_lr_used). Why linear: a threshold moves about its lr per step, and at a larger batch the
+    same token budget has fewer steps, so it kept the same distance per token. Unscaled (trainer version
+    8), the thresholds never got far from init_threshold: L0 66 at B 2048 and 97 at 4096 against 34 at
+    512 for the same coefficient, and R² 0.020 / 0.037 below SAELens at the same batch and L0; scaled, L0
+    33-41 at every batch."""
+    threshold_lr: float | None = None
+    """Adam learning rate of the threshold at batches up to 512; None = lr (see threshold_lr_used). Near its equilibrium a
+    threshold's gradient changes sign from step to step, and Adam's step does not shrink with it, so a
+    threshold wanders by about its lr per step: at 10·lr (the default until trainer version 3) that
+    jitter killed units on planted atoms. Early in training it is raised (threshold_lr_boost). The
+    measurements behind this default: DESIGN.md, "The trainer's defaults"."""
+    threshold_lr_boost: float | None = None
+    """None (default): 10 under the L0 penalty, 1 (no boost) under the target form (see
+    threshold_lr_boost_used). The thresholds' learning rate starts at this multiple of threshold_lr_used()
+    and falls linearly to it over the first threshold_boost_frac of the steps (the lr warm-up and final
+    decay apply on top); 1 = no boost. Why (trainer version 4): early, while the thresholds crawl from
+    init_threshold to where their units pay for themselves, two atoms can settle on one unit (a merged
+    unit fires at twice an atom's rate) and nothing splits it later. Off under the target form (version
+    5): there it cost held-out R² on SmolLM2. The measurements: DESIGN.md, "The trainer's defaults"."""
+    threshold_boost_frac: float = 0.1
+    """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost). A tenth
+    since version 8 (it was a half, when the fast thresholds outran units on real data: Gemma 3 layer 9, 13%
+    never active held out, 1.8% at a tenth); its cost on planted atoms is in DESIGN.md."""
+    lr_warmup_frac: float = 0.02
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    lr_decay_frac: float = 0.2
+    """Fraction of the steps, at the end, over which the learning rate decays linearly to 0."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of the steps over which the sparsity coefficient rises linearly from 0."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    batch_size: int = 512
+    """Tokens per step. Smaller batches give more steps per token, hence better models in a fixed
+    token budget, at a modest cost in tokens/s (the sparse kernel's cost is per active code, plus
+    a fixed cost per step). Why 512 (it was 2048): on planted atoms (H 32, 1M tokens, 2 units per
+    atom) B=2048 identified in none of N/H 1.5 K 6, N/H 3 K 2 and coefficients in [0.5, 3] and
+    B=512 in all three (MCC 0.98-0.999, >= 95% at cos > 0.95); on SmolLM2 layer 3 (N = 4H, 0.5M
+    tokens, the default L0 penalty, trainer version 2) B=2048 gave R² 0.866 at L0 19.0 (15.1k tokens/s), B=1024
+    0.876 at L0 15.3, B=512 0.887 at L0 12.4 (12.7k tokens/s): better and sparser.
+    bench/planted.py checks it on problems nobody tuned on."""
+    n_tokens: int | None = 2_000_000
+    """Token budget (the data are cycled as often as needed). Ignored when n_epochs is set."""
+    n_epochs: float | None = None
+    """Passes over the data instead of n_tokens (an iterable is read once more to count it)."""
+    shuffle: bool = True
+    """Reshuffle tensor inputs every epoch (seeded). Iterables are read in their own order."""
+    seed: int = 0
+    """Seed of the initialisation and the shuffles; the same seed gives the same model."""
+    dtype: str = "float32"
+    """Parameter dtype: "float32" (default) or "float64". The threshold is never below float32."""
+    device: str = "cpu"
+    """Device of the parameters and of the training step ("cpu" or "cuda")."""
+    normalize: str = "centred_norm"
+    """"centred_norm" (default): scale inputs by a constant s so that E||s·(m - mean)|| = sqrt(H), the
+    part that varies; "mean_norm" (the default up to trainer version 6): E||s·m|| = sqrt(H); both
+    estimated on the first norm_estimate_tokens tokens and folded back into the weights at the end.
+    "none": raw. Why centred: a constant offset (Gemma 3 layer 2: ||mean|| 1,183, E||m - mean|| 310)
+    set the old scale, so the varying part was a quarter of what the L0 coefficient 1/H assumes and
+    nearly every unit died (atomslib.input_map)."""
+    coord_std_clip: float | None = 2.0
+    """Massive coordinates: before training, a coordinate whose standard deviation exceeds this many
+    times the median coordinate's is scaled down to it (a diagonal map, undone in the returned model:
+    atomslib.input_map). None: never. Why: on Gemma 3 five of 640 coordinates carry 75% of the variance,
+    and trained in the raw geometry every SAE kind reconstructed those and let 81-99.9% of its units die.
+    Why 2 (Gemma 3 layer 9, 200k tokens, L0 penalty, held-out never-active share): 10 -> too little (the
+    clipped ones still carry most of the variance when there are dozens, as at layer 2), 3 -> 18%, 2 ->
+    13%, 1 -> 5%; planted problems have at most 1.3, so at 2 they train exactly as before."""
+    whiten: bool = False
+    """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
+    trainer then needs aip=. The returned model still takes and returns raw activations."""
+    unit_norm_decoder: bool = True
+    """Keep decoder rows at unit norm (training space): project the gradient, renormalise every step."""
+    norm_estimate_tokens: int = 65_536
+    """Tokens used to estimate the input map's scale and clip and the initial b_dec (the data mean)."""
+    dead_window_tokens: int = 50_000
+    """A unit that has not fired for this many training tokens is counted as dead in the log
+    and is re-initialised at the next resampling (resample_dead_every). It was 100_000 until trainer
+    version 5 (see resample_dead_every)."""
+    resample_dead_every: int | None = 100_000
+    """Every this many training tokens, re-initialise the dead units (silent for
+    dead_window_tokens): each gets the direction of a token of the current batch drawn with
+    probability proportional to its squared reconstruction error (Bricken et al. 2023), as its
+    decoder row and, scaled, its encoder row; its bias, threshold and Adam moments restart.
+    Not during the final lr decay. None: never (a unit that stops firing gets no gradient and
+    stays dead). Why on, every 100k tokens with a 50k window (trainer version 6): DESIGN.md, "The
+    trainer's defaults" (on planted atoms a dead unit is an atom left unfound)."""
+    kernel: str = "auto"
+    """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
+    matrix products) or "auto" (sparse while few codes are active, on problems large enough
+    for the sparse products to pay: H·N of at least sae_step.SPARSE_MIN_ENTRIES)."""
+    log_every: int = 50
+    """Steps between log records (L0, dead units, R², lr, throughput)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints when a checkpoint_dir is given (0 = only at the end)."""
+
+    def threshold_lr_boost_used(self) -> float:
+        """The early boost of the thresholds' lr that training uses (threshold_lr_boost, or its default
+        for the sparsity form: 10 under the penalty, 1 under the target form)."""
+        if self.threshold_lr_boost is not None:
+            return self.threshold_lr_boost
+        return 10.0 if self.sparsity_form == "penalty" else 1.0
+
+    def init_l0_used(self) -> float | None:
+        """The L0 the thresholds start at (init_l0, or target_l0 under the target form), None for init_threshold."""
+        if self.init_l0 is not None or self.activation != "threshold":
+            return self.init_l0 if self.activation == "threshold" else None
+        return min(8.0 * self.target_l0, self.n_units / 2) if self.sparsity_form == "target" else None
+
+    def batch_factor(self) -> float:
+        """batch_size / LR_REFERENCE_BATCH, at least 1: what the learning rates are scaled by (to a power)."""
+        return max(1.0, self.batch_size / LR_REFERENCE_BATCH)
+
+    def lr_used(self) -> float:
+        """The weights' learning rate that training uses: lr·batch_factor()^lr_batch_exponent."""
+        return self.lr * self.batch_factor() ** self.lr_batch_exponent
+
+    def threshold_lr_used(self) -> float:
+        """The threshold's learning rate that training uses: threshold_lr (None: lr) times
+        batch_factor()^threshold_lr_batch_exponent."""
+        base = self.lr if self.threshold_lr is None else self.threshold_lr
+        return base * self.batch_factor() ** self.threshold_lr_batch_exponent
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TSAEConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        if self.resample_dead_every is not None:
+            need(isinstance(self.resample_dead_every, int) and not isinstance(self.resample_dead_every, bool)
+                 and self.resample_dead_every >= 1, "resample_dead_every",
+                 "must be an integer >= 1 (training tokens between resamplings), or None to never resample")
+        for name in ("d_model", "n_units", "batch_size", "norm_estimate_tokens", "dead_window_tokens", "log_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
+             "must be an integer >= 0 (0 = checkpoint only at the end)")
+        need(self.activation in ("threshold", "relu"), "activation", 'use "threshold" (atoms) or "relu" (features)')
+        need(self.sparsity_form in ("penalty", "target"), "sparsity_form", 'use "penalty" or "target"')
+        if self.sparsity_form == "target":
+            need(self.activation == "threshold", "sparsity_form", '"target" applies to activation="threshold" only')
+            need(_finite(self.target_l0) and self.target_l0 > 0, "target_l0",
+                 'sparsity_form="target" needs target_l0 > 0 (the L0 to steer towards)')
+            need(self.target_l0 < self.n_units, "target_l0",
+                 f"must be below n_units={self.n_units} (a code cannot have more active units than the "
+                 f"dictionary has); lower target_l0 or raise n_units")
+        if self.init_l0 is not None:
+            need(_finite(self.init_l0) and 0 < self.init_l0 < self.n_units, "init_l0",
+                 f"must be a number in (0, n_units={self.n_units}), or None")
+        if self.l0_coeff is not None:
+            need(_finite(self.l0_coeff) and self.l0_coeff >= 0, "l0_coeff",
+                 "must be a finite number >= 0, or None for 1/d_model")
+        for name in ("l1_coeff", "init_threshold", "lr_batch_exponent", "threshold_lr_batch_exponent"):
+            v = getattr(self, name)
+            need(_finite(v) and v >= 0, name, "must be a finite number >= 0")
+        for name in ("bandwidth", "lr"):
+            v = getattr(self, name)
+            need(_finite(v) and v > 0, name, "must be a finite number > 0")
+        if self.threshold_lr is not None:
+            need(_finite(self.threshold_lr) and self.threshold_lr >= 0, "threshold_lr",
+                 "must be a finite number >= 0, or None for lr")
+        if self.threshold_lr_boost is not None:
+            need(_finite(self.threshold_lr_boost) and self.threshold_lr_boost >= 0, "threshold_lr_boost",
+                 "must be a finite number >= 0 (1 = no boost), or None for the sparsity form's default")
+        need(_finite(self.threshold_boost_frac) and 0 <= self.threshold_boost_frac <= 1, "threshold_boost_frac",
+             "must be in [0, 1]")
+        for name in ("lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac"):
+            v = getattr(self, name)
+            need(_finite(v) and 0 <= v <= 1, name, "must be in [0, 1]")
+        need(self.lr_warmup_frac + self.lr_decay_frac <= 1, "lr_decay_frac", "lr_warmup_frac + lr_decay_frac must be <= 1")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            need(_finite(v) and 0 <= v < 1, name, "must be in [0, 1)")
+        if self.n_epochs is not None:
+            need(_finite(self.n_epochs) and self.n_epochs > 0, "n_epochs", "must be > 0, or None to use n_tokens")
+        else:
+            need(isinstance(self.n_tokens, int) and self.n_tokens >= 1, "n_tokens",
+                 "must be an integer >= 1 (or set n_epochs instead)")
+        need(self.dtype in _DTYPES, "dtype", f"use one of {sorted(_DTYPES)}")
+        need(self.normalize in ("centred_norm", "mean_norm", "none"), "normalize",
+             'use "centred_norm", "mean_norm" or "none"')
+        if self.coord_std_clip is not None:
+            need(_finite(self.coord_std_clip) and self.coord_std_clip >= 1, "coord_std_clip",
+                 "must be a number >= 1 (a multiple of the median coordinate's standard deviation), or None")
+        need(self.kernel in ("auto", "sparse", "dense"), "kernel", 'use "auto", "sparse" or "dense"')
+        need(isinstance(self.seed, int), "seed", "must be an integer")
+        try:
+            device_of(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"TSAEConfig.device={self.device!r}: {e}") from None
+
+    @property
+    def sparsity_coeff(self) -> float:
+        """The coefficient that applies to this activation (l0_coeff, None meaning 1/d_model, or l1_coeff)."""
+        if self.activation == "threshold":
+            return 1.0 / self.d_model if self.l0_coeff is None else self.l0_coeff
+        return self.l1_coeff
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @classmethod
+    def field_default(cls, name: str) -> Any:
+        """The default of field `name` (for callers that match the trainer's defaults, e.g. its input map)."""
+        return cls.__dataclass_fields__[name].default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TSAEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}; was it written by a newer atomslib?")
+        return cls(**d)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
