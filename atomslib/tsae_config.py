@@ -94,7 +94,7 @@ class TSAEConfig:
     """How the weights' lr grows with the batch above 512: lr·(B/512)^this. Why (trainer version 9; SmolLM2
     layer 3, 500k tokens, L0 penalty 1/H, threshold lr scaled linearly, R² held out against SAELens's tanh
     frontier at the same batch and L0): at B 4096 the factor 1 gave +0.001, 8^(1/8) = 1.30 +0.005, 8^(1/4)
-    -0.004; at 2048, 1: -0.007 and -0.004 (two seeds), 4^(1/8) -0.001, 4^(1/4) +0.002 and -0.001; lr 2x at
+    +0.002; at 2048, 1: -0.007 and -0.004 (two seeds), 4^(1/8) -0.001, 4^(1/4) +0.002 and -0.001; lr 2x at
     2048 collapsed to L0 15 (DESIGN.md, "The trainer's defaults")."""
     threshold_lr_batch_exponent: float = 1.0
     """How the thresholds' lr grows with the batch above 512: threshold_lr·(B/512)^this (see

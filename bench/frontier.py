@@ -23,8 +23,9 @@ frontier of its own. `goals` in the JSON, per batch: the worst ΔR² at matched 
 the target form's held-out (and training) L0 over its target (goal: within 20%).
 
 Each row: held-out R² (euclid) and mean L0 on the held-out tokens, seconds and tokens/s of the
-training, in one process on one machine, run alternately (atomslib, SAELens, ...). About 30 minutes
-on 2 idle cores for the default two layers and four batches (13 with `--batches 512`); `--quick` is a smoke run.
+training, in one process on one machine, run alternately (atomslib, SAELens, ...). About 38 minutes
+on 2 idle cores for the default two layers and four batches (13 with `--batches 512`); `--quick` is a smoke run;
+`--reuse FILE` keeps the rows of an earlier run and trains only the settings it lacks.
 
     python bench/frontier.py [--quick] [--layers 3,15] [--tokens 1000000] [--batches 512,1024,2048,4096]
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -122,8 +124,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--batches", default="512,1024,2048,4096", help="batch sizes (comma-separated); the first gets "
                     "every setting, each further one atomslib's defaults and target form and SAELens at "
                     "--batch-saelens-coeffs (default 512 first, TSAEConfig's, then 1024, 2048, 4096)")
-    ap.add_argument("--batch-saelens-coeffs", default="0.0005,0.001,0.002", help="SAELens tanh l0_coeff values at "
-                    "the further batches (they bracket atomslib's defaults and target form there)")
+    ap.add_argument("--batch-saelens-coeffs", default="0.00025,0.0005,0.001,0.002", help="SAELens tanh l0_coeff values "
+                    "at the further batches (they bracket atomslib's defaults and target form there: on layer 15 "
+                    "atomslib's defaults end at L0 51-57 above batch 512)")
+    ap.add_argument("--reuse", default=None, help="a frontier JSON of an earlier run with the same --tokens and "
+                    "--capacity: its rows are kept and only the settings it lacks are trained (an interrupted or "
+                    "extended run; the JSON's `reused` counts them, and their speeds are from that run)")
     ap.add_argument("--capacity", type=float, default=4.0, help="units per model dimension (default 4)")
     ap.add_argument("--penalties", default="1,2,4,8", help="atomslib l0_coeff as multiples of 1/H (0.5,1,2 until trainer version 7, whose centred scale moved each c to a denser L0)")
     ap.add_argument("--saelens-coeffs", default="0.00025,0.0005,0.001,0.002,0.004", help="SAELens tanh l0_coeff values "
@@ -149,6 +155,14 @@ def main(argv=None) -> dict:
     from atomslib.train import train_tsae
     from atomslib.tsae import TSAEConfig
 
+    reused = {}
+    if args.reuse:
+        old = json.loads(Path(args.reuse).read_text())
+        same = {k: old["setup"].get(k) for k in ("tokens_per_sae", "capacity")}
+        if same != {"tokens_per_sae": args.tokens, "capacity": args.capacity}:
+            raise SystemExit(f"--reuse {args.reuse}: it was run with {same}, this run has --tokens {args.tokens} "
+                             f"--capacity {args.capacity}; give the same, or leave --reuse out")
+        reused = {(r["layer"], r["batch"], r["trainer"], r["setting"]): r for r in old["rows"] if "batch" in r}
     caches = harvest_caches(model="smollm2-135m", layers=layers, site="resid_post", tokens=20_000,
                             heldout_tokens=5_000, progress=False)
     rows = []
@@ -173,6 +187,9 @@ def main(argv=None) -> dict:
             theirs = [j for j in jobs if j[0] == "saelens"]
             order = [j for pair in zip(ours, theirs) for j in pair] + ours[len(theirs):] + theirs[len(ours):]
             for trainer, setting, kw in order:
+                if (layer, b, trainer, setting) in reused:
+                    rows.append({**reused[(layer, b, trainer, setting)], "reused": True})
+                    continue
                 t = time.perf_counter()
                 if trainer == "atomslib":
                     model = train_tsae(X, TSAEConfig(d_model=H, n_units=N, n_tokens=args.tokens, batch_size=b, **kw),
@@ -195,7 +212,8 @@ def main(argv=None) -> dict:
                         "heldout_tokens_per_layer": 5_000, "tokens_per_sae": args.tokens, "batch": batches[0],
                         "batches": batches, "capacity": args.capacity, "target_l0": args.target_l0,
                         "quick": args.quick},
-              "rows": rows, "matched_l0": matched_l0(rows)}
+              "rows": rows, "matched_l0": matched_l0(rows),
+              "reused": {"from": args.reuse, "rows": sum(bool(r.get("reused")) for r in rows)} if args.reuse else None}
     result["goals"] = goals(rows, result["matched_l0"], args.target_l0)
     print("\nat matched L0 (SAELens interpolated in log L0 between its two neighbouring points):")
     for m in result["matched_l0"]:

@@ -16,7 +16,9 @@ E||x|| = sqrt(H), ours is ||x - x_hat||²/H + λ·L0 on the same scaling, so λ'
 bandwidth, initial threshold, Adam betas, the same initialisation (unit-norm decoder rows, tied
 encoder: SAELens's decoder_init_norm=1), and our default schedule (lr warm-up, final linear
 decay, sparsity-coefficient warm-up) given to SAELens as step counts.
-What stays SAELens's own: its b_dec init, gradient clipping, and one lr for the threshold.
+What stays SAELens's own: its b_dec init, gradient clipping, and one lr for the threshold. Above batch 512
+atomslib scales its learning rates with the batch (TSAEConfig.lr_used, threshold_lr_used: trainer version 9;
+the JSON's hyperparameters give the values used) and SAELens trains at --lr as given.
 
 Roofline: a dense SAE step costs ~10·H·N FLOPs per token (2 forward products, 3 backward
 ones). "roofline ratio" = tokens/s × 10·H·N ÷ the FLOP/s of a same-shaped fp32 product
@@ -122,6 +124,12 @@ def r2_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
             l0 += float((z != 0).sum())
     x64 = x.double()
     return 1 - sse / float((x64 - x64.mean(0)).pow(2).sum()), l0 / x.shape[0]
+
+
+def _atoms_lrs(args, H) -> dict:
+    """The learning rates atomslib trains with at this batch (scaled above 512: TSAEConfig.lr_used)."""
+    cfg = TSAEConfig(d_model=H, n_units=args.width, batch_size=args.batch, lr=args.lr)
+    return {"atomslib_lr_used": cfg.lr_used(), "atomslib_threshold_lr_used": cfg.threshold_lr_used()}
 
 
 def run_ours(train, args, H):
@@ -280,7 +288,8 @@ def main(argv=None) -> dict:
         "matched_quality": {"target_l0": args.target_l0 or None,
                             "sparsity_loss": "quadratic (target L0)" if args.target_l0 else "L0 penalty"},
         "hyperparameters": {"lr": args.lr, "l0_coeff": lam(args, H), "saelens_l0_coefficient": lam(args, H) * H,
-                            "bandwidth": args.bandwidth, "init_threshold": args.init_threshold},
+                            "bandwidth": args.bandwidth, "init_threshold": args.init_threshold,
+                            **_atoms_lrs(args, H)},
         "matmul_gflops": [flops_before / 1e9, flops_after / 1e9], "dense_flop_per_token": dense_flop_per_tok,
         "rounds": args.rounds, "results": rows,
         "speedup_vs_saelens": rows["atomslib"]["tok_per_s"] / rows["saelens"]["tok_per_s"] if "saelens" in rows else None,

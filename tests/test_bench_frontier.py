@@ -57,3 +57,15 @@ def test_each_batch_is_compared_with_saelens_at_the_same_batch_and_the_goals_are
     assert g[512]["met"] and g[512]["target_l0_ratio"] == pytest.approx(1.125)
     assert g[2048]["min_speedup"] == pytest.approx(1.5) and g[2048]["target_l0_ratio"] == pytest.approx(1.5)
     assert g[2048]["target_l0_train_ratio"] == pytest.approx(1.25) and not g[2048]["met"]
+
+
+def test_reuse_refuses_a_file_from_another_budget(tmp_path):
+    """--reuse keeps an earlier run's rows only when they were trained with the same budget and width."""
+    import json
+
+    from frontier import main
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"setup": {"tokens_per_sae": 100_000, "capacity": 4.0}, "rows": []}))
+    with pytest.raises(SystemExit, match="--tokens 500000"):
+        main(["--reuse", str(old), "--out", str(tmp_path / "new.json")])
