@@ -96,6 +96,12 @@ def matched_l0(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _worst_l0_ratio(rows: list[dict], key: str, target_l0: float) -> float | None:
+    """The L0 (rows' `key`) over the target that lies farthest from 1, None without a target or such rows."""
+    vals = [r[key] / target_l0 for r in rows if r.get(key) is not None] if target_l0 else []
+    return max(vals, key=lambda v: abs(v - 1), default=None)
+
+
 def goals(rows: list[dict], matched: list[dict], target_l0: float) -> list[dict]:
     """Issue 30's goals per batch: every atomslib point at matched L0 has ΔR² >= 0 and >= 2x SAELens's tokens/s,
     and the target form's held-out L0 is within 20% of its target (its training L0 beside it)."""
@@ -103,9 +109,7 @@ def goals(rows: list[dict], matched: list[dict], target_l0: float) -> list[dict]
     for b in sorted({r["batch"] for r in rows}):
         m = [x for x in matched if x["batch"] == b]
         tgt = [r for r in rows if r["batch"] == b and r["trainer"] == "atomslib" and r["setting"].startswith("target")]
-        ratio = max((r["l0"] / target_l0 for r in tgt), key=lambda v: abs(v - 1), default=None) if target_l0 else None
-        ratio_train = (max((r["l0_train"] / target_l0 for r in tgt if r.get("l0_train") is not None),
-                           key=lambda v: abs(v - 1), default=None) if target_l0 else None)
+        ratio, ratio_train = (_worst_l0_ratio(tgt, k, target_l0) for k in ("l0", "l0_train"))
         g = {"batch": b, "compared": len(m), "min_delta_r2": min((x["delta_r2"] for x in m), default=None),
              "min_speedup": min((x["speedup"] for x in m), default=None),
              "target_l0_ratio": None if ratio is None else round(ratio, 3),
