@@ -103,3 +103,20 @@ def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALT
     n_massive = metrics.get("n_massive")
     return Health(not reasons, reasons, dead, l0, target, r2, r2_wo, None if n_massive is None else int(n_massive),
                   trend, l0_train)
+
+
+def loss_trend(history: list[Mapping[str, Any]], meta: Mapping[str, Any]) -> float | None:
+    """Relative fall of the training loss over the last stretch at full learning rate (a training log's
+    records and run facts, atomslib.train.TrainLog): mean loss of the records in the fourth-last tenth of
+    the steps minus that of the tenth before the final decay, over the latter (what the health bar reads
+    as "still falling"); None with too few records."""
+    total = meta.get("total_steps") or (history[-1]["step"] if history else 0)
+    if not history or not total:
+        return None
+    end = meta.get("decay_start") or total
+    a = [r["loss"] for r in history if end - 0.2 * total < r["step"] <= end - 0.1 * total]
+    b = [r["loss"] for r in history if end - 0.1 * total < r["step"] <= end]
+    if not a or not b:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    return (ma - mb) / mb if mb > 0 else None

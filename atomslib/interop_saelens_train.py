@@ -158,8 +158,8 @@ def train_saelens_jumprelu(acts: Any, d_model: int, n_units: int, *, n_tokens: i
     loss (``sparsity_loss="tanh"``, ``ste_to_input=True``): SAELens's default DeepMind "step" loss
     with its default init stays dense (L0 in the thousands) in a CPU-sized budget; ``"quadratic"``
     with ``target_l0`` is Gemma Scope 2's loss λ·(2/T)(L0 − T)², the same as atomslib's
-    ``sparsity_form="target"``, for comparisons at a matched L0. Thresholds start
-    at ``init_threshold`` (normalised units): SAELens initialises decoder rows at norm 0.1 and the
+    ``sparsity_form="target", target_control="quadratic"``, for comparisons at a matched L0. Thresholds
+    start at ``init_threshold`` (normalised units): SAELens initialises decoder rows at norm 0.1 and the
     encoder as their transpose, so pre-activations start near 0.1, and a threshold of 0.5 (atomslib's
     default, whose rows start at norm 1) would leave most units dead. ``bandwidth`` is the width
     of the straight-through kernel. On SmolLM2 layer 3 (N = 4H, 245,760 tokens, batch 4096) this

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .health import loss_trend
 from .input_map import compose_diagonal, coordinate_clip, diagonal_of, input_scale, whitening
 from .sae_step import Params, Workspace, sae_step
 from .train_data import IterStream, make_stream
@@ -43,8 +44,9 @@ STATE_FILE = "trainer_state.safetensors"
 # map (atomslib.input_map): the scale from the centred norm, massive coordinates clipped to 2x the median std,
 # and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0); 8: the
 # thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
-# 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent).
-STATE_VERSION = 9
+# 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
+# 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control).
+STATE_VERSION = 10
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -107,6 +109,8 @@ class _Run:
         self.A_inv: Tensor | None = None
         self.A_diag: Tensor | None = None           # A's diagonal when A is diagonal (a cheaper to_x)
         self.since_fired = torch.zeros(cfg.n_units, dtype=torch.int64)
+        self.last_l0: float | None = None           # the previous batch's mean L0 (target_control="feedback")
+        self.log_lam = 0.0                          # the feedback's integral: log of the coefficient's slow factor
         m = self.model
         lr = cfg.lr_used()
         groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": lr, "base_lr": lr}]
@@ -144,7 +148,8 @@ class _Run:
         if self.A is not None:
             tensors["transform.A"], tensors["transform.A_inv"] = self.A, self.A_inv
         state = {"version": STATE_VERSION, "step": self.step, "total_steps": total, "scale": self.scale,
-                 "config": self.cfg.to_dict(), "stream": stream_state, "data": fingerprint, "log": log.to_dict(),
+                 "last_l0": self.last_l0, "log_lam": self.log_lam, "config": self.cfg.to_dict(),
+                 "stream": stream_state, "data": fingerprint, "log": log.to_dict(),
                  # the log's running totals since its last record, so a resumed log equals an uninterrupted one
                  "interval": {k: v for k, v in (interval or {}).items() if k not in ("t0", "tok")}}
         directory.mkdir(parents=True, exist_ok=True)
@@ -181,6 +186,7 @@ class _Run:
         self.A, self.A_inv = tensors.get("transform.A"), tensors.get("transform.A_inv")
         self.A_diag = diagonal_of(self.A)
         self.step, self.scale = int(state["step"]), float(state["scale"])
+        self.last_l0, self.log_lam = state.get("last_l0"), float(state.get("log_lam", 0.0))
         return state
 
 
@@ -321,6 +327,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=run.step, unit="step", desc=f"train {cfg.activation} SAE", leave=False)
+    feedback = cfg.sparsity_form == "target" and cfg.target_control == "feedback"
     t_start = time.perf_counter()
     while run.step < total:
         step = run.step
@@ -328,13 +335,15 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         x_BH = run.to_x(stream.take(size))
         lr_mult, lam_mult = _schedule(cfg, step, total)
         lam = cfg.sparsity_coeff * lam_mult
+        if feedback:
+            lam *= math.exp(run.log_lam) * cfg.feedback_multiplier(run.last_l0)
         for g in run.opt.param_groups:
             g["lr"] = g["base_lr"] * lr_mult
         if len(run.opt.param_groups) > 1:
             run.opt.param_groups[1]["lr"] *= _threshold_boost(cfg, step, total)
         p = Params(m.W_enc.data, m.b_enc.data, m.W_dec.data, m.b_dec.data, m.threshold.data)
         grads, st = sae_step(p, x_BH, activation=cfg.activation, lam=lam, eps=eps, ste_to_pre=cfg.ste_to_pre,
-                             form=cfg.sparsity_form, target_l0=cfg.target_l0,
+                             form="penalty" if feedback else cfg.sparsity_form, target_l0=cfg.target_l0,
                              unit_norm_decoder=cfg.unit_norm_decoder, kernel=cfg.kernel, ws=ws)
         if not math.isfinite(st.loss):
             raise FloatingPointError(f"training diverged at step {step} (loss={st.loss}); lower lr (used: "
@@ -356,6 +365,9 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
                 m.threshold.clamp_(min=0.0)     # below 0 the gate would pass negative codes
         for prm in params:
             prm.grad = None
+        run.last_l0 = st.l0
+        if feedback and lam_mult >= 1.0:
+            run.log_lam = cfg.feedback_integral(run.log_lam, st.l0, lr_mult)
         run.since_fired += size
         run.since_fired[st.fired_N.cpu() > 0] = 0
         run.step += 1
@@ -386,29 +398,11 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
     last = trainlog.last
     model.fit_info.update({"steps": run.step, "tokens": n_tokens, "l0": last.get("l0"), "r2_train": last.get("r2"),
                            "dead": last.get("dead"), "coordinates_clipped": trainlog.meta.get("coordinates_clipped", 0),
-                           "loss_trend": _loss_trend(trainlog)})
+                           "loss_trend": loss_trend(trainlog.history, trainlog.meta)})
     model.train_log = trainlog
     if ckdir is not None:
         model.save(ckdir)
     return model
-
-
-def _loss_trend(log: TrainLog) -> float | None:
-    """Relative fall of the training loss over the last stretch at full learning rate: mean loss of the
-    records in the fourth-last tenth of the steps minus that of the tenth before the final decay, over
-    the latter (what a health check reads as "still falling"); None with too few records."""
-    recs = log.history
-    total = log.meta.get("total_steps") or (recs[-1]["step"] if recs else 0)
-    cfg_decay = log.meta.get("decay_start")
-    if not recs or not total:
-        return None
-    end = cfg_decay or total
-    a = [r["loss"] for r in recs if end - 0.2 * total < r["step"] <= end - 0.1 * total]
-    b = [r["loss"] for r in recs if end - 0.1 * total < r["step"] <= end]
-    if not a or not b:
-        return None
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    return (ma - mb) / mb if mb > 0 else None
 
 
 def _resample_due(cfg: TSAEConfig, step: int, total: int) -> bool:

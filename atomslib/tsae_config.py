@@ -63,21 +63,41 @@ class TSAEConfig:
     With unit_norm_decoder=True the norms are 1 and this is the plain L1 of Bricken et al. 2023;
     with a free decoder it is the norm-weighted L1 of Anthropic (April 2024 update)."""
     sparsity_form: str = "penalty"
-    """"penalty": lambda·L0 per token. "target": lambda·(2/T)·(L0 - T)² per token with T =
-    target_l0 (Gemma Scope 2's quadratic form), which steers L0 towards T. Threshold only."""
+    """"penalty": lambda·L0 per token. "target": steer the mean L0 towards T = target_l0, by target_control
+    (default: the penalty with a coefficient fed back from the batch's L0). Threshold only."""
     target_l0: float | None = None
     """T for sparsity_form="target" (ignored otherwise)."""
+    target_control: str = "feedback"
+    """How the target form steers L0 towards T. "feedback" (default): the L0 penalty lambda·L0, its coefficient
+    multiplied at each step by (L0/T)^target_gain, L0 the previous batch's mean, bounded to
+    [1/target_bound, target_bound], and by a slow factor (feedback_integral). "quadratic": the
+    loss lambda·(2/T)·(L0 - T)² per token (Gemma Scope 2's form; trainer versions 2-9). Why feedback (version 10;
+    SmolLM2 layers 3 and 15, 500k tokens, T 32, held out, against SAELens's tanh frontier at the same batch,
+    bench/frontier.py): the quadratic form ended at L0 1.23-1.31 T at every batch 512-4096 (its pull vanishes at
+    T, and per token it also fights the tokens that need more or fewer units than T), R² -0.005..-0.015 below
+    SAELens at matched L0; feedback ends at 0.90-1.14 T with R² at or above SAELens's on layer 3 (see DESIGN.md,
+    "The target form")."""
+    target_gain: float = 4.0
+    """k of target_control="feedback": the coefficient's multiplier is (L0/T)^k. Larger steers closer to T and
+    swings harder (k 8 with bound 4 oscillated into dead units at batch 4096: DESIGN.md)."""
+    target_bound: float = 2.0
+    """The feedback multiplier's bound: it stays within [1/this, this] (at least 1)."""
+    target_integral_rate: float = 0.01
+    """The feedback's slow part (see feedback_integral): per step at batch 512, how fast log lambda follows
+    log(L0/T) after the sparsity warm-up; 0: the fast factor alone."""
     init_threshold: float = 0.5
     """Initial threshold of every unit, in normalised units. Starting well above zero makes the
     codes sparse from the first step (which the sparse kernel exploits) without killing units:
     the initial encoder is the decoder transposed, so about a third of units fire per token."""
     init_l0: float | None = None
     """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
-    sample) where it fires on init_l0/n_units of the tokens. None: 8·target_l0 under the target form
-    (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about lr per step, so in a
-    short budget the target form's never got where the target needs them (SmolLM2 layer 3, 200k tokens:
-    L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes fall below it while
-    the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead)."""
+    sample) where it fires on init_l0/n_units of the tokens. None: under the target form 4·target_l0 with the
+    feedback, 8·target_l0 with the quadratic loss (capped at n_units/2), init_threshold otherwise. Why: a
+    threshold moves about lr per step, so in a short budget the quadratic form's never got where the target
+    needs them (SmolLM2 layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started
+    at T the codes fall below it while the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9%
+    dead). The feedback started from init_threshold (L0 in the hundreds) overshot to L0 3-11 within the first
+    tenth at batches 2048-4096 and lost R² (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it does not."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
@@ -203,10 +223,29 @@ class TSAEConfig:
         return 10.0 if self.sparsity_form == "penalty" else 1.0
 
     def init_l0_used(self) -> float | None:
-        """The L0 the thresholds start at (init_l0, or target_l0 under the target form), None for init_threshold."""
+        """The L0 the thresholds start at (init_l0; under the target form 4·target_l0 with the feedback, 8·target_l0
+        with the quadratic loss, at most n_units/2), None for init_threshold."""
         if self.init_l0 is not None or self.activation != "threshold":
             return self.init_l0 if self.activation == "threshold" else None
-        return min(8.0 * self.target_l0, self.n_units / 2) if self.sparsity_form == "target" else None
+        if self.sparsity_form != "target":
+            return None
+        return min((4.0 if self.target_control == "feedback" else 8.0) * self.target_l0, self.n_units / 2)
+
+    def feedback_multiplier(self, last_l0: float | None) -> float:
+        """The L0 coefficient's multiplier under target_control="feedback": (L0/T)^target_gain within
+        [1/target_bound, target_bound]; 1 before the first batch."""
+        if last_l0 is None:
+            return 1.0
+        b = self.target_bound
+        return min(b, max(1.0 / b, (max(last_l0, 1e-6) / self.target_l0) ** self.target_gain))
+
+    def feedback_integral(self, log_lam: float, l0: float, lr_mult: float) -> float:
+        """The feedback's slow factor after a step with mean L0 `l0`: log lambda moves by
+        target_integral_rate·(batch/512)·lr_mult·log(L0/T) (that log bounded to ±0.5 per step), and stays within
+        ±log 16. It carries the coefficient to a target that the bounded fast factor alone cannot reach."""
+        err = max(-0.5, min(0.5, math.log(max(l0, 1e-6) / self.target_l0)))
+        step = self.target_integral_rate * (self.batch_size / LR_REFERENCE_BATCH) * lr_mult * err
+        return max(-math.log(16.0), min(math.log(16.0), log_lam + step))
 
     def batch_factor(self) -> float:
         """batch_size / LR_REFERENCE_BATCH, at least 1: what the learning rates are scaled by (to a power)."""
@@ -245,6 +284,11 @@ class TSAEConfig:
             need(self.target_l0 < self.n_units, "target_l0",
                  f"must be below n_units={self.n_units} (a code cannot have more active units than the "
                  f"dictionary has); lower target_l0 or raise n_units")
+        need(self.target_control in ("feedback", "quadratic"), "target_control", 'use "feedback" or "quadratic"')
+        need(_finite(self.target_gain) and self.target_gain >= 0, "target_gain", "must be a finite number >= 0")
+        need(_finite(self.target_bound) and self.target_bound >= 1, "target_bound", "must be a finite number >= 1")
+        need(_finite(self.target_integral_rate) and self.target_integral_rate >= 0, "target_integral_rate",
+             "must be a finite number >= 0")
         if self.init_l0 is not None:
             need(_finite(self.init_l0) and 0 < self.init_l0 < self.n_units, "init_l0",
                  f"must be a number in (0, n_units={self.n_units}), or None")

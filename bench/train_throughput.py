@@ -8,7 +8,8 @@ data_provider).fit()`, with a data provider that yields the same shuffled batche
 
 Speed counts only at matched quality, so by default both trainers steer to the SAME target L0
 (--target-l0, default 32) with the same quadratic sparsity loss λ·(2/T)(L0 − T)² (Gemma Scope 2's
-form: atomslib's sparsity_form="target", SAELens's jumprelu_sparsity_loss_mode="quadratic"), and
+form: atomslib's sparsity_form="target" with target_control="quadratic", not its default feedback;
+SAELens's jumprelu_sparsity_loss_mode="quadratic"), and
 the table gives each trainer's held-out R² and L0 beside its tokens/s and seconds; --target-l0 0
 compares the plain L0 penalty instead.
 Hyperparameters are matched: SAELens's loss is ||x - x_hat||² + λ'·L0 on activations scaled to
@@ -133,7 +134,9 @@ def _atoms_lrs(args, H) -> dict:
 
 
 def run_ours(train, args, H):
-    target = {"sparsity_form": "target", "target_l0": args.target_l0} if args.target_l0 else {}
+    # the quadratic loss, as SAELens's below (TSAEConfig's default target_control is "feedback")
+    target = ({"sparsity_form": "target", "target_l0": args.target_l0, "target_control": "quadratic"}
+              if args.target_l0 else {})
     cfg = TSAEConfig(d_model=H, n_units=args.width, batch_size=args.batch, n_tokens=args.tokens, lr=args.lr,
                      l0_coeff=args.l0_coeff, bandwidth=args.bandwidth, init_threshold=args.init_threshold,
                      log_every=10**9, seed=0, device=args.device, **target)

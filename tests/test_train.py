@@ -272,10 +272,22 @@ def test_target_form_steers_l0_and_unnormalised_training_works(planted, trained)
     _, acts = planted
     with torch.no_grad():
         l0_penalty = float(trained(acts).l0.float().mean())       # ~3-4: the truth has K = 3
-        m = train_tsae(acts, _cfg(sparsity_form="target", target_l0=8.0, l0_coeff=1e-2, n_tokens=120_000),
-                       progress=False)
+        m = train_tsae(acts, _cfg(sparsity_form="target", target_l0=8.0, l0_coeff=1e-2, n_tokens=120_000,
+                                  target_control="quadratic"), progress=False)
         l0 = float(m(acts).l0.float().mean())
-        assert l0 > l0_penalty + 1.0, (l0, l0_penalty)             # pulled up towards T = 8
+        assert l0 > l0_penalty + 1.0, (l0, l0_penalty)             # pulled up towards T = 8 (paid to fire)
+        # Down towards T = 4 from a weak penalty's L0 (~6.8), by both controls; the feedback by moving the
+        # coefficient (it never pays a unit to fire, so it cannot pull the K = 3 codes up to 8, and it may
+        # end at the truth's 3).
+        weak = float(train_tsae(acts, _cfg(l0_coeff=3e-4, n_tokens=120_000), progress=False)(acts).l0.float().mean())
+        for control in ("feedback", "quadratic"):
+            m = train_tsae(acts, _cfg(sparsity_form="target", target_l0=4.0, l0_coeff=3e-4, n_tokens=120_000,
+                                      target_control=control), progress=False)
+            l0 = float(m(acts).l0.float().mean())
+            assert l0 < weak - 0.8 and abs(l0 - 4.0) < abs(weak - 4.0), (control, l0, weak)
+            if control == "feedback":
+                lams = [r["lam"] for r in m.train_log.history]
+                assert len(set(lams)) > 3 and all(3e-4 / 32 <= v <= 3e-4 * 32 for v in lams)
         # normalize="none": thresholds and bandwidth follow the data's scale, so x10 data train alike
         raw = train_tsae(acts * 10, _cfg(normalize="none", n_tokens=120_000), progress=False)
         assert raw.fit_info["input_scale"] == 1.0 and _r2(raw, acts * 10) > 0.9
@@ -293,24 +305,26 @@ def _same(a: TSAE, b: TSAE) -> bool:
     return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"))
 
 
-@pytest.mark.parametrize("as_list", [False, True])
-def test_resume_after_interruption_is_bit_identical(planted, tmp_path, as_list):
+@pytest.mark.parametrize("as_list,form", [(False, {}), (True, {}),
+                                          (False, {"sparsity_form": "target", "target_l0": 5.0})])
+def test_resume_after_interruption_is_bit_identical(planted, tmp_path, as_list, form):
+    # the target form's feedback reads the previous batch's L0: the checkpoint carries it
     _, acts = planted
     acts = acts[:10_000]
     data = list(acts.split(700)) if as_list else acts     # an iterable with odd-sized batches
-    ref = _run(data)
+    ref = _run(data, **form)
     with pytest.raises(KeyboardInterrupt):
-        _run(data, tmp_path, stop_at=17)
+        _run(data, tmp_path, stop_at=17, **form)
     assert (tmp_path / STATE_FILE).is_file()
     partial = TSAE.load(tmp_path)                          # the snapshot of step 14 is loadable
     assert partial.fit_info["input_scale"] > 0
-    resumed = _run(data, tmp_path)
+    resumed = _run(data, tmp_path, **form)
     assert _same(ref, resumed)
     assert resumed.train_log.meta["resumed_at"] == 14
     strip = [{k: v for k, v in r.items() if k != "tok_per_s"} for r in ref.train_log.history]
     assert strip == [{k: v for k, v in r.items() if k != "tok_per_s"} for r in resumed.train_log.history]
     # a finished run resumes to itself without training; the final model is in the folder
-    again = _run(data, tmp_path)
+    again = _run(data, tmp_path, **form)
     assert _same(ref, again) and _same(ref, TSAE.load(tmp_path))
 
 
