@@ -26,7 +26,8 @@ TRAIN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--lr", "lr", positive_float, "Adam learning rate"),
     ("--l0-coeff", "l0_coeff", float, "L0 coefficient per model dimension (threshold; None: 1/H)"),
     ("--l1-coeff", "l1_coeff", float, "L1 coefficient (relu)"),
-    ("--target-l0", "target_l0", positive_float, "steer L0 towards this (sets sparsity_form=target)"),
+    ("--target-l0", "target_l0", positive_float,
+     "steer L0 towards this (sets sparsity_form=target; how: --set target_control=feedback or quadratic)"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
 )
 MIN_MEANINGFUL_STEPS = 200   # fewer optimiser steps than this: the thresholds and the L0 have not settled

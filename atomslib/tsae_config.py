@@ -75,8 +75,9 @@ class TSAEConfig:
     SmolLM2 layers 3 and 15, 500k tokens, T 32, held out, against SAELens's tanh frontier at the same batch,
     bench/frontier.py): the quadratic form ended at L0 1.23-1.31 T at every batch 512-4096 (its pull vanishes at
     T, and per token it also fights the tokens that need more or fewer units than T), R² -0.005..-0.015 below
-    SAELens at matched L0; feedback ends at 0.90-1.14 T with R² at or above SAELens's on layer 3 (see DESIGN.md,
-    "The target form")."""
+    SAELens at matched L0 above 512; the feedback ends at 0.82-1.20 T, R² +0.0035..+0.024 above SAELens at every
+    batch and both layers (DESIGN.md, "The target form"). It never pays a unit to fire, so on data whose best
+    codes use fewer units than T it ends below T (the quadratic loss pushes them up to T)."""
     target_gain: float = 4.0
     """k of target_control="feedback": the coefficient's multiplier is (L0/T)^k. Larger steers closer to T and
     swings harder (k 8 with bound 4 oscillated into dead units at batch 4096: DESIGN.md)."""
@@ -91,13 +92,16 @@ class TSAEConfig:
     the initial encoder is the decoder transposed, so about a third of units fire per token."""
     init_l0: float | None = None
     """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
-    sample) where it fires on init_l0/n_units of the tokens. None: under the target form 4·target_l0 with the
-    feedback, 8·target_l0 with the quadratic loss (capped at n_units/2), init_threshold otherwise. Why: a
-    threshold moves about lr per step, so in a short budget the quadratic form's never got where the target
-    needs them (SmolLM2 layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started
-    at T the codes fall below it while the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9%
-    dead). The feedback started from init_threshold (L0 in the hundreds) overshot to L0 3-11 within the first
-    tenth at batches 2048-4096 and lost R² (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it does not."""
+    sample) where it fires on init_l0/n_units of the tokens. None: under the target form 8·target_l0 at batches
+    up to 512, 4·target_l0 above (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about
+    lr per step, so in a short budget the quadratic form's never got where the target needs them (SmolLM2
+    layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes fall below it while the random units
+    learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead). The feedback (version 10): started from
+    init_threshold (L0 in the hundreds, tenfold threshold lr) it overshot to L0 3-11 within the first tenth at
+    batches 2048-4096 (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it fell to L0 17 in 30 steps at
+    200k tokens and stayed there (held-out 19.7 for T 32, layer 3); from 8T 30.1. Above 512, where the
+    thresholds' lr grows with the batch, 4T ended 0.005-0.010 better than 8T at matched L0 (layer 3, batches
+    2048 and 4096, two seeds; DESIGN.md)."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
@@ -223,13 +227,13 @@ class TSAEConfig:
         return 10.0 if self.sparsity_form == "penalty" else 1.0
 
     def init_l0_used(self) -> float | None:
-        """The L0 the thresholds start at (init_l0; under the target form 4·target_l0 with the feedback, 8·target_l0
-        with the quadratic loss, at most n_units/2), None for init_threshold."""
+        """The L0 the thresholds start at (init_l0, or under the target form 8·target_l0 at batches up to 512 and
+        4·target_l0 above, at most n_units/2), None for init_threshold."""
         if self.init_l0 is not None or self.activation != "threshold":
             return self.init_l0 if self.activation == "threshold" else None
         if self.sparsity_form != "target":
             return None
-        return min((4.0 if self.target_control == "feedback" else 8.0) * self.target_l0, self.n_units / 2)
+        return min((8.0 if self.batch_size <= LR_REFERENCE_BATCH else 4.0) * self.target_l0, self.n_units / 2)
 
     def feedback_multiplier(self, last_l0: float | None) -> float:
         """The L0 coefficient's multiplier under target_control="feedback": (L0/T)^target_gain within
