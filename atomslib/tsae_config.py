@@ -95,8 +95,9 @@ class TSAEConfig:
     sample) where it fires on init_l0/n_units of the tokens. None: under the target form 8·target_l0 at batches
     up to 512, 4·target_l0 above (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about
     lr per step, so in a short budget the quadratic form's never got where the target needs them (SmolLM2
-    layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes fall below it while the random units
-    learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead). The feedback (version 10): started from
+    layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes
+    fall below it while the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead). The
+    feedback (version 10): started from
     init_threshold (L0 in the hundreds, tenfold threshold lr) it overshot to L0 3-11 within the first tenth at
     batches 2048-4096 (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it fell to L0 17 in 30 steps at
     200k tokens and stayed there (held-out 19.7 for T 32, layer 3); from 8T 30.1. Above 512, where the
