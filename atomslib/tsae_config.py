@@ -92,8 +92,8 @@ class TSAEConfig:
     the initial encoder is the decoder transposed, so about a third of units fire per token."""
     init_l0: float | None = None
     """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
-    sample) where it fires on init_l0/n_units of the tokens. None: under the target form 8·target_l0 at batches
-    up to 512, 4·target_l0 above (capped at n_units/2), init_threshold otherwise. Why: a threshold moves about
+    sample) where it fires on init_l0/n_units of the tokens. None: under the target form 8·target_l0 (with the
+    feedback above batch 512 4·target_l0; capped at n_units/2), init_threshold otherwise. Why: a threshold moves about
     lr per step, so in a short budget the quadratic form's never got where the target needs them (SmolLM2
     layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes
     fall below it while the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead). The
@@ -228,13 +228,14 @@ class TSAEConfig:
         return 10.0 if self.sparsity_form == "penalty" else 1.0
 
     def init_l0_used(self) -> float | None:
-        """The L0 the thresholds start at (init_l0, or under the target form 8·target_l0 at batches up to 512 and
-        4·target_l0 above, at most n_units/2), None for init_threshold."""
+        """The L0 the thresholds start at (init_l0, or under the target form 8·target_l0, 4·target_l0 with the
+        feedback above batch 512, at most n_units/2), None for init_threshold."""
         if self.init_l0 is not None or self.activation != "threshold":
             return self.init_l0 if self.activation == "threshold" else None
         if self.sparsity_form != "target":
             return None
-        return min((8.0 if self.batch_size <= LR_REFERENCE_BATCH else 4.0) * self.target_l0, self.n_units / 2)
+        above = self.target_control == "feedback" and self.batch_size > LR_REFERENCE_BATCH
+        return min((4.0 if above else 8.0) * self.target_l0, self.n_units / 2)
 
     def feedback_multiplier(self, last_l0: float | None) -> float:
         """The L0 coefficient's multiplier under target_control="feedback": (L0/T)^target_gain within

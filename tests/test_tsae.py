@@ -114,7 +114,9 @@ def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
     assert (tgt.init_l0_used(), cfg.init_l0_used()) == (8.0, None)            # 8T, at most N/2
     tgt = TSAEConfig(d_model=8, n_units=64, sparsity_form="target", target_l0=3, target_control="quadratic")
     assert tgt.init_l0_used() == 24.0                                          # 8T, either control
-    assert dataclasses.replace(tgt, batch_size=1024).init_l0_used() == 12.0   # 4T above batch 512
+    assert dataclasses.replace(tgt, batch_size=1024).init_l0_used() == 24.0   # the quadratic: 8T at any batch
+    fb = TSAEConfig(d_model=8, n_units=64, sparsity_form="target", target_l0=3, batch_size=1024)
+    assert fb.init_l0_used() == 12.0                                           # the feedback: 4T above 512
     assert TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3,
                       threshold_lr_boost=4.0).threshold_lr_boost_used() == 4.0
     assert _threshold_boost(cfg, 0, 100) == pytest.approx(10.0)
