@@ -101,7 +101,7 @@ class TSAEConfig:
     init_threshold (L0 in the hundreds, tenfold threshold lr) it overshot to L0 3-11 within the first tenth at
     batches 2048-4096 (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it fell to L0 17 in 30 steps at
     200k tokens and stayed there (held-out 19.7 for T 32, layer 3); from 8T 30.1. Above 512, where the
-    thresholds' lr grows with the batch, 4T ended 0.005-0.010 better than 8T at matched L0 (layer 3, batches
+    thresholds' lr grows with the batch, 4T ended 0.005-0.013 better than 8T at matched L0 (layer 3, batches
     2048 and 4096, two seeds; DESIGN.md)."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised

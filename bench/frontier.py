@@ -25,7 +25,8 @@ the target form's held-out (and training) L0 over its target (goal: within 20%).
 Each row: held-out R² (euclid) and mean L0 on the held-out tokens, seconds and tokens/s of the
 training, in one process on one machine, run alternately (atomslib, SAELens, ...). About 38 minutes
 on 2 idle cores for the default two layers and four batches (13 with `--batches 512`); `--quick` is a smoke run;
-`--reuse FILE` keeps the rows of an earlier run and trains only the settings it lacks.
+`--reuse FILE` keeps the rows of an earlier run (atomslib's only when trained by the same trainer version)
+and trains only the settings it lacks.
 
     python bench/frontier.py [--quick] [--layers 3,15] [--tokens 1000000] [--batches 512,1024,2048,4096]
 
@@ -102,6 +103,14 @@ def _worst_l0_ratio(rows: list[dict], key: str, target_l0: float) -> float | Non
     return max(vals, key=lambda v: abs(v - 1), default=None)
 
 
+def reusable_rows(old: dict, trainer_version: int) -> dict:
+    """The rows of an earlier frontier JSON that --reuse may keep, by (layer, batch, trainer, setting): every
+    SAELens row, and atomslib's rows trained by this trainer version (a row without one is from before rows
+    recorded it, so it is trained again)."""
+    return {(r["layer"], r["batch"], r["trainer"], r["setting"]): r for r in old["rows"] if "batch" in r
+            and (r["trainer"] != "atomslib" or r.get("trainer_version") == trainer_version)}
+
+
 def goals(rows: list[dict], matched: list[dict], target_l0: float) -> list[dict]:
     """Issue 30's goals per batch: every atomslib point at matched L0 has ΔR² >= 0 and >= 2x SAELens's tokens/s,
     and the target form's held-out L0 is within 20% of its target (its training L0 beside it)."""
@@ -156,7 +165,7 @@ def main(argv=None) -> dict:
 
     from atomslib.book.unit_store import harvest_caches
     from atomslib.interop_saelens_train import train_saelens_jumprelu
-    from atomslib.train import train_tsae
+    from atomslib.train import STATE_VERSION, train_tsae
     from atomslib.tsae import TSAEConfig
 
     reused = {}
@@ -166,7 +175,7 @@ def main(argv=None) -> dict:
         if same != {"tokens_per_sae": args.tokens, "capacity": args.capacity}:
             raise SystemExit(f"--reuse {args.reuse}: it was run with {same}, this run has --tokens {args.tokens} "
                              f"--capacity {args.capacity}; give the same, or leave --reuse out")
-        reused = {(r["layer"], r["batch"], r["trainer"], r["setting"]): r for r in old["rows"] if "batch" in r}
+        reused = reusable_rows(old, STATE_VERSION)
     caches = harvest_caches(model="smollm2-135m", layers=layers, site="resid_post", tokens=20_000,
                             heldout_tokens=5_000, progress=False)
     rows = []
@@ -205,7 +214,8 @@ def main(argv=None) -> dict:
                 r2, l0 = held_out(model, Xte)
                 rows.append({"layer": layer, "trainer": trainer, "setting": setting, "recipe": kw, "r2": r2, "l0": l0,
                              "batch": b, "seconds": sec, "tok_per_s": args.tokens / sec,
-                             "l0_train": model.fit_info.get("l0") if trainer == "atomslib" else None})
+                             "l0_train": model.fit_info.get("l0") if trainer == "atomslib" else None,
+                             "trainer_version": STATE_VERSION if trainer == "atomslib" else None})
                 print(f"  batch {b:<5} {trainer:<9} {setting:<22} held-out R² {r2:.4f}  L0 {l0:7.1f}  {sec:6.1f} s  "
                       f"{args.tokens / sec:8,.0f} tok/s", flush=True)
     result = {"benchmark": "frontier", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

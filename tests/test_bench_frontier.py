@@ -69,3 +69,13 @@ def test_reuse_refuses_a_file_from_another_budget(tmp_path):
     old.write_text(json.dumps({"setup": {"tokens_per_sae": 100_000, "capacity": 4.0}, "rows": []}))
     with pytest.raises(SystemExit, match="--tokens 500000"):
         main(["--reuse", str(old), "--out", str(tmp_path / "new.json")])
+
+
+def test_reuse_keeps_saelens_rows_and_atomslib_rows_of_this_trainer_version_only():
+    from frontier import reusable_rows
+
+    row = {"layer": 3, "batch": 512, "setting": "x"}
+    old = {"rows": [{**row, "trainer": "saelens"}, {**row, "trainer": "atomslib", "trainer_version": 9},
+                    {**row, "trainer": "atomslib", "setting": "y", "trainer_version": 10},
+                    {**row, "trainer": "atomslib", "setting": "z"}]}
+    assert sorted(reusable_rows(old, 10)) == [(3, 512, "atomslib", "y"), (3, 512, "saelens", "x")]

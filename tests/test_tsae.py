@@ -43,6 +43,7 @@ def test_defaults_are_valid_and_documented():
     ("init_threshold", -0.1), ("threshold_lr", -1.0), ("threshold_lr_boost", -1.0), ("threshold_boost_frac", 1.5), ("lr_warmup_frac", 1.5), ("adam_beta2", 1.0),
     ("batch_size", 0), ("n_tokens", 0), ("n_epochs", 0.0), ("dtype", "float16"), ("normalize", "zscore"),
     ("kernel", "gpu"), ("sparsity_form", "hinge"), ("checkpoint_every", -1), ("log_every", 0),
+    ("target_control", "pid"), ("target_gain", -1.0), ("target_bound", 0.5), ("target_integral_rate", float("nan")),
     ("device", "cuda:0" if not torch.cuda.is_available() else "nonsense"),
 ])
 def test_invalid_config_names_the_field(field, value):
