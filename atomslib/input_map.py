@@ -14,6 +14,12 @@ back (:meth:`atomslib.tsae.TSAE.fold_input_transform`), so a returned TSAE alway
   invariant under invertible linear maps); Euclidean ones are taken of the units mapped back to the
   raw space, where their decoder rows have the massive coordinates' scale again.
 
+In the whitened space a third, nonlinear guard acts on the training stream only: a token whose centred
+norm exceeds ``TSAEConfig.whiten_token_clip`` times the median's is scaled down to it
+(:func:`token_norm_cap`, :func:`cap_token_norms`). Whitening gives every direction unit variance, so the
+norms concentrate near √H and a token far out is an outlier of the low-variance directions; the returned
+model is evaluated on the tokens as they are.
+
 ``s`` makes the scale-like hyperparameters (threshold, bandwidth, the L0 coefficient 1/H) mean the same
 on every layer and model (``TSAEConfig.normalize``): ``"centred_norm"`` sets ``E‖s·(x − x̄)‖ = √H``, the
 part of the activations that varies; ``"mean_norm"`` (trainer versions up to 6) sets ``E‖s·x‖ = √H``,
@@ -92,3 +98,22 @@ def input_scale(xs_nH: Tensor, mode: str) -> float:
         what = "all equal" if mode == "centred_norm" else "all zero"
         raise ValueError(f"acts are {what}: cannot normalise them (normalize={mode!r}); pass varied activations")
     return math.sqrt(x.shape[1]) / mean_norm
+
+
+def token_norm_cap(xs_nH: Tensor, ratio: float) -> tuple[Tensor, float]:
+    """(centre_H, cap) of the whitened space's token clip (``TSAEConfig.whiten_token_clip``): the sample
+    rows' mean, and `ratio` times the median norm of the rows about it."""
+    x = xs_nH.double()
+    centre = x.mean(0)
+    return centre, float((x - centre).norm(dim=1).median()) * float(ratio)
+
+
+def cap_token_norms(x_BH: Tensor, centre_H: Tensor, cap: float) -> Tensor:
+    """Rows of `x_BH` farther than `cap` from `centre_H` moved onto that sphere, in place (the others are
+    untouched, bit for bit)."""
+    d = x_BH - centre_H.to(x_BH)
+    n = d.norm(dim=1)
+    far = n > cap
+    if bool(far.any()):
+        x_BH[far] = centre_H.to(x_BH) + d[far] * (cap / n[far])[:, None]
+    return x_BH

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from .health import loss_trend
-from .input_map import compose_diagonal, coordinate_clip, diagonal_of, input_scale, whitening
+from .input_map import (cap_token_norms, compose_diagonal, coordinate_clip, diagonal_of, input_scale,
+                        token_norm_cap, whitening)
 from .sae_step import Params, Workspace, sae_step
 from .train_data import IterStream, make_stream
 from ._util import atomic_save_safetensors, check_acts, device_of
@@ -45,8 +46,9 @@ STATE_FILE = "trainer_state.safetensors"
 # and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0); 8: the
 # thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
 # 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
-# 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control).
-STATE_VERSION = 10
+# 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control);
+# 11: whitened training caps outlying tokens' norms at 3x the median (TSAEConfig.whiten_token_clip).
+STATE_VERSION = 11
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -108,6 +110,7 @@ class _Run:
         self.A: Tensor | None = None                # x = scale · (m @ A): atomslib.input_map
         self.A_inv: Tensor | None = None
         self.A_diag: Tensor | None = None           # A's diagonal when A is diagonal (a cheaper to_x)
+        self.token_centre, self.token_cap = None, None  # TSAEConfig.whiten_token_clip (input_map.token_norm_cap)
         self.since_fired = torch.zeros(cfg.n_units, dtype=torch.int64)
         self.last_l0: float | None = None           # the previous batch's mean L0 (target_control="feedback")
         self.log_lam = 0.0                          # the feedback's integral: log of the coefficient's slow factor
@@ -147,7 +150,10 @@ class _Run:
         tensors["since_fired"] = self.since_fired
         if self.A is not None:
             tensors["transform.A"], tensors["transform.A_inv"] = self.A, self.A_inv
+        if self.token_centre is not None:
+            tensors["transform.token_centre"] = self.token_centre
         state = {"version": STATE_VERSION, "step": self.step, "total_steps": total, "scale": self.scale,
+                 "token_cap": self.token_cap,
                  "last_l0": self.last_l0, "log_lam": self.log_lam, "config": self.cfg.to_dict(),
                  "stream": stream_state, "data": fingerprint, "log": log.to_dict(),
                  # the log's running totals since its last record, so a resumed log equals an uninterrupted one
@@ -185,6 +191,7 @@ class _Run:
         self.since_fired = tensors["since_fired"]
         self.A, self.A_inv = tensors.get("transform.A"), tensors.get("transform.A_inv")
         self.A_diag = diagonal_of(self.A)
+        self.token_centre, self.token_cap = tensors.get("transform.token_centre"), state.get("token_cap")
         self.step, self.scale = int(state["step"]), float(state["scale"])
         self.last_l0, self.log_lam = state.get("last_l0"), float(state.get("log_lam", 0.0))
         return state
@@ -306,6 +313,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         rms = float(xs.norm(dim=1).mean()) / math.sqrt(H)
         unit = 1.0 if cfg.normalize != "none" else rms
         _init_from_sample(run, sample, unit)
+        if cfg.whiten and cfg.whiten_token_clip is not None:
+            run.token_centre, run.token_cap = token_norm_cap(xs * run.scale, cfg.whiten_token_clip)
         if init_dictionary is not None:
             _init_directions(run, init_dictionary)
         if cfg.init_l0_used() is not None:
@@ -333,6 +342,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         step = run.step
         size = min(B, n_tokens - step * B)
         x_BH = run.to_x(stream.take(size))
+        if run.token_cap is not None:
+            cap_token_norms(x_BH, run.token_centre, run.token_cap)
         lr_mult, lam_mult = _schedule(cfg, step, total)
         lam = cfg.sparsity_coeff * lam_mult
         if feedback:

@@ -13,6 +13,17 @@ pip_install() {
     grep -v '^WARNING: Location' "$LOG" | tail -n 40; echo "pip install $* failed (log: $LOG)" >&2; exit 1
   fi
 }
+# The environment takes about 3 GiB and pip unpacks its wheels under TMPDIR first: on a full disk pip
+# fails halfway with "No space left on device", so check both places before starting.
+NEED_GIB=${ATOMS_INSTALL_NEED_GIB:-4}
+for dir in "$VENV" "${TMPDIR:-/tmp}"; do
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kib" ] && [ "$free_kib" -lt $((NEED_GIB * 1024 * 1024)) ]; then
+    echo "only $((free_kib / 1024)) MiB free on the disk of $dir; installing needs about $NEED_GIB GiB:" \
+         "free some space (old clones, caches under \$ATOMS_CACHE) and run make again" >&2
+    exit 1
+  fi
+done
 echo ">> installing the pinned CPU stack into $VENV (2-3 minutes, once)"
 # torch is pinned exactly: unpinned, pip would pull a multi-GB CUDA build.
 pip_install torch==2.13.0 -r requirements.lock

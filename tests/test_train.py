@@ -253,6 +253,55 @@ def test_whitened_training_returns_a_raw_space_model(planted):
         train_tsae(raw, _cfg(whiten=True), progress=False)
 
 
+def test_cap_token_norms_moves_only_the_outliers():
+    from atomslib.input_map import cap_token_norms, token_norm_cap
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 16, generator=g, dtype=F64) + 3.0
+    x[[5, 900]] = 3.0 + 25.0 * x[[5, 900]]                    # two tokens far out
+    centre, cap = token_norm_cap(x, 3.0)
+    assert math.isclose(cap, 3.0 * float((x - x.mean(0)).norm(dim=1).median()))
+    before = x.clone()
+    assert cap_token_norms(x, centre, cap) is x               # in place
+    far = (before - centre).norm(dim=1) > cap
+    assert far.nonzero().flatten().tolist() == [5, 900]
+    assert torch.equal(x[~far], before[~far])                 # the rest untouched, bit for bit
+    d_new, d_old = x[far] - centre, before[far] - centre
+    assert torch.allclose(d_new.norm(dim=1), torch.full((2,), cap, dtype=F64))
+    assert torch.allclose(d_new / d_new.norm(dim=1, keepdim=True), d_old / d_old.norm(dim=1, keepdim=True))
+
+
+def test_whitened_training_caps_outlying_tokens(planted, monkeypatch):
+    """TSAEConfig.whiten_token_clip: the training steps see no token beyond the cap; without outliers
+    the clip changes nothing (the same weights as whiten_token_clip=None)."""
+    import atomslib.train as train_mod
+    from atomslib.aip import AIP
+    _, acts = planted
+    raw = acts[:20_000] @ torch.diag(torch.logspace(0, 1, 64))
+    aip = AIP.fit(raw)
+    z = aip.whiten(raw).double()
+    n = (z - z.mean(0)).norm(dim=1)
+    assert float(n.max() / n.median()) < 3                    # the premise: no outlier here
+    cfg = dict(whiten=True, n_tokens=20_000)
+    plain = train_tsae(raw, _cfg(**cfg), aip=aip, progress=False)
+    assert _same(plain, train_tsae(raw, _cfg(**cfg, whiten_token_clip=None), aip=aip, progress=False))
+
+    bad = raw.clone()
+    bad[[3, 4_000, 9_999]] *= 40.0
+    seen = []
+    real_step = train_mod.sae_step
+    def spy(p, x_BH, **kw):
+        seen.append(x_BH.detach().clone())
+        return real_step(p, x_BH, **kw)
+    monkeypatch.setattr(train_mod, "sae_step", spy)
+    for clip in (3.0, None):
+        seen.clear()
+        train_tsae(bad, _cfg(**cfg, whiten_token_clip=clip), aip=AIP.fit(bad), progress=False)
+        x = torch.cat(seen).double()
+        c = x.mean(0)
+        ratio = float((x - c).norm(dim=1).max() / (x - c).norm(dim=1).median())
+        assert ratio < 3.5 if clip else ratio > 10
+
+
 def test_relu_sae_trains_and_is_sparse(planted, trained):
     _, acts = planted
     cfg = _cfg(activation="relu", l1_coeff=1e-2, n_tokens=120_000)
@@ -298,7 +347,11 @@ def _run(acts, ckdir=None, stop_at=None, **kw):
         if stop_at is not None and rec["step"] >= stop_at:
             raise KeyboardInterrupt
     cfg = _cfg(n_tokens=40_000, log_every=1, checkpoint_every=7, **kw)
-    return train_tsae(acts, cfg, checkpoint_dir=ckdir, progress=False, log=cb)
+    aip = None
+    if cfg.whiten:
+        from atomslib.aip import AIP
+        aip = AIP.fit(acts if torch.is_tensor(acts) else torch.cat(list(acts)))
+    return train_tsae(acts, cfg, aip=aip, checkpoint_dir=ckdir, progress=False, log=cb)
 
 
 def _same(a: TSAE, b: TSAE) -> bool:
@@ -306,11 +359,15 @@ def _same(a: TSAE, b: TSAE) -> bool:
 
 
 @pytest.mark.parametrize("as_list,form", [(False, {}), (True, {}),
-                                          (False, {"sparsity_form": "target", "target_l0": 5.0})])
+                                          (False, {"sparsity_form": "target", "target_l0": 5.0}),
+                                          (False, {"whiten": True})])
 def test_resume_after_interruption_is_bit_identical(planted, tmp_path, as_list, form):
-    # the target form's feedback reads the previous batch's L0: the checkpoint carries it
+    # the target form's feedback reads the previous batch's L0, and whitened training caps outlying
+    # tokens at a norm set at the start: the checkpoint carries both
     _, acts = planted
-    acts = acts[:10_000]
+    acts = acts[:10_000].clone()
+    if form.get("whiten"):
+        acts[[3, 5_000]] *= 40.0                             # outliers, so that the cap is at work
     data = list(acts.split(700)) if as_list else acts     # an iterable with odd-sized batches
     ref = _run(data, **form)
     with pytest.raises(KeyboardInterrupt):
