@@ -2,8 +2,8 @@
 
 The check behind "every SAE kind trains healthy on both families and at any depth" (atomslib.health).
 Both embedded models (SmolLM2-135M, Gemma 3 270M), the book's two layers (fractions 0.1 and 0.5 of
-depth) and one it does not use (0.8), chapter 3's budget: 20k training and 5k held-out tokens per
-layer, 4H units, 200k training tokens, batch 512. On each layer, the same activations for:
+depth) and one it does not use (0.8), chapter 3's budget: 40k training and 10k held-out tokens per
+layer (data/profiles/default.yaml), 4H units, 200k training tokens, batch 512. On each layer, the same activations for:
 
 - the book's kinds on the trainer's defaults: `features` (ReLU + L1 2e-3), `atoms (target L0 32)`,
   `atoms (L0 penalty)` (TSAEConfig's defaults) and `atoms (whitened)` (the target form, AIP-whitened);
@@ -72,6 +72,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--layers", default=",".join(map(str, LAYERS)), help="fractions of depth or block indices")
     ap.add_argument("--tokens", type=int, default=200_000, help="training tokens per SAE (chapter 3's: 200k)")
+    ap.add_argument("--harvest-tokens", type=int, default=40_000,
+                    help="training activations harvested per layer (chapter 3's: 40k)")
+    ap.add_argument("--heldout-tokens", type=int, default=10_000,
+                    help="held-out activations per layer, where every row is measured (chapter 3's: 10k)")
     ap.add_argument("--penalties", default="1,4,16", help="the atoms' penalty frontier: l0_coeff = c/H")
     ap.add_argument("--workers", type=int, default=2, help="SAEs trained side by side, one thread each")
     ap.add_argument("--cache-dir", default=None, help="where the harvests are kept (default: the book's store)")
@@ -79,7 +83,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     layers = [float(v) if "." in v else int(v) for v in args.layers.split(",") if v]
-    harvest_tokens, heldout_tokens, n_tokens = 20_000, 5_000, args.tokens
+    harvest_tokens, heldout_tokens, n_tokens = args.harvest_tokens, args.heldout_tokens, args.tokens
     if args.quick:
         models, layers, harvest_tokens, heldout_tokens, n_tokens = models[:1], layers[:1], 4_096, 1_024, 20_480
     penalties = [float(c) for c in args.penalties.split(",") if c]
