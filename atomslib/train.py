@@ -47,7 +47,7 @@ STATE_FILE = "trainer_state.safetensors"
 # thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
 # 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
 # 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control);
-# 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training (TSAEConfig.token_clip).
+# 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training, 1x whitened (TSAEConfig.token_clip).
 STATE_VERSION = 11
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
@@ -313,8 +313,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         rms = float(xs.norm(dim=1).mean()) / math.sqrt(H)
         unit = 1.0 if cfg.normalize != "none" else rms
         _init_from_sample(run, sample, unit)
-        if cfg.token_clip is not None:
-            run.token_centre, run.token_cap = token_norm_cap(xs * run.scale, cfg.token_clip)
+        if cfg.token_clip_used() is not None:
+            run.token_centre, run.token_cap = token_norm_cap(xs * run.scale, cfg.token_clip_used())
         if init_dictionary is not None:
             _init_directions(run, init_dictionary)
         if cfg.init_l0_used() is not None:

@@ -195,16 +195,18 @@ class TSAEConfig:
     whiten: bool = False
     """Train in the AIP-whitened space x = W m (W = S~^(1/2), the spec's "AIP correction"); the
     trainer then needs aip=. The returned model still takes and returns raw activations."""
-    token_clip: float | None = 2.5
+    token_clip: float | None = None
     """Outlying tokens: a training token whose norm about the mean exceeds this many times the 99.9th
     percentile of those norms (in the training space, after whitening and the coordinate clip, on the
     first norm_estimate_tokens tokens) is scaled down to it for the training step; the returned model
-    sees tokens as they are. None: never. Why: on a 40k-token harvest of SmolLM2 layer 15 two tokens
-    (5.2x and 2.9x that percentile; raw norms 15x and 9x the median, below the harvest's 50x cut) left
-    16% of the target-form atoms' units dead and the held-out R² at 0.70; without them 0.7% and 0.76;
-    whitened, on 60k tokens, they made training diverge (atomslib.input_map, DESIGN.md). Why the 99.9th
-    percentile and 2.5: planted codes with heavy-tailed magnitudes reach 2.2x it, and no token of them,
-    of the exact codes or of the book's 20k harvests passes 2.5x, so those train exactly as before."""
+    sees tokens as they are. None (default): 2.5, and 1 when whiten (token_clip_used); math.inf: never.
+    Why: on a 40k-token harvest of SmolLM2 layer 15 two tokens (5.2x and 2.9x that percentile; raw norms
+    15x and 9x the median, below the harvest's 50x cut) left 16% of the target-form atoms' units dead and
+    the held-out R² at 0.70; without them 0.7% and 0.76. Why 2.5: planted codes with heavy-tailed
+    magnitudes reach 2.2x the percentile, and no token of them, of the exact codes or of the book's 20k
+    harvests passes 2.5x, so those train exactly as before. Why 1 when whitened: whitening gives every
+    direction unit variance, and the few tokens far out in the low-variance ones still took units (40k
+    tokens, layers 15 / 23: at 2.5x 36% / 3% never active on held-out tokens, at 1x none; DESIGN.md)."""
     unit_norm_decoder: bool = True
     """Keep decoder rows at unit norm (training space): project the gradient, renormalise every step."""
     norm_estimate_tokens: int = 65_536
@@ -246,6 +248,12 @@ class TSAEConfig:
             return None
         above = self.target_control == "feedback" and self.batch_size > LR_REFERENCE_BATCH
         return min((4.0 if above else 8.0) * self.target_l0, self.n_units / 2)
+
+    def token_clip_used(self) -> float | None:
+        """The multiple of the 99.9th percentile token norm that training caps tokens at (token_clip;
+        None: 2.5, 1 when whiten), None for never (math.inf)."""
+        v = self.token_clip if self.token_clip is not None else (1.0 if self.whiten else 2.5)
+        return None if math.isinf(v) else float(v)
 
     def feedback_multiplier(self, last_l0: float | None) -> float:
         """The L0 coefficient's multiplier under target_control="feedback": (L0/T)^target_gain within
@@ -344,8 +352,9 @@ class TSAEConfig:
             need(_finite(self.coord_std_clip) and self.coord_std_clip >= 1, "coord_std_clip",
                  "must be a number >= 1 (a multiple of the median coordinate's standard deviation), or None")
         if self.token_clip is not None:
-            need(_finite(self.token_clip) and self.token_clip >= 1, "token_clip",
-                 "must be a number >= 1 (a multiple of the 99.9th percentile token norm), or None")
+            need(isinstance(self.token_clip, (int, float)) and not math.isnan(self.token_clip) and self.token_clip >= 1,
+                 "token_clip", "must be a number >= 1 (a multiple of the 99.9th percentile token norm), math.inf "
+                 "(never), or None (the default)")
         need(self.kernel in ("auto", "sparse", "dense"), "kernel", 'use "auto", "sparse" or "dense"')
         need(isinstance(self.seed, int), "seed", "must be an integer")
         try:
