@@ -199,14 +199,16 @@ class TSAEConfig:
     """Outlying tokens: a training token whose norm about the mean exceeds this many times the 99.9th
     percentile of those norms (in the training space, after whitening and the coordinate clip, on the
     first norm_estimate_tokens tokens) is scaled down to it for the training step; the returned model
-    sees tokens as they are. None (default): 2.5, and 1 when whiten (token_clip_used); math.inf: never.
+    sees tokens as they are. None (default): 2.5, and 1 when whiten (token_clip_used); math.inf
+    (`atoms train --set token_clip=Infinity`): never.
     Why: on a 40k-token harvest of SmolLM2 layer 15 two tokens (5.2x and 2.9x that percentile; raw norms
     15x and 9x the median, below the harvest's 50x cut) left 16% of the target-form atoms' units dead and
     the held-out R² at 0.70; without them 0.7% and 0.76. Why 2.5: planted codes with heavy-tailed
-    magnitudes reach 2.2x the percentile, and no token of them, of the exact codes or of the book's 20k
-    harvests passes 2.5x, so those train exactly as before. Why 1 when whitened: whitening gives every
-    direction unit variance, and the few tokens far out in the low-variance ones still took units (40k
-    tokens, layers 15 / 23: at 2.5x 36% / 3% never active on held-out tokens, at 1x none; DESIGN.md)."""
+    magnitudes reach 2.2x the percentile, and no token of them, of the exact codes or of the 20k
+    harvests of bench/frontier.py passes 2.5x, so those train exactly as before. Why 1 when whitened:
+    whitening gives every direction unit variance, and the few tokens far out in the low-variance ones
+    still took units (40k tokens, layers 15 / 23: at 2.5x 36% / 3% never active on held-out tokens, at 1x
+    none; DESIGN.md)."""
     unit_norm_decoder: bool = True
     """Keep decoder rows at unit norm (training space): project the gradient, renormalise every step."""
     norm_estimate_tokens: int = 65_536
