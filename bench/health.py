@@ -72,10 +72,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--layers", default=",".join(map(str, LAYERS)), help="fractions of depth or block indices")
     ap.add_argument("--tokens", type=int, default=200_000, help="training tokens per SAE (chapter 3's: 200k)")
-    ap.add_argument("--harvest-tokens", type=int, default=40_000,
-                    help="training activations harvested per layer (chapter 3's: 40k)")
-    ap.add_argument("--heldout-tokens", type=int, default=10_000,
-                    help="held-out activations per layer, where every row is measured (chapter 3's: 10k)")
+    from atomslib.book.project import load_profile
+    book = load_profile("default").common          # chapter 3's harvest: the one place it is set
+    ap.add_argument("--harvest-tokens", type=int, default=int(book["tokens"]),
+                    help="training activations harvested per layer (default: the book's, data/profiles/default.yaml)")
+    ap.add_argument("--heldout-tokens", type=int, default=int(book["heldout_tokens"]),
+                    help="held-out activations per layer, where every row is measured (default: the book's)")
     ap.add_argument("--penalties", default="1,4,16", help="the atoms' penalty frontier: l0_coeff = c/H")
     ap.add_argument("--workers", type=int, default=2, help="SAEs trained side by side, one thread each")
     ap.add_argument("--cache-dir", default=None, help="where the harvests are kept (default: the book's store)")
