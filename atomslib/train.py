@@ -47,8 +47,9 @@ STATE_FILE = "trainer_state.safetensors"
 # thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
 # 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
 # 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control);
-# 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training, 1x whitened (TSAEConfig.token_clip).
-STATE_VERSION = 11
+# 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training, 1x whitened (TSAEConfig.token_clip);
+# 12: above batch 512 the L0 penalty's thresholds start at L0 64 (TSAEConfig.init_l0).
+STATE_VERSION = 12
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 

@@ -20,6 +20,10 @@ LR_REFERENCE_BATCH = 512
 """The batch that TSAEConfig.lr and threshold_lr are stated for (the one the recipe was validated at);
 above it both are scaled up (lr_batch_exponent, threshold_lr_batch_exponent), at or below it used as given."""
 
+PENALTY_INIT_L0 = 64.0
+"""The L0 that the L0 penalty's thresholds start at above LR_REFERENCE_BATCH (TSAEConfig.init_l0): there the
+same token budget has fewer steps, and thresholds that crawl from init_threshold cost R² (trainer version 12)."""
+
 
 @dataclass
 class TSAEConfig:
@@ -93,7 +97,8 @@ class TSAEConfig:
     init_l0: float | None = None
     """Start every unit's threshold at the quantile of its initial pre-activations (on the norm-estimate
     sample) where it fires on init_l0/n_units of the tokens. None: under the target form 8·target_l0 (with the
-    feedback above batch 512 4·target_l0; capped at n_units/2), init_threshold otherwise. Why: a threshold moves about
+    feedback above batch 512 4·target_l0), under the L0 penalty above batch 512 PENALTY_INIT_L0 (64; both
+    capped at n_units/2), init_threshold otherwise; 0: init_threshold always. Why: a threshold moves about
     lr per step, so in a short budget the quadratic form's never got where the target needs them (SmolLM2
     layer 3, 200k tokens: L0 41 for a target of 32; Gemma 3 layer 9, centred: 73). Started at T the codes
     fall below it while the random units learn (L0 10, 20% dead); at 2T 25, 4T 38, 8T 34 (0.9% dead). The
@@ -102,7 +107,10 @@ class TSAEConfig:
     batches 2048-4096 (SmolLM2 layer 15: 0.01-0.02 below SAELens); from 4T it fell to L0 17 in 30 steps at
     200k tokens and stayed there (held-out 19.7 for T 32, layer 3); from 8T 30.1. Above 512, where the
     thresholds' lr grows with the batch, 4T ended 0.005-0.013 better than 8T at matched L0 (layer 3, batches
-    2048 and 4096, two seeds; DESIGN.md)."""
+    2048 and 4096, two seeds; DESIGN.md). The L0 penalty above 512 (version 12): from init_threshold (L0 in the
+    hundreds) it ended 0.005-0.014 below SAELens at matched L0 on layer 15 at batches 2048 and 4096; started at
+    L0 64, +0.003..+0.024 at 1024-4096 on layers 3 and 15, two seeds each (128: -0.004 on layer 15 at 4096;
+    DESIGN.md, "The L0 penalty's start above batch 512")."""
     bandwidth: float = 0.1
     """Width epsilon of the rectangle kernel of the straight-through estimator, in normalised
     units (scaled by the data's RMS per coordinate when normalize="none")."""
@@ -141,7 +149,9 @@ class TSAEConfig:
     decay apply on top); 1 = no boost. Why (trainer version 4): early, while the thresholds crawl from
     init_threshold to where their units pay for themselves, two atoms can settle on one unit (a merged
     unit fires at twice an atom's rate) and nothing splits it later. Off under the target form (version
-    5): there it cost held-out R² on SmolLM2. The measurements: DESIGN.md, "The trainer's defaults"."""
+    5): there it cost held-out R² on SmolLM2. Kept above batch 512 (version 12), where the penalty's thresholds
+    start at PENALTY_INIT_L0: planted atoms need it there too (without it 0 of 6 identify at batch 2048). The
+    measurements: DESIGN.md, "The trainer's defaults"."""
     threshold_boost_frac: float = 0.1
     """Fraction of the steps, from the start, over which threshold_lr_boost falls to 1 (0: no boost). A tenth
     since version 8 (it was a half, when the fast thresholds outran units on real data: Gemma 3 layer 9, 13%
@@ -243,12 +253,14 @@ class TSAEConfig:
 
     def init_l0_used(self) -> float | None:
         """The L0 the thresholds start at (init_l0, or under the target form 8·target_l0, 4·target_l0 with the
-        feedback above batch 512, at most n_units/2), None for init_threshold."""
+        feedback above batch 512, under the penalty above batch 512 PENALTY_INIT_L0; at most n_units/2), None for
+        init_threshold (also when init_l0 is 0)."""
         if self.init_l0 is not None or self.activation != "threshold":
-            return self.init_l0 if self.activation == "threshold" else None
+            return self.init_l0 if self.activation == "threshold" and self.init_l0 else None
+        above = self.batch_size > LR_REFERENCE_BATCH
         if self.sparsity_form != "target":
-            return None
-        above = self.target_control == "feedback" and self.batch_size > LR_REFERENCE_BATCH
+            return min(PENALTY_INIT_L0, self.n_units / 2) if above else None
+        above = above and self.target_control == "feedback"
         return min((4.0 if above else 8.0) * self.target_l0, self.n_units / 2)
 
     def token_clip_used(self) -> float | None:
@@ -316,8 +328,9 @@ class TSAEConfig:
         need(_finite(self.target_integral_rate) and self.target_integral_rate >= 0, "target_integral_rate",
              "must be a finite number >= 0")
         if self.init_l0 is not None:
-            need(_finite(self.init_l0) and 0 < self.init_l0 < self.n_units, "init_l0",
-                 f"must be a number in (0, n_units={self.n_units}), or None")
+            need(_finite(self.init_l0) and 0 <= self.init_l0 < self.n_units, "init_l0",
+                 f"must be a number in [0, n_units={self.n_units}) (0: start at init_threshold), or None "
+                 "(the default for the sparsity form and batch)")
         if self.l0_coeff is not None:
             need(_finite(self.l0_coeff) and self.l0_coeff >= 0, "l0_coeff",
                  "must be a finite number >= 0, or None for 1/d_model")

@@ -20,8 +20,8 @@ layer (data/profiles/default.yaml), 4H units, 200k training tokens, batch 512. O
 Every row (held-out): the share of units never active, mean L0 (and the target where there is one),
 R² (euclid), R² without the massive coordinates (atomslib.activation_stats: std above 10 × the
 median's), the health verdict (atomslib.health.sae_health) and its reasons. `matched_l0` sets
-SAELens's R² without the massive coordinates against the atoms' penalty frontier interpolated (in
-log L0) at SAELens's L0, per layer. About 25 minutes on a 2-core CPU with --workers 2.
+SAELens's R² without the massive coordinates against the atoms' frontier (the upper envelope of the
+penalty points and the target form) interpolated (in log L0) at SAELens's L0, per layer. About 25 minutes on a 2-core CPU with --workers 2.
 
     python bench/health.py [--quick] [--workers 2] [--cache-dir DIR]
 
@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
                     help="training activations harvested per layer (default: the book's, data/profiles/default.yaml)")
     ap.add_argument("--heldout-tokens", type=int, default=int(book["heldout_tokens"]),
                     help="held-out activations per layer, where every row is measured (default: the book's)")
-    ap.add_argument("--penalties", default="1,4,16", help="the atoms' penalty frontier: l0_coeff = c/H")
+    ap.add_argument("--penalties", default="0.5,1,2,4,16", help="the atoms' penalty frontier: l0_coeff = c/H "
+                    "(0.5 so that it reaches past SAELens's L0 on SmolLM2 layer 3, 2 between 1 and 4, where it bends)")
     ap.add_argument("--workers", type=int, default=2, help="SAEs trained side by side, one thread each")
     ap.add_argument("--cache-dir", default=None, help="where the harvests are kept (default: the book's store)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "health.json"))
@@ -152,15 +153,18 @@ def main(argv=None) -> dict:
     for model in models:
         for layer in sorted({r["layer"] for r in rows if r["model"] == model}):
             here = [r for r in rows if r["model"] == model and r["layer"] == layer]
-            pen = [(r["mean_l0"], r["r2_without_massive"]) for r in here if r["kind"].startswith("atoms (L0 penalty)")
-                   and "version-6" not in r["kind"]]
+            # The atoms' frontier: every atoms row of the shared input map (the penalty points and the target
+            # form; not the whitened one, trained in another space), its upper envelope as in bench/frontier.py.
+            pts = [(r["mean_l0"], r["r2_without_massive"]) for r in here if r["kind"].startswith("atoms (")
+                   and r["kind"] != "atoms (whitened)" and "version-6" not in r["kind"]]
+            pen = [p for p in pts if not any(o[0] <= p[0] and o[1] > p[1] for o in pts)]
             sl = next(r for r in here if r["kind"] == "SAELens JumpReLU")
             ours = interpolate_log_l0(pen, sl["mean_l0"])
             matched.append({"model": model, "layer": layer, "saelens_l0": sl["mean_l0"],
                             "saelens_r2_without_massive": sl["r2_without_massive"],
                             "atoms_r2_without_massive_at_that_l0": ours,
                             "atoms_minus_saelens": None if ours is None else ours - sl["r2_without_massive"]})
-    print("\nheld-out R² without the massive coordinates at SAELens's L0 (atoms' penalty frontier, log-L0 interpolation):")
+    print("\nheld-out R² without the massive coordinates at SAELens's L0 (atoms' frontier, log-L0 interpolation):")
     for r in matched:
         ours = r["atoms_r2_without_massive_at_that_l0"]
         print(f"  {r['model']:<13} L{r['layer']:<3} SAELens {r['saelens_r2_without_massive']:.3f} at L0 {r['saelens_l0']:.1f}; "

@@ -15,7 +15,7 @@ number of active atoms per token, the K the bar's L0 is held to. Each trainer ge
 (--width units per planted atom) and token budget:
 
 - `atomslib`: `TSAEConfig(d_model=H, n_units=width·N, n_tokens=..., seed=...)`, nothing else set;
-- `atomslib B=2048`: the same with the batch size of the earlier default, with --trainers;
+- `atomslib B=<n>` (e.g. `atomslib B=2048`, the earlier default's batch): the same at batch n, with --trainers;
 - `SAELens step`: SAELens's DeepMind step loss (the recipe of issue 10's table);
 - `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
   1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
@@ -91,7 +91,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default="5,6", help="problem (and initialisation) seeds")
     ap.add_argument("--width", type=float, default=2.0, help="units per planted atom (default 2)")
     ap.add_argument("--trainers", default="atomslib,SAELens step",
-                    help="comma-separated: atomslib, 'atomslib B=2048', 'atomslib c/H' (the defaults at l0_coeff c/H), "
+                    help="comma-separated: atomslib, 'atomslib B=n' (the defaults at batch n), 'atomslib c/H' (the defaults at "
+                         "l0_coeff c/H), "
                          "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
@@ -123,9 +124,6 @@ def main(argv=None) -> dict:
         trainer_names.append(f"SAELens tanh B={b}")
     fits = {"atomslib": lambda p, H, n_units, seed: train_tsae(
                 p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed), progress=False),
-            "atomslib B=2048": lambda p, H, n_units, seed: train_tsae(
-                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=2048),
-                progress=False),
             # DeepMind's step loss as SAELens trains it (the recipe of the issue's table: lr 1e-3, threshold
             # 0.01, bandwidth 0.05, batch 1024, no schedules; the STE reaches the threshold only).
             "SAELens step": lambda p, H, n_units, seed: train_saelens_jumprelu(
@@ -138,13 +136,19 @@ def main(argv=None) -> dict:
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False,
                 **SAELENS_OWN)
+        elif t.startswith("atomslib B=") and t[len("atomslib B="):].isdigit() and int(t[len("atomslib B="):]) > 0:
+            b = int(t[len("atomslib B="):])        # the defaults at another batch size
+            fits[t] = lambda p, H, n_units, seed, b=b: train_tsae(
+                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=b),
+                progress=False)
         elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
             c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
             fits[t] = lambda p, H, n_units, seed, c=c: train_tsae(
                 p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, l0_coeff=c / H),
                 progress=False)
         elif t not in fits:
-            raise SystemExit(f"--trainers: unknown trainer {t!r}; use some of {sorted(fits)}")
+            raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), "
+                             f"'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
 
     def job(spec):
         (H, N, K), family, seed, trainer = spec

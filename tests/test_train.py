@@ -330,7 +330,9 @@ def test_target_form_steers_l0_and_unnormalised_training_works(planted, trained)
         # Down towards T = 4 from a weak penalty's L0 (~6.8), by both controls; the feedback by moving the
         # coefficient (it never pays a unit to fire, so it cannot pull the K = 3 codes up to 8, and it may
         # end at the truth's 3).
-        weak = float(train_tsae(acts, _cfg(l0_coeff=3e-4, n_tokens=120_000), progress=False)(acts).l0.float().mean())
+        # (init_l0 0: from init_threshold, as at batch 512, so that the weak penalty's L0 is its own, not the start's)
+        weak = float(train_tsae(acts, _cfg(l0_coeff=3e-4, n_tokens=120_000, init_l0=0.0),
+                                progress=False)(acts).l0.float().mean())
         for control in ("feedback", "quadratic"):
             m = train_tsae(acts, _cfg(sparsity_form="target", target_l0=4.0, l0_coeff=3e-4, n_tokens=120_000,
                                       target_control=control), progress=False)

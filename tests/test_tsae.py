@@ -119,6 +119,13 @@ def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
     assert dataclasses.replace(tgt, batch_size=1024).init_l0_used() == 24.0   # the quadratic: 8T at any batch
     fb = TSAEConfig(d_model=8, n_units=64, sparsity_form="target", target_l0=3, batch_size=1024)
     assert fb.init_l0_used() == 12.0                                           # the feedback: 4T above 512
+    wide = TSAEConfig(d_model=64, n_units=512, batch_size=2048)               # the penalty above 512 (version 12):
+    assert (wide.init_l0_used(), wide.threshold_lr_boost_used()) == (64.0, 10.0)   # starts at L0 64, still boosted
+    assert dataclasses.replace(wide, batch_size=512).init_l0_used() is None   # at 512 init_threshold and 10x
+    assert dataclasses.replace(wide, batch_size=512).threshold_lr_boost_used() == 10.0
+    assert dataclasses.replace(wide, n_units=100).init_l0_used() == 50.0      # at most N/2
+    assert dataclasses.replace(wide, init_l0=32.0, threshold_lr_boost=3.0).init_l0_used() == 32.0
+    assert dataclasses.replace(wide, init_l0=0.0).init_l0_used() is None    # 0: init_threshold at any batch
     assert TSAEConfig(d_model=8, n_units=16, sparsity_form="target", target_l0=3,
                       threshold_lr_boost=4.0).threshold_lr_boost_used() == 4.0
     assert _threshold_boost(cfg, 0, 100) == pytest.approx(10.0)
