@@ -21,7 +21,7 @@ Every row (held-out): the share of units never active, mean L0 (and the target w
 R² (euclid), R² without the massive coordinates (atomslib.activation_stats: std above 10 × the
 median's), the health verdict (atomslib.health.sae_health) and its reasons. `matched_l0` sets
 SAELens's R² without the massive coordinates against the atoms' frontier (the upper envelope of the
-penalty points and the target form) interpolated (in log L0) at SAELens's L0, per layer. About 25 minutes on a 2-core CPU with --workers 2.
+penalty points and the target form) interpolated (in log L0) at SAELens's L0, per layer. About 16 minutes on a 2-core CPU with --workers 2.
 
     python bench/health.py [--quick] [--workers 2] [--cache-dir DIR]
 

@@ -86,3 +86,24 @@ def test_critical_capacity_and_its_growth_with_scale():
     assert baselines.grows_with_scale([1e3, 1e4], [2, 2]) == 0.0
     assert baselines.grows_with_scale([1e3, 1e4], [None, None]) is None
     assert math.isnan(unit_store.variance_share_of_top(torch.zeros(10, 3)))
+
+
+def test_stored_units_train_on_a_shuffled_stream_like_a_tensor_input(small_cache, tmp_path):
+    """The book's units see the harvest shuffled (seeded, a new order each epoch), not in harvest order, where a
+    batch holds a few contexts' consecutive tokens; shuffle=False keeps harvest order, as its own entry."""
+    from atomslib.train import train_tsae
+    from atomslib.tsae import TSAEConfig
+
+    kw = dict(capacity=0.5, n_tokens=4096, progress=False, seed=3, batch_size=256)
+    stored = unit_store.train_units("atoms", small_cache, 3, cache_dir=tmp_path, **kw)
+    H = small_cache.d_model
+    cfg = TSAEConfig(d_model=H, n_units=int(round(0.5 * H)), n_tokens=4096, seed=3, batch_size=256)
+
+    def direct(shuffle):
+        return train_tsae(small_cache.reader(3, batch_size=256, shuffle=shuffle, seed=3), cfg, progress=False)
+
+    assert torch.equal(stored.W_dec, direct(True).W_dec)
+    assert not torch.equal(stored.W_dec, direct(False).W_dec)
+    ordered = unit_store.train_units("atoms", small_cache, 3, cache_dir=tmp_path, shuffle=False, **kw)
+    assert torch.equal(ordered.W_dec, direct(False).W_dec)
+    assert len(list(tmp_path.glob("units/atoms-L3-*/DONE"))) == 2

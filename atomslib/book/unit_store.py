@@ -126,12 +126,15 @@ def train_units(kind: str, cache: ActivationCache, layer: int, *, capacity: floa
                      **budget, **cfg_overrides)
     from ..train import STATE_VERSION      # a model trained by another trainer version is not this one
     ident = {"cache": _manifest_id(cache), "layer": int(layer), "max_tokens": max_tokens, "cfg": cfg.__dict__,
-             "trainer": STATE_VERSION}
+             "trainer": STATE_VERSION, "reader": "shuffled" if cfg.shuffle else "harvest order"}
     ck = store_root(cache_dir) / "units" / f"{kind}-L{layer}-N{N}-{_key(ident)}"
 
     def train() -> TSAE:
         from ..train import train_tsae
-        reader = cache.reader(layer, batch_size=cfg.batch_size, max_tokens=max_tokens)
+        # Shuffled (cfg.shuffle, seeded, a fresh order each epoch) as a tensor input is: in harvest order a batch
+        # holds a few contexts' consecutive tokens, which is not the i.i.d. stream the recipe was validated on.
+        reader = cache.reader(layer, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                              max_tokens=max_tokens)
         aip = cache.aip(layer) if cfg.whiten else None
         model = train_tsae(reader, cfg, aip=aip, checkpoint_dir=ck, progress=progress, eval_acts=eval_acts)
         model.fit_info["harvest"] = harvest_provenance(cache, layer)   # the hook name and model, for export_saelens
