@@ -17,7 +17,8 @@ Serves HTML_DIR on 127.0.0.1 (a free port, Python's http.server), and for every 
     out of its container (the nearest block around it) unless a box in between scrolls;
   * flags a squeezed table column: a cell narrower than SQUEEZED_CHARS characters of its own font
     in which text wraps onto a second line (the browser shrank the column until its text stood one
-    word per line, as a long unbreakable code name in the next column does; a <br> does not count);
+    word per line, as a long unbreakable code name in the next column does; a <br> does not count,
+    nor the verdict matrix's small health notes, `.v-health`, which wrap by design under the number);
   * scans each page's outputs for stray reprs (`stray_outputs`: `PosixPath(...)`, `<Figure size ...>`,
     `<Axes: ...>`, `<... object at 0x...>`: a cell that ended in a value nobody meant to show), and
     the tables the book's display helper makes (`table.atoms-table`) for numbers that break the
@@ -89,9 +90,10 @@ document.querySelectorAll('article table, article img, article figure, article s
   return;}});
 // squeezed columns: a cell narrower than SQUEEZED characters of its font in which a piece of text
 // wraps onto a second line (a text node laid out over several line boxes; a <br> the page meant is not one)
-var squeezed=[],seen={},cv=document.createElement('canvas').getContext('2d'),rg=document.createRange();
+var squeezed=[],seen={},cv=document.createElement('canvas').getContext('2d'),rg=document.createRange(),WRAPS_OK='.v-health';
 function wraps(c){var w=document.createTreeWalker(c,NodeFilter.SHOW_TEXT),n;
- while((n=w.nextNode())){if(!n.textContent.trim())continue;rg.selectNodeContents(n);var tops={},k=0;
+ while((n=w.nextNode())){if(!n.textContent.trim()||(n.parentElement&&n.parentElement.closest(WRAPS_OK)))continue;
+  rg.selectNodeContents(n);var tops={},k=0;
   Array.prototype.forEach.call(rg.getClientRects(),function(q){var t=Math.round(q.top);if(q.width>0&&!tops[t]){tops[t]=1;k++;}});
   if(k>1)return true;}return false;}
 document.querySelectorAll('article table').forEach(function(t,ti){

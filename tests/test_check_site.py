@@ -93,6 +93,24 @@ def test_the_site_check_fails_on_a_squeezed_column_and_passes_a_wrapped_one(tmp_
     assert pages["wrapped.html"]["squeezed"] == [], pages["wrapped.html"]
 
 
+def test_the_verdict_matrix_health_notes_may_wrap_under_their_number(tmp_path):
+    """The verdict matrix's health notes (`.v-health`) wrap by design, so that every model's column fits the page;
+    any other text that wraps in so narrow a column is still squeezed (the test above)."""
+    _chromium_or_skip()
+    (tmp_path / "atoms.css").write_text((REPO / "_static" / "atoms.css").read_text())
+
+    def table(number):   # four cells in 26em: each about 8 characters wide, so the notes wrap
+        cell = (f'<td><span class="v-number">{number}</span> <span class="v-mark">✗</span><br>'
+                '<span class="v-health v-unhealthy">some SAEs unhealthy</span></td>')
+        return ('<link rel="stylesheet" href="atoms.css"><div class="atoms-verdicts-wrap" style="width:26em">'
+                '<table class="atoms-verdicts"><tbody><tr><th>a claim</th>' + cell * 4 + '</tr></tbody></table></div>')
+
+    (tmp_path / "notes.html").write_text(_page(table("0.901")))
+    report = check_site.check_site(tmp_path, pages=["notes.html"], budget_ms=3000)
+    pages = {p["page"]: p for p in report["pages"]}
+    assert pages["notes.html"]["squeezed"] == [], pages["notes.html"]
+
+
 def test_the_site_check_fails_on_a_stray_repr(tmp_path):
     _chromium_or_skip()
     (tmp_path / "stray.html").write_text(_page(_cell("page.show(fig)", "PosixPath(&#39;figures/x.png&#39;)")))
