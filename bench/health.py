@@ -62,6 +62,21 @@ def interpolate_log_l0(points: list[tuple[float, float]], l0: float) -> float | 
     return None
 
 
+def matched_l0(model: str, layer: int, here: list[dict]) -> dict:
+    """SAELens's R² without the massive coordinates against the atoms' at SAELens's L0 on one layer (`here`: its
+    rows). The atoms' frontier: every atoms row of the shared input map (the penalty points and the target form;
+    not the whitened one, trained in another space, nor the version-6 map), its upper envelope (a point with
+    both a lower L0 and a higher R² than another drops that one, as in bench/frontier.py), interpolated in log L0."""
+    pts = [(r["mean_l0"], r["r2_without_massive"]) for r in here if r["kind"].startswith("atoms (")
+           and r["kind"] != "atoms (whitened)" and "version-6" not in r["kind"]]
+    envelope = [p for p in pts if not any(o[0] <= p[0] and o[1] > p[1] for o in pts)]
+    sl = next(r for r in here if r["kind"] == "SAELens JumpReLU")
+    ours = interpolate_log_l0(envelope, sl["mean_l0"])
+    return {"model": model, "layer": layer, "saelens_l0": sl["mean_l0"],
+            "saelens_r2_without_massive": sl["r2_without_massive"], "atoms_r2_without_massive_at_that_l0": ours,
+            "atoms_minus_saelens": None if ours is None else ours - sl["r2_without_massive"]}
+
+
 def target_txt(r: dict) -> str:
     return "" if r["target_l0"] is None else f" (T {r['target_l0']:g})"
 
@@ -149,21 +164,8 @@ def main(argv=None) -> dict:
                       f"{target_txt(r):<8}"
                       f"  R² {r['r2_euclid']:.3f}  w/o massive {r['r2_without_massive']:.3f}  "
                       f"{'healthy' if r['healthy'] else 'UNHEALTHY: ' + '; '.join(r['reasons'])}", flush=True)
-    matched = []
-    for model in models:
-        for layer in sorted({r["layer"] for r in rows if r["model"] == model}):
-            here = [r for r in rows if r["model"] == model and r["layer"] == layer]
-            # The atoms' frontier: every atoms row of the shared input map (the penalty points and the target
-            # form; not the whitened one, trained in another space), its upper envelope as in bench/frontier.py.
-            pts = [(r["mean_l0"], r["r2_without_massive"]) for r in here if r["kind"].startswith("atoms (")
-                   and r["kind"] != "atoms (whitened)" and "version-6" not in r["kind"]]
-            pen = [p for p in pts if not any(o[0] <= p[0] and o[1] > p[1] for o in pts)]
-            sl = next(r for r in here if r["kind"] == "SAELens JumpReLU")
-            ours = interpolate_log_l0(pen, sl["mean_l0"])
-            matched.append({"model": model, "layer": layer, "saelens_l0": sl["mean_l0"],
-                            "saelens_r2_without_massive": sl["r2_without_massive"],
-                            "atoms_r2_without_massive_at_that_l0": ours,
-                            "atoms_minus_saelens": None if ours is None else ours - sl["r2_without_massive"]})
+    matched = [matched_l0(model, layer, [r for r in rows if r["model"] == model and r["layer"] == layer])
+               for model in models for layer in sorted({r["layer"] for r in rows if r["model"] == model})]
     print("\nheld-out R² without the massive coordinates at SAELens's L0 (atoms' frontier, log-L0 interpolation):")
     for r in matched:
         ours = r["atoms_r2_without_massive_at_that_l0"]
