@@ -68,6 +68,13 @@ def held_out(model, X: torch.Tensor) -> tuple[float, float]:
     return 1.0 - sse / float((X64 - X64.mean(0)).pow(2).sum()), l0 / X.shape[0]
 
 
+def upper_envelope(items: list, key=lambda x: x) -> list:
+    """The items whose (L0, R²) = key(item) no other item beats: an item with both an L0 at most its own and a
+    higher R² drops it. The frontier of a set of SAEs, here and in bench/health.py."""
+    pts = [key(x) for x in items]
+    return [x for x, p in zip(items, pts) if not any(o[0] <= p[0] and o[1] > p[1] for o in pts)]
+
+
 def matched_l0(rows: list[dict]) -> list[dict]:
     """Each atomslib point against SAELens's frontier at the same L0.
 
@@ -81,7 +88,7 @@ def matched_l0(rows: list[dict]) -> list[dict]:
     for layer, batch in sorted({(r["layer"], r.get("batch")) for r in rows}):
         here = [r for r in rows if r["layer"] == layer and r.get("batch") == batch]
         theirs = sorted((r for r in here if r["trainer"] == "saelens"), key=lambda r: r["l0"])
-        theirs = [r for r in theirs if not any(o["l0"] <= r["l0"] and o["r2"] > r["r2"] for o in theirs)]
+        theirs = upper_envelope(theirs, key=lambda r: (r["l0"], r["r2"]))
         for a in (r for r in here if r["trainer"] == "atomslib"):
             pair = next(((lo, hi) for lo, hi in zip(theirs, theirs[1:]) if lo["l0"] <= a["l0"] <= hi["l0"]), None)
             if pair is None or a["l0"] <= 0:

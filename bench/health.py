@@ -45,6 +45,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json  # noqa: E402
 from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
+from frontier import upper_envelope  # noqa: E402
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 LAYERS = (0.1, 0.5, 0.8)
@@ -69,7 +70,7 @@ def matched_l0(model: str, layer: int, here: list[dict]) -> dict:
     both a lower L0 and a higher R² than another drops that one, as in bench/frontier.py), interpolated in log L0."""
     pts = [(r["mean_l0"], r["r2_without_massive"]) for r in here if r["kind"].startswith("atoms (")
            and r["kind"] != "atoms (whitened)" and "version-6" not in r["kind"]]
-    envelope = [p for p in pts if not any(o[0] <= p[0] and o[1] > p[1] for o in pts)]
+    envelope = upper_envelope(pts)
     sl = next(r for r in here if r["kind"] == "SAELens JumpReLU")
     ours = interpolate_log_l0(envelope, sl["mean_l0"])
     return {"model": model, "layer": layer, "saelens_l0": sl["mean_l0"],
