@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from atomslib._util import atomic_write_json
+from smoke_out import out_path  # noqa: E402  (bench/ is this script's folder)
 from atomslib.aip import AIP
 from atomslib.criteria import coherence, stability_q_star
 
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    args.out = out_path(args.out, ap.get_default("out"), args.quick)
     max_n = args.max_n or (8192 if args.quick else SIZES[-1])
     H = args.H
     g = torch.Generator().manual_seed(0)

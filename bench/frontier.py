@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json  # noqa: E402
+from smoke_out import out_path  # noqa: E402  (bench/ is this script's folder)
 from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
 
 
@@ -159,6 +160,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "frontier.json"))
     args = ap.parse_args(argv)
+    args.out = out_path(args.out, ap.get_default("out"), args.quick)
     layers = [int(v) for v in args.layers.split(",")]
     penalties = [float(v) for v in args.penalties.split(",") if v]
     coeffs = [float(v) for v in args.saelens_coeffs.split(",") if v]

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json  # noqa: E402
+from smoke_out import out_path  # noqa: E402  (bench/ is this script's folder)
 from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
 from frontier import upper_envelope  # noqa: E402
 
@@ -100,6 +101,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache-dir", default=None, help="where the harvests are kept (default: the book's store)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "health.json"))
     args = ap.parse_args(argv)
+    args.out = out_path(args.out, ap.get_default("out"), args.quick)
     models = [m for m in args.models.split(",") if m]
     layers = [float(v) if "." in v else int(v) for v in args.layers.split(",") if v]
     harvest_tokens, heldout_tokens, n_tokens = args.harvest_tokens, args.heldout_tokens, args.tokens

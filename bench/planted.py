@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json  # noqa: E402
+from smoke_out import out_path  # noqa: E402  (bench/ is this script's folder)
 from atomslib.planted_codes import CODE_FAMILIES  # noqa: E402
 from train_throughput import cpu_model  # noqa: E402  (bench/ is this script's folder)
 
@@ -102,6 +103,7 @@ def main(argv=None) -> dict:
                     help="the JSON to write (default bench/results/planted_families.json; planted.json and "
                          "planted_width1*.json are the exact-codes grids, bench/README.md has their commands)")
     args = ap.parse_args(argv)
+    args.out = out_path(args.out, ap.get_default("out"), args.quick)
     seeds = [int(v) for v in args.seeds.split(",") if v]
     families = [v.strip() for v in args.families.split(",") if v.strip()]
     bad = [v for v in families if v not in CODE_FAMILIES]

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from atomslib._util import atomic_write_json, cli_device, device_of  # noqa: E402
+from smoke_out import out_path  # noqa: E402  (bench/ is this script's folder)
 from atomslib.train import train_tsae  # noqa: E402
 from atomslib.tsae import TSAEConfig  # noqa: E402
 
@@ -219,6 +220,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-rows", type=int, default=8192, help="held-out rows R² and L0 are measured on")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_throughput.json"))
     args = ap.parse_args(argv)
+    args.out = out_path(args.out, ap.get_default("out"), args.quick)
     if args.tokens is None:
         args.tokens = 81_920 if args.quick else 409_600
     torch.set_num_threads(args.threads)

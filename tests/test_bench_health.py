@@ -35,3 +35,15 @@ def test_no_comparison_outside_the_atoms_l0_range():
             _row("SAELens JumpReLU", 60.0, 0.75)]
     m = matched_l0("m", 3, rows)
     assert m["atoms_r2_without_massive_at_that_l0"] is None and m["atoms_minus_saelens"] is None
+
+
+def test_a_smoke_run_never_writes_over_a_kept_result(tmp_path):
+    """bench/*.py --quick without --out writes into results/quick/, beside the kept file, never over it; an
+    explicit --out (or a full run) is used as given."""
+    from smoke_out import out_path
+
+    kept = tmp_path / "results" / "health.json"
+    assert out_path(str(kept), str(kept), quick=True) == tmp_path / "results" / "quick" / "health.json"
+    assert (tmp_path / "results" / "quick").is_dir()
+    assert out_path(str(kept), str(kept), quick=False) == kept
+    assert out_path(tmp_path / "mine.json", str(kept), quick=True) == tmp_path / "mine.json"
