@@ -262,6 +262,17 @@ class AIP:
             self._W_cache[key] = self._W.to(device=device, dtype=dtype)
         return self._W_cache[key]
 
+    def about_mean(self) -> "AIP":
+        """The AIP of the covariance E[(m − E m)(m − E m)ᵀ] = moment − mean meanᵀ, with the same relative
+        ridge (self when already centred). Needs the mean (an AIP from `fit`, a `MomentAccumulator` or `load`)."""
+        if self.centered:
+            return self
+        if self.mean is None:
+            raise ValueError("this AIP has no mean, so its covariance is unknown; build it with AIP.fit(acts), "
+                             "MomentAccumulator.to_aip() or ActivationCache(dir).aip(layer), which keep the mean")
+        return AIP(self._M - torch.outer(self.mean, self.mean), n_tokens=self.n_tokens, n_excluded=self.n_excluded,
+                   ridge=self.ridge, mean=self.mean, centered=True, kind=self.kind)
+
     # ---- geometry -----------------------------------------------------------------------
     def whiten(self, x: Tensor) -> Tensor:
         """x @ W, in x's dtype: Euclidean geometry of the result is the AIP geometry of x."""

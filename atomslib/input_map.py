@@ -3,7 +3,11 @@
 ``A`` is the product of two optional linear maps, each undone exactly when the trained model is handed
 back (:meth:`atomslib.tsae.TSAE.fold_input_transform`), so a returned TSAE always takes raw activations:
 
-- the AIP whitening ``W.T`` (``TSAEConfig.whiten``; W = S̃^(1/2));
+- the AIP whitening ``W.T`` (``TSAEConfig.whiten``; W = S̃^(1/2)), by default of the covariance about the
+  mean rather than the uncentred moment (``TSAEConfig.whiten_center``): the uncentred whitening squashes
+  a large constant offset's direction to almost nothing, so the loss hardly sees the error there, and
+  mapping back multiplies it by the offset's scale (Gemma 3's layer 2: R² without its massive coordinates
+  0.31-0.62 by the batch order alone; about the mean 0.69, steady; DESIGN.md);
 - a diagonal **coordinate clip** ``diag(c)`` (``TSAEConfig.coord_std_clip``): a coordinate whose standard
   deviation exceeds ``ratio`` times the median coordinate's is scaled down to that, ``c_j = min(1, ratio ·
   median_std / std_j)`` (default ratio 2). Why: real LLMs have *massive* coordinates (Sun et al. 2024); on Gemma 3 270M
@@ -35,8 +39,16 @@ import torch
 Tensor = torch.Tensor
 
 
-def whitening(aip: Any, H: int) -> tuple[Tensor, Tensor]:
-    """(A_HH, A_inv_HH) with x = m @ A the AIP-whitened activations (A = W.T, W = S~^(1/2))."""
+def whitening(aip: Any, H: int, *, center: bool = False) -> tuple[Tensor, Tensor]:
+    """(A_HH, A_inv_HH) with x = m @ A the whitened activations (A = W.T, W = S~^(1/2)); `center`
+    (``TSAEConfig.whiten_center``): W of the covariance about the mean (:meth:`atomslib.aip.AIP.about_mean`),
+    not of the uncentred moment, so `aip` must be an AIP that knows its mean."""
+    if center:
+        if not hasattr(aip, "about_mean"):
+            raise TypeError(f"TSAEConfig.whiten_center=True whitens by the covariance, which needs the AIP itself "
+                            f"(its moment and mean), not {type(aip).__name__}; pass aip=AIP (e.g. "
+                            f"ActivationCache(dir).aip(layer)) or set whiten_center=False to whiten by this matrix")
+        aip = aip.about_mean()
     W = getattr(aip, "W", aip)
     if callable(W) and not isinstance(W, Tensor):
         W = W()

@@ -48,8 +48,8 @@ STATE_FILE = "trainer_state.safetensors"
 # 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
 # 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control);
 # 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training, 1x whitened (TSAEConfig.token_clip);
-# 12: above batch 512 the L0 penalty's thresholds start at L0 64 (TSAEConfig.init_l0).
-STATE_VERSION = 12
+# 12: above batch 512 the L0 penalty's thresholds start at L0 64 (TSAEConfig.init_l0); 13: whitening about the mean (whiten_center).
+STATE_VERSION = 13
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 
@@ -298,7 +298,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         trainlog.meta["resumed_at"] = run.step
     else:
         if cfg.whiten:
-            run.A, run.A_inv = whitening(aip, H)
+            run.A, run.A_inv = whitening(aip, H, center=cfg.whiten_center)
         sample = stream.peek(cfg.norm_estimate_tokens)
         xs = sample.double() @ run.A if run.A is not None else sample.double()
         n_clipped = 0

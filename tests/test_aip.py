@@ -203,6 +203,22 @@ def test_centering_control(make_acts):
     torch.testing.assert_close(centered_cosine_matrix(X + 5, mean=mu + 5), C)
 
 
+def test_about_mean_is_the_aip_of_the_covariance_with_the_same_ridge(make_acts):
+    m = make_acts(3000, 6, seed=8, offset=3.0)
+    for ridge in (0.0, 1e-3):
+        moment = AIP.fit(m, ridge=ridge)
+        about = moment.about_mean()
+        torch.testing.assert_close(about.S, AIP.fit(m, ridge=ridge, center=True).S, rtol=1e-8, atol=1e-10)
+        assert about.centered and about.ridge == ridge and not moment.centered
+        assert about.about_mean() is about
+    # whitened by it, the rows have identity covariance (by the uncentred moment they do not)
+    w = AIP.fit(m).about_mean().whiten(m.double())
+    torch.testing.assert_close(torch.cov(w.T, correction=0), torch.eye(6, dtype=torch.float64), atol=1e-8, rtol=0)
+    assert float((torch.cov(AIP.fit(m).whiten(m.double()).T, correction=0) - torch.eye(6)).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="no mean"):
+        AIP.from_moment(m.T.double() @ m.double() / 3000).about_mean()
+
+
 # ---- persistence -------------------------------------------------------------------------------
 def test_eigendecomposition_runs_on_one_thread_and_puts_the_count_back(make_acts, monkeypatch):
     seen, eigh = [], torch.linalg.eigh

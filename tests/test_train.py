@@ -1,6 +1,7 @@
 """Trainer: hand-written gradients, recovery of a planted dictionary, resume, determinism, errors."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -253,6 +254,21 @@ def test_whitened_training_returns_a_raw_space_model(planted):
         train_tsae(raw, _cfg(whiten=True), progress=False)
 
 
+def test_whitening_is_about_the_mean_by_default(planted):
+    # whiten_center (default): the same run as whitening by the covariance's AIP given as it is, and
+    # not the run by the uncentred moment (the data have a large constant offset, as Gemma 3's layers do).
+    from atomslib.aip import AIP
+    _, acts = planted
+    raw = acts + 20.0 * torch.linspace(-1, 1, 64)
+    aip = AIP.fit(raw)
+    cfg = _cfg(whiten=True, n_tokens=20_000)
+    centred = train_tsae(raw, cfg, aip=aip, progress=False)
+    given = train_tsae(raw, dataclasses.replace(cfg, whiten_center=False), aip=aip.about_mean(), progress=False)
+    uncentred = train_tsae(raw, dataclasses.replace(cfg, whiten_center=False), aip=aip, progress=False)
+    torch.testing.assert_close(centred.W_dec, given.W_dec, rtol=0, atol=0)
+    assert not torch.allclose(centred.W_dec, uncentred.W_dec)
+
+
 def test_cap_token_norms_moves_only_the_outliers():
     from atomslib.input_map import cap_token_norms, token_norm_cap
     g = torch.Generator().manual_seed(0)
@@ -498,7 +514,9 @@ def test_other_bad_arguments():
     with pytest.raises(ValueError, match="eval_acts"):
         train_tsae(acts, _cfg(n_tokens=100), eval_acts=torch.randn(5, 3), progress=False)
     with pytest.raises(ValueError, match="whitening matrix has shape"):
-        train_tsae(acts, _cfg(n_tokens=100, whiten=True), aip=torch.eye(3), progress=False)
+        train_tsae(acts, _cfg(n_tokens=100, whiten=True, whiten_center=False), aip=torch.eye(3), progress=False)
+    with pytest.raises(TypeError, match="whiten_center=False"):   # a bare matrix has no mean to centre by
+        train_tsae(acts, _cfg(n_tokens=100, whiten=True), aip=torch.eye(64), progress=False)
     with pytest.raises(ValueError, match="one-shot"):
         train_tsae(iter(list(acts.split(50))), _cfg(n_tokens=1000), progress=False)
     with pytest.raises(TypeError, match="log"):
