@@ -78,6 +78,9 @@ def test_table_uses_the_books_number_format():
     assert Page.table(pd.DataFrame({"l": [[1.416992, 2], [3, 4000]]}))["l"].tolist() == ["[1.42, 2]", "[3, 4000]"]
     with pytest.raises(TypeError, match="DataFrame"):
         Page.table([{"a": 1}])
+    # a row without a value for a column (None, or pandas's NaN) is an empty cell, never "nan" / "None"
+    gaps = Page.table(pd.DataFrame([{"a": 0.5, "b": None}, {"a": float("nan"), "b": "x"}, {"a": np.float64("nan")}]))
+    assert gaps["a"].tolist() == ["0.5", "—", "—"] and gaps["b"].tolist() == ["—", "x", "—"]
 
 
 def test_table_drops_a_meaningless_index_and_keeps_a_meaningful_one():

@@ -56,12 +56,21 @@ class Table(pd.DataFrame):
             return self.to_string(index=self.shows_index(), max_rows=None, max_cols=None)
 
 
+MISSING = "—"   # an empty cell: None, or the NaN pandas puts where a row has no value for a column
+
+
 def cell(value: Any) -> Any:
-    """One cell as the book writes it: a number through `fmt`, anything else as it is."""
-    if isinstance(value, bool) or value is None:
+    """One cell as the book writes it: a number through `fmt`, a missing value (None or NaN: in a table
+    a NaN is a row without that column, e.g. SAELens keeps no training log) as MISSING, anything else
+    as it is."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
         return value
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:   # numpy scalars
         value = value.item()
+    if isinstance(value, float) and value != value:
+        return MISSING
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                           for v in value):
         # a list of numbers: its floats in the book's format; its integers bare (a thousands separator would
