@@ -266,11 +266,11 @@ class TSAEConfig:
         init_threshold (also when init_l0 is 0)."""
         if self.init_l0 is not None or self.activation != "threshold":
             return self.init_l0 if self.activation == "threshold" and self.init_l0 else None
-        above = self.batch_size > LR_REFERENCE_BATCH
+        above_reference = self.batch_size > LR_REFERENCE_BATCH
         if self.sparsity_form != "target":
-            return min(PENALTY_INIT_L0, self.n_units / 2) if above else None
-        above = above and self.target_control == "feedback"
-        return min((4.0 if above else 8.0) * self.target_l0, self.n_units / 2)
+            return min(PENALTY_INIT_L0, self.n_units / 2) if above_reference else None
+        factor = 4.0 if above_reference and self.target_control == "feedback" else 8.0
+        return min(factor * self.target_l0, self.n_units / 2)
 
     def token_clip_used(self) -> float | None:
         """The multiple of the 99.9th percentile token norm that training caps tokens at (token_clip;
