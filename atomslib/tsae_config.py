@@ -317,6 +317,10 @@ class TSAEConfig:
             need(isinstance(self.resample_dead_every, int) and not isinstance(self.resample_dead_every, bool)
                  and self.resample_dead_every >= 1, "resample_dead_every",
                  "must be an integer >= 1 (training tokens between resamplings), or None to never resample")
+        for f in dataclasses.fields(self):       # a switch given as text ("False" from --set) would read as true
+            if f.type == "bool":
+                need(isinstance(getattr(self, f.name), bool), f.name,
+                     f"must be true or false (a bool; on the command line --set {f.name}=false)")
         for name in ("d_model", "n_units", "batch_size", "norm_estimate_tokens", "dead_window_tokens", "log_every"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")

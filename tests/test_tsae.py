@@ -45,6 +45,7 @@ def test_defaults_are_valid_and_documented():
     ("kernel", "gpu"), ("sparsity_form", "hinge"), ("checkpoint_every", -1), ("log_every", 0),
     ("target_control", "pid"), ("target_gain", -1.0), ("target_bound", 0.5), ("target_integral_rate", float("nan")),
     ("token_clip", 0.5), ("token_clip", float("nan")), ("coord_std_clip", 0.5),
+    ("whiten_center", "False"), ("whiten", 1), ("shuffle", None), ("unit_norm_decoder", "no"), ("ste_to_pre", "true"),
     ("device", "cuda:0" if not torch.cuda.is_available() else "nonsense"),
 ])
 def test_invalid_config_names_the_field(field, value):
