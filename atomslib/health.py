@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+from ._util import fmt
+
 
 @dataclass(frozen=True)
 class HealthBar:
@@ -71,6 +73,37 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
 
+def failed_checks(dead: float | None, l0: float | None, target: float | None, r2: float | None,
+                  r2_without_massive: float | None, trend: float | None, *, bar: HealthBar = HEALTH_BAR) -> list[str]:
+    """Which of the bar's checks fail, by name: "dead", "l0" (off its target), "massive", "falling". A value
+    that is None is not checked. The one place the bar is applied (sae_health's reasons, health_label)."""
+    out = []
+    if dead is not None and dead > bar.max_dead_share:
+        out.append("dead")
+    if target is not None and l0 is not None and abs(l0 - target) > bar.l0_target_tolerance * target:
+        out.append("l0")
+    if r2 is not None and r2_without_massive is not None and r2 - r2_without_massive > bar.max_massive_gap:
+        out.append("massive")
+    if trend is not None and trend > bar.max_loss_trend:
+        out.append("falling")
+    return out
+
+
+def health_label(h: Mapping[str, Any] | None, *, bar: HealthBar = HEALTH_BAR) -> str | None:
+    """A health record (`Health._asdict()`, as the results files keep it) in a few words for a table cell:
+    "ok", or what fails: "dead 12%", the held-out L0 with the training one in brackets "66.2 (61.6)",
+    "massive", "falling". None for no record."""
+    if not isinstance(h, Mapping):
+        return None
+    if h["healthy"]:
+        return "ok"
+    words = {"dead": lambda: f"dead {h['dead_share']:.0%}", "massive": lambda: "massive", "falling": lambda: "falling",
+             "l0": lambda: fmt(h["l0"]) + ("" if h.get("l0_train") is None else f" ({fmt(h['l0_train'])})")}
+    failed = failed_checks(h["dead_share"], h["l0"], h["l0_target"], h["r2"], h["r2_without_massive"],
+                           h["loss_trend"], bar=bar)
+    return ", ".join(words[k]() for k in failed) or "; ".join(h["reasons"])
+
+
 def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALTH_BAR) -> Health:
     """The health of trained `units` (a :class:`atomslib.tsae.TSAE`) from its held-out `metrics`
     (:func:`atomslib.criteria.unit_metrics` or ``unit_store.core_criteria``: dead_fraction, mean_l0,
@@ -83,10 +116,11 @@ def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALT
     dead, l0 = _num(metrics.get("dead_fraction")), _num(metrics.get("mean_l0"))
     r2, r2_wo = _num(metrics.get("r2_euclid")), _num(metrics.get("r2_without_massive"))
     trend, l0_train = _num(fit.get("loss_trend")), _num(fit.get("l0"))
+    failed = failed_checks(dead, l0, target, r2, r2_wo, trend, bar=bar)
     reasons = []
-    if dead is not None and dead > bar.max_dead_share:
+    if "dead" in failed:
         reasons.append(f"{dead:.1%} of units never active on held-out tokens (bar {bar.max_dead_share:.0%})")
-    if target is not None and l0 is not None and abs(l0 - target) > bar.l0_target_tolerance * target:
+    if "l0" in failed:
         why = ""
         if l0_train is not None:
             met = abs(l0_train - target) <= bar.l0_target_tolerance * target
@@ -94,10 +128,10 @@ def sae_health(units: Any, metrics: Mapping[str, Any], *, bar: HealthBar = HEALT
                                                                   "training ones" if met else ""))
         reasons.append(f"L0 {l0:.3g} held out against a target of {target:.3g} (bar ±{bar.l0_target_tolerance:.0%}"
                        f"{why})")
-    if r2 is not None and r2_wo is not None and r2 - r2_wo > bar.max_massive_gap:
+    if "massive" in failed:
         reasons.append(f"R² {r2:.3g} but {r2_wo:.3g} without the {metrics.get('n_massive')} massive coordinates "
                        f"(bar: a gap of {bar.max_massive_gap:.3g})")
-    if trend is not None and trend > bar.max_loss_trend:
+    if "falling" in failed:
         reasons.append(f"training loss still falling ({trend:.0%} over the last tenth at full lr; bar "
                        f"{bar.max_loss_trend:.0%}): train longer")
     n_massive = metrics.get("n_massive")

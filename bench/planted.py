@@ -138,9 +138,8 @@ def main(argv=None) -> dict:
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False,
                 **SAELENS_OWN)
-        elif t.startswith("atomslib B=") and t.removeprefix("atomslib B=").isdigit() \
-                and int(t.removeprefix("atomslib B=")) > 0:
-            b = int(t.removeprefix("atomslib B="))   # the defaults at another batch size
+        elif t.startswith("atomslib B=") and (b := t.removeprefix("atomslib B=")).isdigit() and int(b) > 0:
+            b = int(b)                                 # the defaults at another batch size
             fits[t] = lambda p, H, n_units, seed, b=b: train_tsae(
                 p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=b),
                 progress=False)

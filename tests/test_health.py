@@ -12,7 +12,7 @@ import torch
 from atomslib import criteria
 from atomslib.activation_stats import MASSIVE_STD_RATIO, activation_stats, massive_coordinates
 from atomslib.book.results import INCONCLUSIVE, claim, evaluate_claims
-from atomslib.health import HealthBar, sae_health
+from atomslib.health import HealthBar, failed_checks, health_label, sae_health
 from atomslib.input_map import coordinate_clip
 from atomslib.train import STATE_FILE, train_tsae
 from atomslib.tsae import TSAE, TSAEConfig
@@ -118,6 +118,21 @@ def test_health_bar_reasons_name_each_failure():
     assert sae_health(Units(), {"dead_fraction": 0.01, "mean_l0": 4.2}, bar=HealthBar(max_loss_trend=1.0)).healthy
     with pytest.raises(ValueError, match="HealthBar.max_dead_share"):
         HealthBar(max_dead_share=-1)
+
+
+def test_health_label_says_in_a_few_words_what_the_reasons_say():
+    class Units:
+        cfg = TSAEConfig(d_model=8, n_units=32, sparsity_form="target", target_l0=4)
+        fit_info = {"loss_trend": 0.9, "l0": 8.5}
+    sick = sae_health(Units(), {"dead_fraction": 0.5, "mean_l0": 9.0, "r2_euclid": 0.8, "r2_without_massive": 0.1})
+    assert health_label(sick._asdict()) == "dead 50%, 9 (8.5), massive, falling"
+    assert failed_checks(0.5, 9.0, 4.0, 0.8, 0.1, 0.9) == ["dead", "l0", "massive", "falling"]
+    well = sae_health(Units(), {"dead_fraction": 0.01, "mean_l0": 4.2}, bar=HealthBar(max_loss_trend=1.0))
+    assert health_label(well._asdict()) == "ok" and health_label(None) is None
+    assert failed_checks(0.01, 4.2, 4.0, None, None, 0.9, bar=HealthBar(max_loss_trend=1.0)) == []
+    # a record judged against a stricter bar than the label's: the label falls back on the record's reasons
+    strict = sae_health(Units(), {"mean_l0": 4.2}, bar=HealthBar(max_loss_trend=0.1))
+    assert health_label(strict._asdict(), bar=HealthBar(max_loss_trend=1.0)) == strict.reasons[0]
 
 
 def test_resume_with_a_clipped_input_is_bit_identical(layer, tmp_path):
