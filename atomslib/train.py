@@ -36,19 +36,14 @@ from .tsae import TSAE, TSAEConfig
 Tensor = torch.Tensor
 
 STATE_FILE = "trainer_state.safetensors"
-# The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that
-# neither a checkpoint nor a cached model (atomslib.book.unit_store keys on it) of another one is
-# taken for this one's. 2: the target form's threshold lr is lr; 3: so is the penalty's (TSAEConfig.threshold_lr);
-# 4: it starts 10x higher and falls to that over the first half of the steps (TSAEConfig.threshold_lr_boost);
-# 5: that boost is the penalty's only (the target form's is 1 again); 6: dead units are resampled every 100k
-# tokens after 50k silent (TSAEConfig.resample_dead_every, dead_window_tokens; were 200k and 100k); 7: the input
-# map (atomslib.input_map): the scale from the centred norm, massive coordinates clipped to 2x the median std,
-# and the target form's thresholds started at 8 x target_l0 (TSAEConfig.normalize, coord_std_clip, init_l0); 8: the
-# thresholds' tenfold start fades over the first tenth of the steps, not the first half (TSAEConfig.threshold_boost_frac);
-# 9: above batch 512 the thresholds' lr grows linearly with the batch, the weights' as its 1/8 power (lr_batch_exponent);
-# 10: the target form is the L0 penalty with a coefficient fed back from the batch's L0 (TSAEConfig.target_control);
-# 11: outlying tokens' norms are capped at 2.5x the 99.9th percentile for training, 1x whitened (TSAEConfig.token_clip);
-# 12: above batch 512 the L0 penalty's thresholds start at L0 64 (TSAEConfig.init_l0); 13: whitening about the mean (whiten_center).
+# The trainer's version, bumped whenever training changes what a given TSAEConfig produces, so that neither a checkpoint
+# nor a cached model (atomslib.book.unit_store keys on it) of another one is taken for this one's. 2-5: the thresholds'
+# lr and its early boost (TSAEConfig.threshold_lr, threshold_lr_boost); 6: resampling every 100k tokens after 50k silent
+# (resample_dead_every, dead_window_tokens); 7: the input map (atomslib.input_map: normalize, coord_std_clip) and the
+# target form's start (init_l0); 8: the boost fades over a tenth (threshold_boost_frac); 9: lrs grow with the batch
+# above 512 (lr_batch_exponent); 10: the target form's feedback (target_control); 11: token_clip; 12: the penalty's
+# start above batch 512 (init_l0); 13: whitening about the mean (whiten_center). DESIGN.md has the measurements behind
+# each.
 STATE_VERSION = 13
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
@@ -103,7 +98,7 @@ def _schedule(cfg: TSAEConfig, step: int, total: int) -> tuple[float, float]:
 class _Run:
     """The mutable state of one training run (what a checkpoint holds)."""
 
-    def __init__(self, cfg: TSAEConfig, dev: torch.device) -> None:
+    def __init__(self, cfg: TSAEConfig, dev: torch.device, n_tokens: int) -> None:
         self.cfg, self.dev = cfg, dev
         self.model = TSAE(cfg)                       # training-space parameters
         self.step = 0
@@ -119,7 +114,7 @@ class _Run:
         lr = cfg.lr_used()
         groups = [{"params": [m.W_enc, m.b_enc, m.W_dec, m.b_dec], "lr": lr, "base_lr": lr}]
         if cfg.activation == "threshold":
-            tlr = cfg.threshold_lr_used()
+            tlr = cfg.threshold_lr_used(n_tokens)
             groups.append({"params": [m.threshold], "lr": tlr, "base_lr": tlr})
         fused = dev.type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, fused=fused)
@@ -286,7 +281,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         n_tokens = int(cfg.n_tokens)
     total = math.ceil(n_tokens / B)
 
-    run = _Run(cfg, dev)
+    run = _Run(cfg, dev, n_tokens)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resumed_interval: dict = {}
     if ckdir is not None and resume and (ckdir / STATE_FILE).is_file():
@@ -322,6 +317,7 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
             _init_thresholds_at_rate(run, sample, cfg.init_l0_used())
         trainlog.meta.update({"total_steps": total, "batch_size": B, "n_tokens": n_tokens, "input_scale": run.scale,
                               "whitened": bool(cfg.whiten), "coordinates_clipped": n_clipped, "unit": unit,
+                              "threshold_lr": run.opt.param_groups[-1]["base_lr"] if cfg.activation == "threshold" else None,
                               "decay_start": total - math.ceil(cfg.lr_decay_frac * total), "data": stream.fingerprint(),
                               "init": "random" if init_dictionary is None else "init_dictionary"})
     unit = float(trainlog.meta.get("unit", 1.0))

@@ -136,6 +136,21 @@ class TSAEConfig:
     8), the thresholds never got far from init_threshold: L0 66 at B 2048 and 97 at 4096 against 34 at
     512 for the same coefficient, and R² 0.020 / 0.037 below SAELens at the same batch and L0; scaled, L0
     33-41 at every batch."""
+    target_reference_tokens: int | None = None
+    """For short target-form runs (the feedback): a run of fewer training tokens than this multiplies the thresholds'
+    lr by this / n_tokens (threshold_lr_used), so that they can travel as far over the run as over this many tokens.
+    None (default): never. Chapter 4's grid sets 500k (the budget bench/frontier.py validates the target form at).
+    Why (chapter 4's grid: SmolLM2 layer 1, |M| 1k-16k, |D|/H 0.25-8, 100k tokens = 196 steps, T 32, held out): a
+    threshold moves about its lr per step, and in 196 steps the controller could not bring L0 from its start (8T)
+    down to T: 2 of 18 cells passed the health bar (L0 56-143 at |D|/H <= 2); with 500k (five times the lr) 11 of
+    18, all six at |M| 16k (the rest: five at |M| 1k, two at 4k, where the coefficient has not climbed far enough in
+    196 steps, or the codes fit their few training tokens with fewer units than T and fire more on unseen ones);
+    twice or three times the lr, a start nearer T, or the raised lr fading over the run were worse. Why not the
+    default: on chapter 3's 200k-token runs (2.5 times the lr) it brought L0 nearer T and R² without the massive
+    coordinates up 0.004-0.013 on all twelve target-form SAEs of bench/health.py, but left more units never active
+    (Gemma 3 layer 9: 5.0 / 5.2 / 4.4% on seeds 0 / 1 / 2 against 3.6 / 3.3 / 2.3%; the goal there is 5%).
+    DESIGN.md, "The target form on a short budget". The L0 penalty and the quadratic target_control are never
+    affected."""
     threshold_lr: float | None = None
     """Adam learning rate of the threshold at batches up to 512; None = lr (see threshold_lr_used). Near its equilibrium a
     threshold's gradient changes sign from step to step, and Adam's step does not shrink with it, so a
@@ -302,11 +317,21 @@ class TSAEConfig:
         """The weights' learning rate that training uses: lr·batch_factor()^lr_batch_exponent."""
         return self.lr * self.batch_factor() ** self.lr_batch_exponent
 
-    def threshold_lr_used(self) -> float:
-        """The threshold's learning rate that training uses: threshold_lr (None: lr) times
-        batch_factor()^threshold_lr_batch_exponent."""
+    def threshold_lr_used(self, n_tokens: int | None = None) -> float:
+        """The threshold's learning rate that training uses for a run of `n_tokens` training tokens (None:
+        n_tokens, the budget; no budget factor when both are None): threshold_lr (None: lr) times
+        batch_factor()^threshold_lr_batch_exponent, times budget_factor(n_tokens) (the target form's feedback only)."""
         base = self.lr if self.threshold_lr is None else self.threshold_lr
-        return base * self.batch_factor() ** self.threshold_lr_batch_exponent
+        return base * self.batch_factor() ** self.threshold_lr_batch_exponent * self.budget_factor(n_tokens)
+
+    def budget_factor(self, n_tokens: int | None = None) -> float:
+        """How much a short run raises the thresholds' lr (target_reference_tokens): under the target form's
+        feedback target_reference_tokens / n_tokens when that exceeds 1, else 1. `n_tokens` None: self.n_tokens."""
+        n = self.n_tokens if n_tokens is None else n_tokens
+        ref = self.target_reference_tokens
+        if self.sparsity_form != "target" or self.target_control != "feedback" or ref is None or not n:
+            return 1.0
+        return max(1.0, ref / n)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, msg: str) -> None:
@@ -335,6 +360,9 @@ class TSAEConfig:
             need(self.target_l0 < self.n_units, "target_l0",
                  f"must be below n_units={self.n_units} (a code cannot have more active units than the "
                  f"dictionary has); lower target_l0 or raise n_units")
+        ref = self.target_reference_tokens
+        need(ref is None or (isinstance(ref, int) and not isinstance(ref, bool) and ref >= 1), "target_reference_tokens",
+             "must be an integer >= 1 (training tokens), or None for no short-run factor")
         need(self.target_control in ("feedback", "quadratic"), "target_control", 'use "feedback" or "quadratic"')
         need(_finite(self.target_gain) and self.target_gain >= 0, "target_gain", "must be a finite number >= 0")
         need(_finite(self.target_bound) and self.target_bound >= 1, "target_bound", "must be a finite number >= 1")

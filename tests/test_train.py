@@ -572,7 +572,7 @@ def test_resample_dead_reinitialises_only_dead_units():
     from atomslib.train import _resample_dead, _Run
 
     cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=10, init_threshold=0.5)
-    run = _Run(cfg, torch.device("cpu"))
+    run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
     g = torch.Generator().manual_seed(0)
     for p in run.params():                        # some Adam state to reset
         p.grad = torch.randn(p.shape, generator=g)

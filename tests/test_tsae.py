@@ -78,7 +78,7 @@ def test_threshold_lr_default_depends_on_the_sparsity_form_and_reaches_the_optim
     assert tgt.threshold_lr_used() == pytest.approx(2e-3)
     assert TSAEConfig(d_model=8, n_units=16, threshold_lr=7e-4, sparsity_form="target", target_l0=3).threshold_lr_used() == 7e-4
     for cfg in (pen, tgt):
-        groups = _Run(cfg, torch.device("cpu")).opt.param_groups
+        groups = _Run(cfg, torch.device("cpu"), cfg.n_tokens).opt.param_groups
         assert groups[-1]["base_lr"] == pytest.approx(cfg.threshold_lr_used())
 
 
@@ -98,10 +98,38 @@ def test_learning_rates_grow_with_the_batch_above_512_only():
     assert c.threshold_lr_used() == pytest.approx(8e-3)
     off = TSAEConfig(d_model=8, n_units=16, batch_size=2048, lr_batch_exponent=0, threshold_lr_batch_exponent=0)
     assert (off.lr_used(), off.threshold_lr_used()) == (off.lr, off.lr)
-    groups = _Run(c, torch.device("cpu")).opt.param_groups
+    groups = _Run(c, torch.device("cpu"), c.n_tokens).opt.param_groups
     assert groups[0]["base_lr"] == pytest.approx(c.lr_used()) and groups[1]["base_lr"] == pytest.approx(8e-3)
     with pytest.raises(ValueError, match="lr_batch_exponent"):
         TSAEConfig(d_model=8, n_units=16, lr_batch_exponent=-1)
+
+
+def test_target_reference_tokens_raises_the_thresholds_lr_of_short_target_form_runs():
+    """With target_reference_tokens R (chapter 4's grid: 500k), a target-form run of n < R tokens multiplies the
+    thresholds' lr by R / n (in its 196-step cells the thresholds could not travel to T); at or above R, by default
+    (None), under the L0 penalty and the quadratic target form it is as before; it multiplies the batch's factor; the
+    optimiser and the training log get it, from the tokens the run actually trains on (n_epochs too)."""
+    from atomslib.train import TrainLog, _Run, train_tsae
+
+    tgt = dict(d_model=8, n_units=16, sparsity_form="target", target_l0=3)
+    short = TSAEConfig(**tgt, n_tokens=100_000, target_reference_tokens=500_000)
+    assert short.threshold_lr_used() == pytest.approx(5 * short.lr)
+    assert short.threshold_lr_used(250_000) == pytest.approx(2 * short.lr)
+    for n in (500_000, 2_000_000):
+        assert TSAEConfig(**tgt, n_tokens=n, target_reference_tokens=500_000).threshold_lr_used() == short.lr
+    assert TSAEConfig(**tgt, n_tokens=100_000).threshold_lr_used() == short.lr          # the default: never
+    for other in (dict(d_model=8, n_units=16), dict(tgt, target_control="quadratic")):
+        assert TSAEConfig(**other, n_tokens=100_000, target_reference_tokens=500_000).threshold_lr_used() == short.lr
+    assert TSAEConfig(**tgt, n_tokens=100_000, target_reference_tokens=500_000,
+                      batch_size=2048).threshold_lr_used() == pytest.approx(5e-3 * 4 * 5)
+    assert _Run(short, torch.device("cpu"), 100_000).opt.param_groups[-1]["base_lr"] == pytest.approx(5 * short.lr)
+    with pytest.raises(ValueError, match="target_reference_tokens"):
+        TSAEConfig(**tgt, target_reference_tokens=0)
+    acts = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
+    log = TrainLog()
+    train_tsae(acts, TSAEConfig(**tgt, n_tokens=None, n_epochs=2.0, batch_size=250, log_every=10,
+                                norm_estimate_tokens=500, target_reference_tokens=500_000), progress=False, log=log)
+    assert log.meta["threshold_lr"] == pytest.approx(short.lr * 500_000 / 2000)
 
 
 def test_threshold_lr_boost_fades_over_its_fraction_and_reaches_the_optimiser():
