@@ -16,6 +16,7 @@ number of active atoms per token, the K the bar's L0 is held to. Each trainer ge
 
 - `atomslib`: `TSAEConfig(d_model=H, n_units=width·N, n_tokens=..., seed=...)`, nothing else set;
 - `atomslib B=<n>` (e.g. `atomslib B=2048`, the earlier default's batch): the same at batch n, with --trainers;
+- `atomslib window=<n>`: the same with `dead_window_tokens=n` (units silent for n tokens are resampled), with --trainers;
 - `SAELens step`: SAELens's DeepMind step loss (the recipe of issue 10's table);
 - `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
   1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--width", type=float, default=2.0, help="units per planted atom (default 2)")
     ap.add_argument("--trainers", default="atomslib,SAELens step",
                     help="comma-separated: atomslib, 'atomslib B=n' (the defaults at batch n), 'atomslib c/H' (the defaults at "
-                         "l0_coeff c/H), "
+                         "l0_coeff c/H), 'atomslib window=n' (the defaults with dead_window_tokens n), "
                          "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
@@ -143,13 +144,18 @@ def main(argv=None) -> dict:
             fits[t] = lambda p, H, n_units, seed, b=b: train_tsae(
                 p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=b),
                 progress=False)
+        elif t.startswith("atomslib window=") and (w := t.removeprefix("atomslib window=")).isdigit() and int(w) > 0:
+            w = int(w)                                 # the defaults with another dead window (a lead of issue 30)
+            fits[t] = lambda p, H, n_units, seed, w=w: train_tsae(
+                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, dead_window_tokens=w),
+                progress=False)
         elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
             c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
             fits[t] = lambda p, H, n_units, seed, c=c: train_tsae(
                 p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, l0_coeff=c / H),
                 progress=False)
         elif t not in fits:
-            raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), "
+            raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
                              f"'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
 
     def job(spec):
