@@ -69,6 +69,12 @@ N_TRAIN, N_HELDOUT = 40_000, 5_000
 """Training and held-out tokens of every problem."""
 
 
+def _positive_int_after(text: str, prefix: str) -> int | None:
+    """n when `text` is `prefix` followed by a positive integer n (a trainer name such as "atomslib B=2048"), else None."""
+    rest = text.removeprefix(prefix) if text.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() and int(rest) > 0 else None
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -125,8 +131,13 @@ def main(argv=None) -> dict:
     trainer_names = [t.strip() for t in args.trainers.split(",") if t.strip()]
     for b in [int(v) for v in args.saelens_batches.split(",") if v]:
         trainer_names.append(f"SAELens tanh B={b}")
-    fits = {"atomslib": lambda p, H, n_units, seed: train_tsae(
-                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed), progress=False),
+    def atomslib_fit(overrides=lambda H: {}):
+        """atomslib's defaults at this budget, with the TSAEConfig fields `overrides(H)` set."""
+        return lambda p, H, n_units, seed: train_tsae(
+            p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, **overrides(H)),
+            progress=False)
+
+    fits = {"atomslib": atomslib_fit(),
             # DeepMind's step loss as SAELens trains it (the recipe of the issue's table: lr 1e-3, threshold
             # 0.01, bandwidth 0.05, batch 1024, no schedules; the STE reaches the threshold only).
             "SAELens step": lambda p, H, n_units, seed: train_saelens_jumprelu(
@@ -139,21 +150,13 @@ def main(argv=None) -> dict:
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False,
                 **SAELENS_OWN)
-        elif t.startswith("atomslib B=") and (b := t.removeprefix("atomslib B=")).isdigit() and int(b) > 0:
-            b = int(b)                                 # the defaults at another batch size
-            fits[t] = lambda p, H, n_units, seed, b=b: train_tsae(
-                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, batch_size=b),
-                progress=False)
-        elif t.startswith("atomslib window=") and (w := t.removeprefix("atomslib window=")).isdigit() and int(w) > 0:
-            w = int(w)                                 # the defaults with another dead window (a lead of issue 30)
-            fits[t] = lambda p, H, n_units, seed, w=w: train_tsae(
-                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, dead_window_tokens=w),
-                progress=False)
+        elif (b := _positive_int_after(t, "atomslib B=")) is not None:          # the defaults at another batch size
+            fits[t] = atomslib_fit(lambda H, b=b: {"batch_size": b})
+        elif (w := _positive_int_after(t, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
+            fits[t] = atomslib_fit(lambda H, w=w: {"dead_window_tokens": w})
         elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
             c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
-            fits[t] = lambda p, H, n_units, seed, c=c: train_tsae(
-                p.train, TSAEConfig(d_model=H, n_units=n_units, n_tokens=args.tokens, seed=seed, l0_coeff=c / H),
-                progress=False)
+            fits[t] = atomslib_fit(lambda H, c=c: {"l0_coeff": c / H})
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
                              f"'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
