@@ -425,10 +425,10 @@ def _resample_due(cfg: TSAEConfig, step: int, total: int) -> bool:
 
 @torch.no_grad()
 def _resample_dead(run: _Run, x_BH: Tensor, unit: float) -> int:
-    """Re-initialise the units silent for dead_window_tokens from high-error tokens of `x_BH`
+    """Re-initialise the units silent for resample_window_tokens from high-error tokens of `x_BH`
     (training space); returns how many. Deterministic: the draw is seeded by (seed, step)."""
     cfg, m = run.cfg, run.model
-    dead_N = run.since_fired >= cfg.dead_window_tokens
+    dead_N = run.since_fired >= cfg.resample_window_tokens(run.last_l0)
     n_dead = int(dead_N.sum())
     if n_dead == 0:
         return 0

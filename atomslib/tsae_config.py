@@ -259,6 +259,13 @@ class TSAEConfig:
     Not during the final lr decay. None: never (a unit that stops firing gets no gradient and
     stays dead). Why on, every 100k tokens with a 50k window (trainer version 6): DESIGN.md, "The
     trainer's defaults" (on planted atoms a dead unit is an atom left unfound)."""
+    resample_silent_intervals: float | None = None
+    """When set (c), a unit is resampled once it has been silent for c expected firing intervals, n_units / L0
+    training tokens with L0 the previous batch's mean L0, if that is shorter than dead_window_tokens (never
+    shorter than one batch). None: dead_window_tokens alone. Why: a unit that fires once in thousands of tokens
+    where a unit fires once in n_units / L0 on average is nearly dead, and on planted atoms such units are the
+    atoms left unfound while other units carry two (issue 30; DESIGN.md). The log's dead count stays
+    dead_window_tokens's."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active, on problems large enough
@@ -309,6 +316,15 @@ class TSAEConfig:
         step = self.target_integral_rate * (self.batch_size / LR_REFERENCE_BATCH) * lr_mult * err
         return max(-math.log(16.0), min(math.log(16.0), log_lam + step))
 
+    def resample_window_tokens(self, last_l0: float | None) -> int:
+        """How long (training tokens) a unit must have been silent to be resampled: dead_window_tokens, or
+        resample_silent_intervals·n_units/last_l0 when that is shorter (at least batch_size)."""
+        c = self.resample_silent_intervals
+        if c is None or last_l0 is None:
+            return self.dead_window_tokens
+        rel = math.ceil(c * self.n_units / max(last_l0, 1e-6))
+        return max(min(self.batch_size, self.dead_window_tokens), min(self.dead_window_tokens, rel))
+
     def batch_factor(self) -> float:
         """batch_size / LR_REFERENCE_BATCH, at least 1: what the learning rates are scaled by (to a power)."""
         return max(1.0, self.batch_size / LR_REFERENCE_BATCH)
@@ -342,6 +358,9 @@ class TSAEConfig:
             need(isinstance(self.resample_dead_every, int) and not isinstance(self.resample_dead_every, bool)
                  and self.resample_dead_every >= 1, "resample_dead_every",
                  "must be an integer >= 1 (training tokens between resamplings), or None to never resample")
+        if self.resample_silent_intervals is not None:
+            need(_finite(self.resample_silent_intervals) and self.resample_silent_intervals > 0,
+                 "resample_silent_intervals", "must be a number > 0 (expected firing intervals), or None")
         for f in dataclasses.fields(self):       # a switch given as text ("False" from --set) would read as true
             if f.type == "bool":
                 need(isinstance(getattr(self, f.name), bool), f.name,

@@ -154,6 +154,8 @@ def main(argv=None) -> dict:
             fits[t] = atomslib_fit(lambda H, b=b: {"batch_size": b})
         elif (w := _positive_int_after(t, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
             fits[t] = atomslib_fit(lambda H, w=w: {"dead_window_tokens": w})
+        elif (c := _positive_int_after(t, "atomslib silent=")) is not None:    # resample after c expected intervals
+            fits[t] = atomslib_fit(lambda H, c=c: {"resample_silent_intervals": float(c)})
         elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
             c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
             fits[t] = atomslib_fit(lambda H, c=c: {"l0_coeff": c / H})

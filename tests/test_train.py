@@ -610,6 +610,26 @@ def test_resample_dead_reinitialises_only_dead_units():
     assert _resample_dead(run, x, unit=1.0) == 0                               # nothing dead any more
 
 
+def test_resample_silent_intervals_resamples_units_silent_for_c_expected_intervals():
+    from atomslib.train import _resample_dead, _Run
+
+    cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=1_000, resample_silent_intervals=4.0)
+    assert cfg.resample_window_tokens(None) == 1_000                  # before the first batch: the dead window
+    assert cfg.resample_window_tokens(2.0) == 32                      # 4 x 16 / 2 = 32 tokens
+    assert cfg.resample_window_tokens(0.01) == 1_000                  # never longer than the dead window
+    assert cfg.resample_window_tokens(16.0) == 32                     # never shorter than a batch (4 x 16 / 16 = 4)
+    assert TSAEConfig(d_model=8, n_units=16).resample_window_tokens(2.0) == 50_000     # None: the dead window
+    run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
+    run.since_fired[:] = 10
+    run.since_fired[[1, 7]] = 40                                      # silent for 40 tokens, more than 32
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0)) * 3
+    run.last_l0 = 2.0
+    assert _resample_dead(run, x, unit=1.0) == 2 and run.since_fired[[1, 7]].eq(0).all()
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="resample_silent_intervals"):
+            TSAEConfig(d_model=8, n_units=16, resample_silent_intervals=bad)
+
+
 def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path):
     _, acts = planted
     acts = acts[:10_000]
