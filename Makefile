@@ -5,9 +5,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.atoms-installed
 PROFILE ?= default
-# Notebooks run at once by `make book` (atoms run --jobs): chapter 2 computes on one thread, so a second notebook
-# beside it uses the other core (bench/results/book_time.json has the time with it).
-JOBS ?= 2
 # Offline by construction: no hub, no telemetry, no wandb (see atomslib/models.py for the hub path).
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -26,7 +23,7 @@ $(STAMP): requirements.lock requirements-ray.lock pyproject.toml scripts/install
 
 # The main job: run every notebook on the profile (default: SmolLM2-135M, CPU, offline), then build the site.
 book: $(STAMP)
-	$(BIN)/atoms run --all --profile $(PROFILE) --jobs $(JOBS)
+	$(BIN)/atoms run --all --profile $(PROFILE)
 	@mkdir -p _build
 	$(BIN)/jupyter-book build . --path-output _build/book-$(PROFILE) > _build/book-$(PROFILE).log 2>&1 \
 	  || { tail -n 40 _build/book-$(PROFILE).log; exit 1; }
