@@ -17,6 +17,8 @@ number of active atoms per token, the K the bar's L0 is held to. Each trainer ge
 - `atomslib`: `TSAEConfig(d_model=H, n_units=width·N, n_tokens=..., seed=...)`, nothing else set;
 - `atomslib B=<n>` (e.g. `atomslib B=2048`, the earlier default's batch): the same at batch n, with --trainers;
 - `atomslib window=<n>`: the same with `dead_window_tokens=n` (units silent for n tokens are resampled), with --trainers;
+- `atomslib silent=<c>`: the same with `resample_silent_intervals=c` (units silent for c x n_units / L0 tokens are
+  resampled), with --trainers;
 - `SAELens step`: SAELens's DeepMind step loss (the recipe of issue 10's table);
 - `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
   1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
@@ -101,6 +103,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--trainers", default="atomslib,SAELens step",
                     help="comma-separated: atomslib, 'atomslib B=n' (the defaults at batch n), 'atomslib c/H' (the defaults at "
                          "l0_coeff c/H), 'atomslib window=n' (the defaults with dead_window_tokens n), "
+                         "'atomslib silent=c' (the defaults with resample_silent_intervals c), "
                          "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
@@ -161,7 +164,7 @@ def main(argv=None) -> dict:
             fits[t] = atomslib_fit(lambda H, c=c: {"l0_coeff": c / H})
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
-                             f"'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
+                             f"'atomslib silent=c', 'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
 
     def job(spec):
         (H, N, K), family, seed, trainer = spec
