@@ -630,10 +630,12 @@ def test_resample_silent_intervals_resamples_units_silent_for_c_expected_interva
             TSAEConfig(d_model=8, n_units=16, resample_silent_intervals=bad)
 
 
-def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path):
+@pytest.mark.parametrize("silent", [None, 8.0])   # 8.0: the window relative to L0 too (it reads the checkpointed L0)
+def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path, silent):
     _, acts = planted
     acts = acts[:10_000]
-    kw = dict(resample_dead_every=2_048, dead_window_tokens=2_048, l0_coeff=3e-2)   # a penalty that kills units
+    kw = dict(resample_dead_every=2_048, dead_window_tokens=2_048, l0_coeff=3e-2,   # a penalty that kills units
+              resample_silent_intervals=silent)
     ref = _run(acts, **kw)
     assert ref.train_log.meta["resampled"] > 0
     with pytest.raises(KeyboardInterrupt):
