@@ -27,6 +27,7 @@ import torch
 from .health import loss_trend
 from .input_map import (cap_token_norms, compose_diagonal, coordinate_clip, diagonal_of, input_scale,
                         token_norm_cap, whitening)
+from .resampling import resample_dead, resample_due
 from .sae_step import Params, Workspace, sae_step
 from .train_data import IterStream, make_stream
 from ._util import atomic_save_safetensors, check_acts, device_of
@@ -379,8 +380,8 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
         run.since_fired += size
         run.since_fired[st.fired_N.cpu() > 0] = 0
         run.step += 1
-        if _resample_due(cfg, run.step, total):
-            n_resampled = _resample_dead(run, x_BH, unit)
+        if resample_due(cfg, run.step, total):
+            n_resampled = resample_dead(run, x_BH, unit)
             trainlog.meta["resampled"] = trainlog.meta.get("resampled", 0) + n_resampled
         it = interval
         it["sse"] += st.sse; it["sst"] += st.sst; it["loss"] += st.loss; it["rec"] += st.rec_loss
@@ -411,57 +412,6 @@ def train_tsae(acts: Any, cfg: TSAEConfig, *, aip: Any = None, checkpoint_dir: s
     if ckdir is not None:
         model.save(ckdir)
     return model
-
-
-def _resample_due(cfg: TSAEConfig, step: int, total: int) -> bool:
-    """Whether the dead units are resampled after `step` steps (1-based): every
-    resample_dead_every tokens, but not once the final lr decay has begun (a fresh unit needs
-    steps at full lr to find its place)."""
-    if cfg.resample_dead_every is None:
-        return False
-    every = max(1, round(cfg.resample_dead_every / cfg.batch_size))
-    return step % every == 0 and step < total - math.ceil(cfg.lr_decay_frac * total)
-
-
-@torch.no_grad()
-def _resample_dead(run: _Run, x_BH: Tensor, unit: float) -> int:
-    """Re-initialise the units silent for resample_window_tokens from high-error tokens of `x_BH`
-    (training space); returns how many. Deterministic: the draw is seeded by (seed, step)."""
-    cfg, m = run.cfg, run.model
-    dead_N = run.since_fired >= cfg.resample_window_tokens(run.last_l0)
-    n_dead = int(dead_N.sum())
-    if n_dead == 0:
-        return 0
-    idx = dead_N.nonzero().squeeze(1).to(run.dev)
-    xc_BH = x_BH - m.b_dec
-    pre_BN = xc_BH @ m.W_enc.T + m.b_enc
-    z_BN = pre_BN * (pre_BN > m.threshold.to(pre_BN.dtype))
-    err_B = (z_BN @ m.W_dec + m.b_dec - x_BH).pow(2).sum(1).double().cpu()
-    if not float(err_B.sum()) > 0:
-        return 0
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
-    rows = torch.multinomial(err_B, n_dead, replacement=True, generator=g).to(run.dev)
-    v_KH = xc_BH[rows]
-    u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    live = ~dead_N.to(run.dev)
-    enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
-    # 0.2 x the live units' encoder norm (Bricken et al.), raised if needed so that the unit fires
-    # on the token it came from: a threshold unit that never fires would be dead again at once.
-    thr = cfg.init_threshold * unit
-    scale_K = torch.maximum(torch.full((n_dead,), 0.2 * enc_norm, dtype=u_KH.dtype, device=run.dev),
-                            2 * thr / v_KH.norm(dim=1).clamp_min(1e-12))
-    m.W_dec[idx] = u_KH
-    m.W_enc[idx] = u_KH * scale_K[:, None]
-    m.b_enc[idx] = 0.0
-    if cfg.activation == "threshold":
-        m.threshold[idx] = thr
-    for name, p in zip(run.names, run.params()):
-        st = run.opt.state.get(p)
-        if st and name != "b_dec":                                   # the per-unit parameters
-            st["exp_avg"][idx] = 0.0
-            st["exp_avg_sq"][idx] = 0.0
-    run.since_fired[dead_N] = 0
-    return n_dead
 
 
 @torch.no_grad()

@@ -24,6 +24,9 @@ PENALTY_INIT_L0 = 64.0
 """The L0 that the L0 penalty's thresholds start at above LR_REFERENCE_BATCH (TSAEConfig.init_l0): there the
 same token budget has fewer steps, and thresholds that crawl from init_threshold cost R² (trainer version 12)."""
 
+RESAMPLE_DIRECTIONS = ("token", "residual")
+"""What a resampled unit can be aimed at (TSAEConfig.resample_direction)."""
+
 
 @dataclass
 class TSAEConfig:
@@ -266,6 +269,12 @@ class TSAEConfig:
     where a unit fires once in n_units / L0 on average is nearly dead, and on planted atoms such units are the
     atoms left unfound while other units carry two (issue 30; DESIGN.md). The log's dead count stays
     dead_window_tokens's."""
+    resample_direction: str = "token"
+    """What a resampled unit is aimed at: "token", the direction of a token of the batch drawn by its squared
+    error (about b_dec; Bricken et al. 2023), or "residual", the direction of what the SAE leaves of that token
+    (x − x̂). Why "residual": on planted atoms the atoms left unfound are held two to a unit, and the residual of
+    a token that holds one of them points at the part of that atom the shared unit misses (issue 30; DESIGN.md
+    "resample_direction"), while a token's own direction mixes every atom active on it."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active, on problems large enough
@@ -358,6 +367,8 @@ class TSAEConfig:
             need(isinstance(self.resample_dead_every, int) and not isinstance(self.resample_dead_every, bool)
                  and self.resample_dead_every >= 1, "resample_dead_every",
                  "must be an integer >= 1 (training tokens between resamplings), or None to never resample")
+        need(self.resample_direction in RESAMPLE_DIRECTIONS, "resample_direction",
+             f"must be one of {', '.join(map(repr, RESAMPLE_DIRECTIONS))}")
         if self.resample_silent_intervals is not None:
             need(_finite(self.resample_silent_intervals) and self.resample_silent_intervals > 0,
                  "resample_silent_intervals", "must be a number > 0 (expected firing intervals), or None")

@@ -19,6 +19,8 @@ number of active atoms per token, the K the bar's L0 is held to. Each trainer ge
 - `atomslib window=<n>`: the same with `dead_window_tokens=n` (units silent for n tokens are resampled), with --trainers;
 - `atomslib silent=<c>`: the same with `resample_silent_intervals=c` (units silent for c x n_units / L0 tokens are
   resampled), with --trainers;
+- any of these followed by ` residual` (e.g. `atomslib silent=300 residual`): with `resample_direction="residual"`
+  too (resampled units aim at what the SAE leaves of a high-error token, not at the token);
 - `SAELens step`: SAELens's DeepMind step loss (the recipe of issue 10's table);
 - `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
   1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
@@ -103,7 +105,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--trainers", default="atomslib,SAELens step",
                     help="comma-separated: atomslib, 'atomslib B=n' (the defaults at batch n), 'atomslib c/H' (the defaults at "
                          "l0_coeff c/H), 'atomslib window=n' (the defaults with dead_window_tokens n), "
-                         "'atomslib silent=c' (the defaults with resample_silent_intervals c), "
+                         "'atomslib silent=c' (the defaults with resample_silent_intervals c), any of these + ' residual' "
+                         "(with resample_direction residual), "
                          "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
@@ -148,23 +151,30 @@ def main(argv=None) -> dict:
                 lr=1e-3, init_threshold=0.01, bandwidth=0.05, batch_size=1024, ste_to_input=False,
                 lr_warmup_frac=0.0, lr_decay_frac=0.0, l0_warmup_frac=0.0, progress=False, **SAELENS_OWN)}
     for t in trainer_names:
+        # "<an atomslib trainer> residual": the same with resample_direction "residual" (resampled units aim at what
+        # the SAE leaves of a high-error token)
+        residual = t.startswith("atomslib") and t.endswith(" residual")
+        base, extra = (t.removesuffix(" residual"), {"resample_direction": "residual"}) if residual else (t, {})
         if t.startswith("SAELens tanh B="):
             b = int(t.rsplit("=", 1)[1])
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False,
                 **SAELENS_OWN)
-        elif (b := _positive_int_after(t, "atomslib B=")) is not None:          # the defaults at another batch size
-            fits[t] = atomslib_fit(lambda H, b=b: {"batch_size": b})
-        elif (w := _positive_int_after(t, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
-            fits[t] = atomslib_fit(lambda H, w=w: {"dead_window_tokens": w})
-        elif (c := _positive_int_after(t, "atomslib silent=")) is not None:    # resample after c expected intervals
-            fits[t] = atomslib_fit(lambda H, c=c: {"resample_silent_intervals": float(c)})
-        elif t.startswith("atomslib ") and t.endswith("/H") and _is_number(t[len("atomslib "):-2]):
-            c = float(t[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
-            fits[t] = atomslib_fit(lambda H, c=c: {"l0_coeff": c / H})
+        elif base == "atomslib" and residual:
+            fits[t] = atomslib_fit(lambda H, e=extra: e)
+        elif (b := _positive_int_after(base, "atomslib B=")) is not None:          # the defaults at another batch size
+            fits[t] = atomslib_fit(lambda H, b=b, e=extra: {"batch_size": b, **e})
+        elif (w := _positive_int_after(base, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
+            fits[t] = atomslib_fit(lambda H, w=w, e=extra: {"dead_window_tokens": w, **e})
+        elif (c := _positive_int_after(base, "atomslib silent=")) is not None:    # resample after c expected intervals
+            fits[t] = atomslib_fit(lambda H, c=c, e=extra: {"resample_silent_intervals": float(c), **e})
+        elif base.startswith("atomslib ") and base.endswith("/H") and _is_number(base[len("atomslib "):-2]):
+            c = float(base[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
+            fits[t] = atomslib_fit(lambda H, c=c, e=extra: {"l0_coeff": c / H, **e})
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
-                             f"'atomslib silent=c', 'atomslib c/H' (c a number), 'SAELens step' or 'SAELens tanh B=n'")
+                             f"'atomslib silent=c', 'atomslib c/H' (c a number), any of these followed by ' residual', "
+                             f"'SAELens step' or 'SAELens tanh B=n'")
 
     def job(spec):
         (H, N, K), family, seed, trainer = spec

@@ -569,7 +569,8 @@ def test_cli_train_help_shows_every_default_from_the_config(capsys):
 
 # ---- dead-unit resampling -------------------------------------------------------------------------
 def test_resample_dead_reinitialises_only_dead_units():
-    from atomslib.train import _resample_dead, _Run
+    from atomslib.resampling import resample_dead as _resample_dead
+    from atomslib.train import _Run
 
     cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=10, init_threshold=0.5)
     run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
@@ -611,7 +612,8 @@ def test_resample_dead_reinitialises_only_dead_units():
 
 
 def test_resample_silent_intervals_resamples_units_silent_for_c_expected_intervals():
-    from atomslib.train import _resample_dead, _Run
+    from atomslib.resampling import resample_dead as _resample_dead
+    from atomslib.train import _Run
 
     cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=1_000, resample_silent_intervals=4.0)
     assert cfg.resample_window_tokens(None) == 1_000                  # before the first batch: the dead window
@@ -630,12 +632,41 @@ def test_resample_silent_intervals_resamples_units_silent_for_c_expected_interva
             TSAEConfig(d_model=8, n_units=16, resample_silent_intervals=bad)
 
 
-@pytest.mark.parametrize("silent", [None, 8.0])   # 8.0: the window relative to L0 too (it reads the checkpointed L0)
-def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path, silent):
+def test_resample_direction_residual_aims_units_at_what_the_sae_leaves():
+    from atomslib.resampling import resample_dead
+    from atomslib.train import _Run
+
+    cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=10, init_threshold=0.5,
+                     resample_direction="residual")
+    run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
+    m = run.model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g) * 3
+    with torch.no_grad():
+        m.threshold.fill_(0.1)                   # live units that fire, so the residual differs from the token
+        m.b_dec.copy_(torch.randn(8, generator=g))
+        pre = (x - m.b_dec) @ m.W_enc.T + m.b_enc
+        resid = x - ((pre * (pre > m.threshold)) @ m.W_dec + m.b_dec)
+        tokens = x - m.b_dec
+    run.since_fired[[3, 11]] = 10
+    assert resample_dead(run, x, unit=1.0) == 2
+    with torch.no_grad():
+        unit = lambda v: v / v.norm(dim=1, keepdim=True)
+        to_resid = m.W_dec[[3, 11]] @ unit(resid).T           # (2, 32) cosines with every token's residual
+        to_token = m.W_dec[[3, 11]] @ unit(tokens).T
+    assert torch.allclose(to_resid.max(1).values, torch.ones(2), atol=1e-5)   # each is a residual's direction ...
+    assert bool((to_token.max(1).values < 0.999).all())                      # ... and not a token's
+    with pytest.raises(ValueError, match="resample_direction"):
+        TSAEConfig(d_model=8, n_units=16, resample_direction="input")
+
+
+@pytest.mark.parametrize("silent,direction", [(None, "token"), (8.0, "token"), (None, "residual")])
+def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path, silent, direction):
+    # 8.0: the window relative to L0 too (it reads the checkpointed L0)
     _, acts = planted
     acts = acts[:10_000]
     kw = dict(resample_dead_every=2_048, dead_window_tokens=2_048, l0_coeff=3e-2,   # a penalty that kills units
-              resample_silent_intervals=silent)
+              resample_silent_intervals=silent, resample_direction=direction)
     ref = _run(acts, **kw)
     assert ref.train_log.meta["resampled"] > 0
     with pytest.raises(KeyboardInterrupt):
@@ -643,6 +674,8 @@ def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_pa
     resumed = _run(acts, tmp_path, **kw)
     assert _same(ref, resumed) and resumed.train_log.meta["resumed_at"] == 14
     assert not _same(ref, _run(acts, l0_coeff=3e-2))                          # resampling changed the model
+    if direction == "residual":                                               # and where it aims matters
+        assert not _same(ref, _run(acts, **{**kw, "resample_direction": "token"}))
     with pytest.raises(ValueError, match="resample_dead_every"):
         _cfg(resample_dead_every=0)
 

@@ -1,0 +1,70 @@
+"""Dead-unit resampling for the TSAE trainer (:mod:`atomslib.train`).
+
+Every ``resample_dead_every`` tokens (``resample_due``), the units silent for
+``TSAEConfig.resample_window_tokens`` get the direction of a high-error token of the batch, or of
+what the SAE leaves of it (``TSAEConfig.resample_direction``; ``resample_dead``, after Bricken et
+al. 2023). The run object is the trainer's ``_Run`` (duck-typed: cfg, model, opt, names, params(),
+since_fired, last_l0, step, dev).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .tsae import TSAEConfig
+
+Tensor = torch.Tensor
+
+
+def resample_due(cfg: TSAEConfig, step: int, total: int) -> bool:
+    """Whether the dead units are resampled after `step` steps (1-based): every
+    resample_dead_every tokens, but not once the final lr decay has begun (a fresh unit needs
+    steps at full lr to find its place)."""
+    if cfg.resample_dead_every is None:
+        return False
+    every = max(1, round(cfg.resample_dead_every / cfg.batch_size))
+    return step % every == 0 and step < total - math.ceil(cfg.lr_decay_frac * total)
+
+
+@torch.no_grad()
+def resample_dead(run, x_BH: Tensor, unit: float) -> int:
+    """Re-initialise the units silent for resample_window_tokens from high-error tokens of `x_BH`
+    (training space); returns how many. Deterministic: the draw is seeded by (seed, step)."""
+    cfg, m = run.cfg, run.model
+    dead_N = run.since_fired >= cfg.resample_window_tokens(run.last_l0)
+    n_dead = int(dead_N.sum())
+    if n_dead == 0:
+        return 0
+    idx = dead_N.nonzero().squeeze(1).to(run.dev)
+    xc_BH = x_BH - m.b_dec
+    pre_BN = xc_BH @ m.W_enc.T + m.b_enc
+    z_BN = pre_BN * (pre_BN > m.threshold.to(pre_BN.dtype))
+    err_B = (z_BN @ m.W_dec + m.b_dec - x_BH).pow(2).sum(1).double().cpu()
+    if not float(err_B.sum()) > 0:
+        return 0
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
+    rows = torch.multinomial(err_B, n_dead, replacement=True, generator=g).to(run.dev)
+    # "token": the token's own direction (about b_dec); "residual": what the SAE leaves of it, the direction a
+    # unit holding two atoms misses (TSAEConfig.resample_direction).
+    v_KH = (x_BH - (z_BN @ m.W_dec + m.b_dec))[rows] if cfg.resample_direction == "residual" else xc_BH[rows]
+    u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    live = ~dead_N.to(run.dev)
+    enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
+    # 0.2 x the live units' encoder norm (Bricken et al.), raised if needed so that the unit fires on the
+    # vector it came from (the token, or its residual): a threshold unit that never fires would be dead again at once.
+    thr = cfg.init_threshold * unit
+    scale_K = torch.maximum(torch.full((n_dead,), 0.2 * enc_norm, dtype=u_KH.dtype, device=run.dev),
+                            2 * thr / v_KH.norm(dim=1).clamp_min(1e-12))
+    m.W_dec[idx] = u_KH
+    m.W_enc[idx] = u_KH * scale_K[:, None]
+    m.b_enc[idx] = 0.0
+    if cfg.activation == "threshold":
+        m.threshold[idx] = thr
+    for name, p in zip(run.names, run.params()):
+        st = run.opt.state.get(p)
+        if st and name != "b_dec":                                   # the per-unit parameters
+            st["exp_avg"][idx] = 0.0
+            st["exp_avg_sq"][idx] = 0.0
+    run.since_fired[dead_N] = 0
+    return n_dead
