@@ -274,7 +274,8 @@ class TSAEConfig:
     error (about b_dec; Bricken et al. 2023), or "residual", the direction of what the SAE leaves of that token
     (x − x̂). Why "residual": on planted atoms the atoms left unfound are held two to a unit, and the residual of
     a token that holds one of them points at the part of that atom the shared unit misses (issue 30; DESIGN.md
-    "resample_direction"), while a token's own direction mixes every atom active on it."""
+    "resample_direction"), while a token's own direction mixes every atom active on it. Not the default: at two
+    units per planted atom the spare units, resampled from residual noise, fire and lift L0 (bench/README.md)."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active, on problems large enough
