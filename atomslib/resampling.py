@@ -40,14 +40,15 @@ def resample_dead(run, x_BH: Tensor, unit: float) -> int:
     xc_BH = x_BH - m.b_dec
     pre_BN = xc_BH @ m.W_enc.T + m.b_enc
     z_BN = pre_BN * (pre_BN > m.threshold.to(pre_BN.dtype))
-    err_B = (z_BN @ m.W_dec + m.b_dec - x_BH).pow(2).sum(1).double().cpu()
+    resid_BH = x_BH - (z_BN @ m.W_dec + m.b_dec)
+    err_B = resid_BH.pow(2).sum(1).double().cpu()
     if not float(err_B.sum()) > 0:
         return 0
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
     rows = torch.multinomial(err_B, n_dead, replacement=True, generator=g).to(run.dev)
     # "token": the token's own direction (about b_dec); "residual": what the SAE leaves of it, the direction a
     # unit holding two atoms misses (TSAEConfig.resample_direction).
-    v_KH = (x_BH - (z_BN @ m.W_dec + m.b_dec))[rows] if cfg.resample_direction == "residual" else xc_BH[rows]
+    v_KH = resid_BH[rows] if cfg.resample_direction == "residual" else xc_BH[rows]
     u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
     live = ~dead_N.to(run.dev)
     enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0

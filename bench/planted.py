@@ -150,27 +150,32 @@ def main(argv=None) -> dict:
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, sparsity_loss="step", l0_coeff=1.0 / H,
                 lr=1e-3, init_threshold=0.01, bandwidth=0.05, batch_size=1024, ste_to_input=False,
                 lr_warmup_frac=0.0, lr_decay_frac=0.0, l0_warmup_frac=0.0, progress=False, **SAELENS_OWN)}
+    def atomslib_overrides(name):
+        """The TSAEConfig fields an atomslib trainer name sets, as a function of H (None: not such a name)."""
+        if name == "atomslib":
+            return lambda H: {}
+        if (b := _positive_int_after(name, "atomslib B=")) is not None:          # the defaults at another batch size
+            return lambda H: {"batch_size": b}
+        if (w := _positive_int_after(name, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
+            return lambda H: {"dead_window_tokens": w}
+        if (c := _positive_int_after(name, "atomslib silent=")) is not None:    # resample after c expected intervals
+            return lambda H: {"resample_silent_intervals": float(c)}
+        if name.startswith("atomslib ") and name.endswith("/H") and _is_number(name[len("atomslib "):-2]):
+            c = float(name[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
+            return lambda H: {"l0_coeff": c / H}
+        if name.startswith("atomslib ") and name.endswith(" residual"):     # + resample_direction "residual"
+            inner = atomslib_overrides(name.removesuffix(" residual"))
+            return None if inner is None else (lambda H: {**inner(H), "resample_direction": "residual"})
+        return None
+
     for t in trainer_names:
-        # "<an atomslib trainer> residual": the same with resample_direction "residual" (resampled units aim at what
-        # the SAE leaves of a high-error token)
-        residual = t.startswith("atomslib") and t.endswith(" residual")
-        base, extra = (t.removesuffix(" residual"), {"resample_direction": "residual"}) if residual else (t, {})
         if t.startswith("SAELens tanh B="):
             b = int(t.rsplit("=", 1)[1])
             fits[t] = lambda p, H, n_units, seed, b=b: train_saelens_jumprelu(
                 p.train, H, n_units, n_tokens=args.tokens, seed=seed, batch_size=b, l0_coeff=1.0 / H, progress=False,
                 **SAELENS_OWN)
-        elif base == "atomslib" and residual:
-            fits[t] = atomslib_fit(lambda H, e=extra: e)
-        elif (b := _positive_int_after(base, "atomslib B=")) is not None:          # the defaults at another batch size
-            fits[t] = atomslib_fit(lambda H, b=b, e=extra: {"batch_size": b, **e})
-        elif (w := _positive_int_after(base, "atomslib window=")) is not None:     # another dead window (issue 30's lead)
-            fits[t] = atomslib_fit(lambda H, w=w, e=extra: {"dead_window_tokens": w, **e})
-        elif (c := _positive_int_after(base, "atomslib silent=")) is not None:    # resample after c expected intervals
-            fits[t] = atomslib_fit(lambda H, c=c, e=extra: {"resample_silent_intervals": float(c), **e})
-        elif base.startswith("atomslib ") and base.endswith("/H") and _is_number(base[len("atomslib "):-2]):
-            c = float(base[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
-            fits[t] = atomslib_fit(lambda H, c=c, e=extra: {"l0_coeff": c / H, **e})
+        elif t != "atomslib" and (overrides := atomslib_overrides(t)) is not None:
+            fits[t] = atomslib_fit(overrides)
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
                              f"'atomslib silent=c', 'atomslib c/H' (c a number), any of these followed by ' residual', "
