@@ -1,8 +1,7 @@
 """Dead-unit resampling for the TSAE trainer (:mod:`atomslib.train`).
 
 Every ``resample_dead_every`` tokens (``resample_due``), the units silent for
-``TSAEConfig.resample_window_tokens`` (the dead, silent for dead_window_tokens, and the nearly dead, silent for
-resample_silent_intervals expected firing intervals) get the direction of a high-error token of the batch, or of
+``TSAEConfig.resample_window_tokens`` get the direction of a high-error token of the batch, or of
 what the SAE leaves of it (``TSAEConfig.resample_direction``; ``resample_dead``, after Bricken et
 al. 2023). The run object is the trainer's ``_Run`` (duck-typed: cfg, model, opt, names, params(),
 since_fired, last_l0, step, dev).
@@ -48,14 +47,8 @@ def resample_dead(run, x_BH: Tensor, unit: float) -> int:
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
     rows = torch.multinomial(err_B, n_dead, replacement=True, generator=g).to(run.dev)
     # "token": the token's own direction (about b_dec); "residual": what the SAE leaves of it, the direction a
-    # unit holding two atoms misses; "residual_nearly_dead": the residual for units that fired within the dead window,
-    # the token for the dead, whose residual aim makes spare units fire on noise (TSAEConfig.resample_direction).
-    v_KH = xc_BH[rows]
-    if cfg.resample_direction == "residual":
-        v_KH = resid_BH[rows]
-    elif cfg.resample_direction == "residual_nearly_dead":
-        near_K = (run.since_fired[dead_N] < cfg.dead_window_tokens).to(run.dev)
-        v_KH = torch.where(near_K[:, None], resid_BH[rows], v_KH)
+    # unit holding two atoms misses (TSAEConfig.resample_direction).
+    v_KH = resid_BH[rows] if cfg.resample_direction == "residual" else xc_BH[rows]
     u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
     live = ~dead_N.to(run.dev)
     enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
