@@ -1,7 +1,8 @@
 """Dead-unit resampling for the TSAE trainer (:mod:`atomslib.train`).
 
 Every ``resample_dead_every`` tokens (``resample_due``), the units silent for
-``TSAEConfig.resample_window_tokens`` get the direction of a high-error token of the batch, or of
+``TSAEConfig.resample_window_tokens`` (the dead, silent for dead_window_tokens, and the nearly dead, silent for
+resample_silent_intervals expected firing intervals) get the direction of a high-error token of the batch, or of
 what the SAE leaves of it (``TSAEConfig.resample_direction``; ``resample_dead``, after Bricken et
 al. 2023). The run object is the trainer's ``_Run`` (duck-typed: cfg, model, opt, names, params(),
 since_fired, last_l0, step, dev).
@@ -47,16 +48,26 @@ def resample_dead(run, x_BH: Tensor, unit: float) -> int:
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
     rows = torch.multinomial(err_B, n_dead, replacement=True, generator=g).to(run.dev)
     # "token": the token's own direction (about b_dec); "residual": what the SAE leaves of it, the direction a
-    # unit holding two atoms misses (TSAEConfig.resample_direction).
-    v_KH = resid_BH[rows] if cfg.resample_direction == "residual" else xc_BH[rows]
+    # unit holding two atoms misses; "residual_nearly_dead": the residual for units that fired within the dead window,
+    # the token for the dead, whose residual aim makes spare units fire on noise (TSAEConfig.resample_direction).
+    v_KH = xc_BH[rows]
+    if cfg.resample_direction == "residual":
+        v_KH = resid_BH[rows]
+    elif cfg.resample_direction == "residual_nearly_dead":
+        near_K = (run.since_fired[dead_N] < cfg.dead_window_tokens).to(run.dev)
+        v_KH = torch.where(near_K[:, None], resid_BH[rows], v_KH)
     u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
     live = ~dead_N.to(run.dev)
     enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
     # 0.2 x the live units' encoder norm (Bricken et al.), raised if needed so that the unit fires on the
     # vector it came from (the token, or its residual): a threshold unit that never fires would be dead again at once.
+    # "residual_nearly_dead" raises it by the token's norm, not the residual's: a residual can be tiny, and a unit
+    # scaled to fire on it fires hard on every token with a component along it and pulls the live units off their
+    # atoms (chapter 8's inside-the-condition cells fell from 8 of 9 to 4 of 9; DESIGN.md "Version 14, reverted").
     thr = cfg.init_threshold * unit
+    fire_on_K = xc_BH[rows] if cfg.resample_direction == "residual_nearly_dead" else v_KH
     scale_K = torch.maximum(torch.full((n_dead,), 0.2 * enc_norm, dtype=u_KH.dtype, device=run.dev),
-                            2 * thr / v_KH.norm(dim=1).clamp_min(1e-12))
+                            2 * thr / fire_on_K.norm(dim=1).clamp_min(1e-12))
     m.W_dec[idx] = u_KH
     m.W_enc[idx] = u_KH * scale_K[:, None]
     m.b_enc[idx] = 0.0

@@ -43,9 +43,11 @@ STATE_FILE = "trainer_state.safetensors"
 # (resample_dead_every, dead_window_tokens); 7: the input map (atomslib.input_map: normalize, coord_std_clip) and the
 # target form's start (init_l0); 8: the boost fades over a tenth (threshold_boost_frac); 9: lrs grow with the batch
 # above 512 (lr_batch_exponent); 10: the target form's feedback (target_control); 11: token_clip; 12: the penalty's
-# start above batch 512 (init_l0); 13: whitening about the mean (whiten_center). DESIGN.md has the measurements behind
-# each.
-STATE_VERSION = 13
+# start above batch 512 (init_l0); 13: whitening about the mean (whiten_center); 14: the nearly dead resampled too, at
+# residuals with the residual's encoder scale (reverted: it lived in commits 5caae74-201dd90, so 14 names that trainer);
+# 15: the same with the token's encoder scale (resample_silent_intervals, resample_direction). DESIGN.md has the
+# measurements behind each.
+STATE_VERSION = 15
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = {"log_every", "checkpoint_every"}
 

@@ -24,7 +24,7 @@ PENALTY_INIT_L0 = 64.0
 """The L0 that the L0 penalty's thresholds start at above LR_REFERENCE_BATCH (TSAEConfig.init_l0): there the
 same token budget has fewer steps, and thresholds that crawl from init_threshold cost R² (trainer version 12)."""
 
-RESAMPLE_DIRECTIONS = ("token", "residual")
+RESAMPLE_DIRECTIONS = ("token", "residual", "residual_nearly_dead")
 """What a resampled unit can be aimed at (TSAEConfig.resample_direction)."""
 
 
@@ -37,7 +37,7 @@ class TSAEConfig:
     tests/test_identification.py, bench/planted.py): DeepMind's JumpReLU straight-through estimator
     (the step's gradient reaches the threshold only), an L0 coefficient of 1/H, the thresholds'
     learning rate equal to the weights' after a tenfold start that fades over the first tenth of
-    training, dead units resampled from high-error tokens every 100k tokens, and batches of
+    training, dead and nearly dead units resampled from high-error tokens every 100k tokens, and batches of
     512 tokens (enough optimiser steps in a 1M-token budget). With a dictionary twice as wide as the
     planted one it identifies planted atoms in general position (bench/results/planted.json); with
     exactly one unit per atom, at the default 2M tokens, too (bench/results/planted_width1.json,
@@ -262,20 +262,26 @@ class TSAEConfig:
     Not during the final lr decay. None: never (a unit that stops firing gets no gradient and
     stays dead). Why on, every 100k tokens with a 50k window (trainer version 6): DESIGN.md, "The
     trainer's defaults" (on planted atoms a dead unit is an atom left unfound)."""
-    resample_silent_intervals: float | None = None
-    """When set (c), a unit is resampled once it has been silent for c expected firing intervals, n_units / L0
-    training tokens with L0 the previous batch's mean L0, if that is shorter than dead_window_tokens (never
-    shorter than one batch). None: dead_window_tokens alone. Why: a unit that fires once in thousands of tokens
-    where a unit fires once in n_units / L0 on average is nearly dead, and on planted atoms such units are the
-    atoms left unfound while other units carry two (issue 30; DESIGN.md). The log's dead count stays
-    dead_window_tokens's."""
-    resample_direction: str = "token"
+    resample_silent_intervals: float | None = 300.0
+    """c: a unit is also resampled once it has been silent for c expected firing intervals, n_units / L0 training
+    tokens with L0 the previous batch's mean L0, if that is shorter than dead_window_tokens (never shorter than one
+    batch). None: dead_window_tokens alone (trainer versions 6-13). Why 300 (version 15): a unit that fires once in
+    thousands of tokens where a unit fires once in n_units / L0 on average is nearly dead, and on planted atoms such
+    units are the atoms left unfound while other units carry two (issue 30); smaller c resamples rare real
+    features (c = 50 left up to 20% of Gemma 3's units never active; DESIGN.md "Resampling the nearly dead").
+    The log's dead count stays dead_window_tokens's."""
+    resample_direction: str = "residual_nearly_dead"
     """What a resampled unit is aimed at: "token", the direction of a token of the batch drawn by its squared
-    error (about b_dec; Bricken et al. 2023), or "residual", the direction of what the SAE leaves of that token
-    (x − x̂). Why "residual": on planted atoms the atoms left unfound are held two to a unit, and the residual of
-    a token that holds one of them points at the part of that atom the shared unit misses (issue 30; DESIGN.md
-    "resample_direction"), while a token's own direction mixes every atom active on it. Not the default: at two
-    units per planted atom the spare units, resampled from residual noise, fire and lift L0 (bench/README.md)."""
+    error (about b_dec; Bricken et al. 2023); "residual", the direction of what the SAE leaves of that token
+    (x − x̂); "residual_nearly_dead" (the default since version 15), the residual for the nearly dead (units
+    that fired within dead_window_tokens, caught by resample_silent_intervals) and the token for the dead.
+    Why: on planted atoms the atoms left unfound are held two to a unit, and the residual of a token that holds
+    one of them points at the part of that atom the shared unit misses, while a token's own direction mixes every
+    atom active on it; but units dead for the whole window (at two units per atom, the spare ones), aimed at
+    residual noise, fire on it and lift L0, so they keep the token's direction. A unit aimed at a residual gets
+    the encoder scale that makes it fire on the residual's token, not on the residual (which can be tiny: an encoder
+    scaled to it fires hard on every token and, in chapter 8's inside-the-condition cells, pulled live units off
+    their atoms). DESIGN.md "Resampling the nearly dead", bench/README.md."""
     kernel: str = "auto"
     """Training-step kernel: "sparse" (CSR products over the active codes), "dense" (plain
     matrix products) or "auto" (sparse while few codes are active, on problems large enough

@@ -18,9 +18,10 @@ number of active atoms per token, the K the bar's L0 is held to. Each trainer ge
 - `atomslib B=<n>` (e.g. `atomslib B=2048`, the earlier default's batch): the same at batch n, with --trainers;
 - `atomslib window=<n>`: the same with `dead_window_tokens=n` (units silent for n tokens are resampled), with --trainers;
 - `atomslib silent=<c>`: the same with `resample_silent_intervals=c` (units silent for c x n_units / L0 tokens are
-  resampled), with --trainers;
-- any of these followed by ` residual` (e.g. `atomslib silent=300 residual`): with `resample_direction="residual"`
-  too (resampled units aim at what the SAE leaves of a high-error token, not at the token);
+  resampled; the default c is 300), `atomslib silent=off` with None (the dead window alone), with --trainers;
+- any of these followed by ` residual`, ` nearresidual` or ` token` (e.g. `atomslib silent=off token`, trainer
+  versions 6-13's resampling): with `resample_direction` "residual" (resampled units aim at what the SAE leaves of
+  a high-error token), "residual_nearly_dead" (the default) or "token" (at the token itself);
 - `SAELens step`: SAELens's DeepMind step loss (the recipe of issue 10's table);
 - `SAELens tanh B=...`: `train_saelens_jumprelu`'s default recipe (Anthropic's tanh loss, coefficient
   1 in SAELens's units = 1/H in ours) at each batch in --saelens-batches.
@@ -105,8 +106,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--trainers", default="atomslib,SAELens step",
                     help="comma-separated: atomslib, 'atomslib B=n' (the defaults at batch n), 'atomslib c/H' (the defaults at "
                          "l0_coeff c/H), 'atomslib window=n' (the defaults with dead_window_tokens n), "
-                         "'atomslib silent=c' (the defaults with resample_silent_intervals c), any of these + ' residual' "
-                         "(with resample_direction residual), "
+                         "'atomslib silent=c' (the defaults with resample_silent_intervals c; 'silent=off': None), any of "
+                         "these + ' residual', ' nearresidual' or ' token' (resample_direction residual, residual_nearly_dead, "
+                         "token), "
                          "'SAELens step' (SAELens tanh runs: --saelens-batches)")
     ap.add_argument("--saelens-batches", default="512", help="batch sizes of the SAELens tanh runs ('' for none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (with --workers 1)")
@@ -131,7 +133,7 @@ def main(argv=None) -> dict:
     from atomslib import identification as idf
     from atomslib.parallel import fork_map
     from atomslib.interop_saelens_train import train_saelens_jumprelu
-    from atomslib.train import train_tsae
+    from atomslib.train import STATE_VERSION, train_tsae
     from atomslib.tsae import TSAEConfig
 
     trainer_names = [t.strip() for t in args.trainers.split(",") if t.strip()]
@@ -160,12 +162,15 @@ def main(argv=None) -> dict:
             return lambda H: {"dead_window_tokens": w}
         if (c := _positive_int_after(name, "atomslib silent=")) is not None:    # resample after c expected intervals
             return lambda H: {"resample_silent_intervals": float(c)}
+        if name == "atomslib silent=off":                                      # the dead window alone (versions 6-13)
+            return lambda H: {"resample_silent_intervals": None}
         if name.startswith("atomslib ") and name.endswith("/H") and _is_number(name[len("atomslib "):-2]):
             c = float(name[len("atomslib "):-2])       # the defaults at another L0 coefficient, c/H
             return lambda H: {"l0_coeff": c / H}
-        if name.startswith("atomslib ") and name.endswith(" residual"):     # + resample_direction "residual"
-            inner = atomslib_overrides(name.removesuffix(" residual"))
-            return None if inner is None else (lambda H: {**inner(H), "resample_direction": "residual"})
+        for suffix, direction in ((" nearresidual", "residual_nearly_dead"), (" residual", "residual"), (" token", "token")):
+            if name.startswith("atomslib ") and name.endswith(suffix):      # + another resample_direction
+                inner = atomslib_overrides(name.removesuffix(suffix))
+                return None if inner is None else (lambda H, d=direction: {**inner(H), "resample_direction": d})
         return None
 
     for t in trainer_names:
@@ -178,7 +183,8 @@ def main(argv=None) -> dict:
             fits[t] = atomslib_fit(overrides)
         elif t not in fits:
             raise SystemExit(f"--trainers: unknown trainer {t!r}; use atomslib, 'atomslib B=n' (n a batch size), 'atomslib window=n', "
-                             f"'atomslib silent=c', 'atomslib c/H' (c a number), any of these followed by ' residual', "
+                             f"'atomslib silent=c', 'atomslib silent=off', 'atomslib c/H' (c a number), any of these followed by "
+                             f"' residual', ' nearresidual' or ' token', "
                              f"'SAELens step' or 'SAELens tanh B=n'")
 
     def job(spec):
@@ -233,7 +239,8 @@ def main(argv=None) -> dict:
                         "family_definitions": {fam: dataclasses.asdict(CODE_FAMILIES[fam]) for fam in families},
                         "seeds": seeds, "tokens_per_sae": args.tokens,
                         "width": args.width, "trainers": trainer_names, "workers": args.workers, "n_train": N_TRAIN,
-                        "n_heldout": N_HELDOUT, "delta_range": [1.0, 2.0], "quick": args.quick},
+                        "n_heldout": N_HELDOUT, "delta_range": [1.0, 2.0], "quick": args.quick,
+                        "trainer_version": STATE_VERSION},
               "rows": rows, "summary": summary, "saelens_identifies_atomslib_does_not": saelens_only}
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -620,7 +620,8 @@ def test_resample_silent_intervals_resamples_units_silent_for_c_expected_interva
     assert cfg.resample_window_tokens(2.0) == 32                      # 4 x 16 / 2 = 32 tokens
     assert cfg.resample_window_tokens(0.01) == 1_000                  # never longer than the dead window
     assert cfg.resample_window_tokens(16.0) == 32                     # never shorter than a batch (4 x 16 / 16 = 4)
-    assert TSAEConfig(d_model=8, n_units=16).resample_window_tokens(2.0) == 50_000     # None: the dead window
+    assert TSAEConfig(d_model=8, n_units=16, resample_silent_intervals=None).resample_window_tokens(2.0) == 50_000
+    assert TSAEConfig(d_model=8, n_units=16).resample_window_tokens(2.0) == 2_400     # the default c = 300
     run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
     run.since_fired[:] = 10
     run.since_fired[[1, 7]] = 40                                      # silent for 40 tokens, more than 32
@@ -660,7 +661,72 @@ def test_resample_direction_residual_aims_units_at_what_the_sae_leaves():
         TSAEConfig(d_model=8, n_units=16, resample_direction="input")
 
 
-@pytest.mark.parametrize("silent,direction", [(None, "token"), (8.0, "token"), (None, "residual")])
+def test_resample_direction_residual_nearly_dead_aims_only_the_nearly_dead_at_residuals():
+    from atomslib.resampling import resample_dead
+    from atomslib.train import _Run
+
+    cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=1_000, init_threshold=0.5,
+                     resample_silent_intervals=4.0, resample_direction="residual_nearly_dead")
+    run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
+    m = run.model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g) * 3
+    with torch.no_grad():
+        m.threshold.fill_(0.1)
+        m.b_dec.copy_(torch.randn(8, generator=g))
+        pre = (x - m.b_dec) @ m.W_enc.T + m.b_enc
+        resid = x - ((pre * (pre > m.threshold)) @ m.W_dec + m.b_dec)
+        tokens = x - m.b_dec
+        live = torch.ones(16, dtype=torch.bool)
+        live[[3, 11]] = False
+        enc_norm = float(m.W_enc[live].norm(dim=1).mean())
+    run.last_l0 = 2.0                                  # relative window 4 x 16 / 2 = 32 tokens
+    run.since_fired[:] = 10
+    run.since_fired[3] = 40                            # nearly dead: silent past the relative window only
+    run.since_fired[11] = 1_000                        # dead: silent for dead_window_tokens
+    assert resample_dead(run, x, unit=1.0) == 2
+    with torch.no_grad():
+        unit = lambda v: v / v.norm(dim=1, keepdim=True)
+        to_resid, to_token = m.W_dec[[3, 11]] @ unit(resid).T, m.W_dec[[3, 11]] @ unit(tokens).T
+    assert float(to_resid[0].max()) > 1 - 1e-5 and float(to_token[0].max()) < 0.999    # unit 3: a residual
+    assert float(to_token[1].max()) > 1 - 1e-5 and float(to_resid[1].max()) < 0.999    # unit 11: a token
+    # Both encoders are scaled to fire on the token they came from (2 x the threshold 0.5 over its norm, at least
+    # 0.2 x the live encoders' norm), not on the residual: a unit scaled to a small residual fires hard everywhere.
+    for u, r in ((3, int(to_resid[0].argmax())), (11, int(to_token[1].argmax()))):
+        want = max(0.2 * enc_norm, 2 * 0.5 / float(tokens[r].norm()))
+        assert float(m.W_enc[u].norm()) == pytest.approx(want, rel=1e-5)
+
+
+def test_resample_nearly_dead_encoder_is_scaled_to_the_token_not_the_small_residual():
+    from atomslib.resampling import resample_dead
+    from atomslib.train import _Run
+
+    cfg = TSAEConfig(d_model=8, n_units=16, batch_size=32, dead_window_tokens=1_000, init_threshold=0.5,
+                     resample_silent_intervals=4.0, resample_direction="residual_nearly_dead")
+    run = _Run(cfg, torch.device("cpu"), cfg.n_tokens)
+    m = run.model
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0)) * 3
+    x[:, 3] = 0.1 + 0.1 * x[:, 3].abs()                # a small positive coordinate 3 on every token
+    with torch.no_grad():          # units ±e_i, unit 3 (+e_3) silent: the SAE rebuilds every token but x's positive coordinate 3
+        eye = torch.eye(8)
+        m.W_dec.copy_(torch.cat([eye, -eye]))
+        m.W_enc.copy_(torch.cat([eye, -eye]))
+        m.W_enc[3] = 0.0
+        m.b_enc.zero_(), m.b_dec.zero_(), m.threshold.fill_(1e-3)
+    run.last_l0 = 2.0
+    run.since_fired[:] = 10
+    run.since_fired[3] = 40                            # nearly dead: aimed at a residual, x[i, 3] e_3
+    assert resample_dead(run, x, unit=1.0) == 1
+    assert float(m.W_dec[3, 3]) == pytest.approx(1.0)
+    norm = float(m.W_enc[3].norm())
+    # scaled to fire on its token, max(0.2 x the live encoders' norm 1, 2 x 0.5 / |x_i|), not on the residual
+    # (1 / x[i, 3] >= 1.5: a unit that would fire hard on every token with a coordinate 3)
+    assert any(norm == pytest.approx(max(0.2, 1.0 / float(x[i].norm())), rel=1e-5) for i in range(32))
+    assert norm < min(1.0 / float(x[i, 3]) for i in range(32))
+
+
+@pytest.mark.parametrize("silent,direction", [(None, "token"), (8.0, "token"), (None, "residual"),
+                                                    (8.0, "residual_nearly_dead")])
 def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_path, silent, direction):
     # 8.0: the window relative to L0 too (it reads the checkpointed L0)
     _, acts = planted
@@ -674,7 +740,7 @@ def test_resampling_runs_in_training_and_resumes_bit_identically(planted, tmp_pa
     resumed = _run(acts, tmp_path, **kw)
     assert _same(ref, resumed) and resumed.train_log.meta["resumed_at"] == 14
     assert not _same(ref, _run(acts, l0_coeff=3e-2))                          # resampling changed the model
-    if direction == "residual":                                               # and where it aims matters
+    if direction != "token":                                                  # and where it aims matters
         assert not _same(ref, _run(acts, **{**kw, "resample_direction": "token"}))
     with pytest.raises(ValueError, match="resample_dead_every"):
         _cfg(resample_dead_every=0)
