@@ -694,7 +694,7 @@ def test_resample_direction_residual_nearly_dead_aims_only_the_nearly_dead_at_re
     # 0.2 x the live encoders' norm), not on the residual: a unit scaled to a small residual fires hard everywhere.
     for u, r in ((3, int(to_resid[0].argmax())), (11, int(to_token[1].argmax()))):
         want = max(0.2 * enc_norm, 2 * 0.5 / float(tokens[r].norm()))
-        assert float(m.W_enc[u].norm()) == pytest.approx(want, rel=1e-5)
+        assert float(m.W_enc[u].detach().norm()) == pytest.approx(want, rel=1e-5)
 
 
 def test_resample_nearly_dead_encoder_is_scaled_to_the_token_not_the_small_residual():
@@ -718,7 +718,7 @@ def test_resample_nearly_dead_encoder_is_scaled_to_the_token_not_the_small_resid
     run.since_fired[3] = 40                            # nearly dead: aimed at a residual, x[i, 3] e_3
     assert resample_dead(run, x, unit=1.0) == 1
     assert float(m.W_dec[3, 3]) == pytest.approx(1.0)
-    norm = float(m.W_enc[3].norm())
+    norm = float(m.W_enc[3].detach().norm())
     # scaled to fire on its token, max(0.2 x the live encoders' norm 1, 2 x 0.5 / |x_i|), not on the residual
     # (1 / x[i, 3] >= 1.5: a unit that would fire hard on every token with a coordinate 3)
     assert any(norm == pytest.approx(max(0.2, 1.0 / float(x[i].norm())), rel=1e-5) for i in range(32))
