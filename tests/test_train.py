@@ -717,7 +717,7 @@ def test_resample_nearly_dead_encoder_is_scaled_to_the_token_not_the_small_resid
     run.since_fired[:] = 10
     run.since_fired[3] = 40                            # nearly dead: aimed at a residual, x[i, 3] e_3
     assert resample_dead(run, x, unit=1.0) == 1
-    assert float(m.W_dec[3, 3]) == pytest.approx(1.0)
+    assert float(m.W_dec[3, 3].detach()) == pytest.approx(1.0)
     norm = float(m.W_enc[3].detach().norm())
     # scaled to fire on its token, max(0.2 x the live encoders' norm 1, 2 x 0.5 / |x_i|), not on the residual
     # (1 / x[i, 3] >= 1.5: a unit that would fire hard on every token with a coordinate 3)
