@@ -59,11 +59,12 @@ def resample_dead(run, x_BH: Tensor, unit: float) -> int:
     u_KH = v_KH / v_KH.norm(dim=1, keepdim=True).clamp_min(1e-12)
     live = ~dead_N.to(run.dev)
     enc_norm = float(m.W_enc[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
-    # 0.2 x the live units' encoder norm (Bricken et al.), raised if needed so that the unit fires on the
-    # vector it came from (the token, or its residual): a threshold unit that never fires would be dead again at once.
-    # "residual_nearly_dead" raises it by the token's norm, not the residual's: a residual can be tiny, and a unit
-    # scaled to fire on it fires hard on every token with a component along it and pulls the live units off their
-    # atoms (chapter 8's inside-the-condition cells fell from 8 of 9 to 4 of 9; DESIGN.md "Version 14, reverted").
+    # 0.2 x the live units' encoder norm (Bricken et al.), raised if needed so that the unit fires on a vector:
+    # a threshold unit that never fires would be dead again at once. That vector is the one the unit came from (the
+    # token, or its residual under "residual"), except under "residual_nearly_dead", where it is the token: a residual
+    # can be tiny, and a unit scaled to fire on it fires hard on every token with a component along it and pulls the
+    # live units off their atoms (chapter 8's inside-the-condition cells fell from 8 of 9 to 4 of 9; DESIGN.md
+    # "Version 14, reverted").
     thr = cfg.init_threshold * unit
     fire_on_K = xc_BH[rows] if cfg.resample_direction == "residual_nearly_dead" else v_KH
     scale_K = torch.maximum(torch.full((n_dead,), 0.2 * enc_norm, dtype=u_KH.dtype, device=run.dev),
